@@ -1,0 +1,217 @@
+//! One error vocabulary for the whole system: each kind mapped once to an HTTP status, an
+//! RFC 9457 problem `type`, and a gRPC status code, plus who caused it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::id::IdError;
+
+/// Prefix of every problem `type` URI.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:enlace:problem:";
+
+/// Who caused an error, sent in the `Enlace-Error` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Culprit {
+    /// The caller: a backend, an administrator, a node fetching configuration.
+    Client,
+    /// The other node.
+    PeerNode,
+    /// The provider's backend behind the provider node.
+    ProviderBackend,
+    /// This process.
+    ThisNode,
+}
+
+impl Culprit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Culprit::Client => "client",
+            Culprit::PeerNode => "peer-node",
+            Culprit::ProviderBackend => "provider-backend",
+            Culprit::ThisNode => "this-node",
+        }
+    }
+}
+
+macro_rules! kinds {
+    ($( $(#[$doc:meta])* $variant:ident = ($slug:literal, $status:literal, $grpc:literal, $culprit:ident, $title:literal) ),* $(,)?) => {
+        /// Every cause of refusal or failure Enlace reports.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ProblemKind { $( $(#[$doc])* $variant ),* }
+
+        impl ProblemKind {
+            /// All kinds, for documentation and tests.
+            pub const ALL: &'static [ProblemKind] = &[ $(ProblemKind::$variant),* ];
+            /// The stable slug in the problem `type`.
+            pub fn slug(self) -> &'static str { match self { $(ProblemKind::$variant => $slug),* } }
+            /// The HTTP status.
+            pub fn status(self) -> u16 { match self { $(ProblemKind::$variant => $status),* } }
+            /// The gRPC status code (numeric, as in `grpc-status`).
+            pub fn grpc_code(self) -> u8 { match self { $(ProblemKind::$variant => $grpc),* } }
+            /// Who usually causes it.
+            pub fn culprit(self) -> Culprit { match self { $(ProblemKind::$variant => Culprit::$culprit),* } }
+            /// A short human title.
+            pub fn title(self) -> &'static str { match self { $(ProblemKind::$variant => $title),* } }
+            /// Reads a kind back from its slug.
+            pub fn from_slug(s: &str) -> Option<Self> {
+                match s { $($slug => Some(ProblemKind::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+// gRPC codes: 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED, 5 NOT_FOUND, 6 ALREADY_EXISTS,
+// 7 PERMISSION_DENIED, 8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 13 INTERNAL,
+// 14 UNAVAILABLE, 16 UNAUTHENTICATED.
+kinds! {
+    InvalidIdentifier = ("invalid-identifier", 400, 3, Client, "Invalid identifier"),
+    InvalidRequest = ("invalid-request", 400, 3, Client, "Invalid request"),
+    BodyTooLarge = ("body-too-large", 413, 8, Client, "Body too large"),
+    UnsupportedMediaType = ("unsupported-media-type", 415, 3, Client, "Unsupported media type"),
+    InvalidServiceDescription = ("invalid-service-description", 422, 3, Client, "Invalid service description"),
+    RemoteReference = ("remote-reference", 422, 3, Client, "Remote reference refused"),
+    UnclassifiedField = ("unclassified-field", 422, 3, Client, "Response field without a class"),
+    IncompatibleVersion = ("incompatible-version", 409, 9, Client, "Incompatible service version"),
+    UnknownField = ("unknown-field", 422, 3, Client, "Field not in the service"),
+    UnknownOperation = ("unknown-operation", 422, 3, Client, "Operation not in the service"),
+    InvalidContract = ("invalid-contract", 422, 3, Client, "Invalid contract"),
+    NotFound = ("not-found", 404, 5, Client, "Not found"),
+    AlreadyExists = ("already-exists", 409, 6, Client, "Already exists"),
+    ConceptClaimed = ("concept-claimed", 409, 6, Client, "Concept already has a source"),
+    Unauthenticated = ("unauthenticated", 401, 16, Client, "Not authenticated"),
+    Forbidden = ("forbidden", 403, 7, Client, "Not allowed"),
+    WrongParty = ("wrong-party", 403, 7, Client, "Not this party's decision"),
+    InvalidTransition = ("invalid-transition", 409, 9, Client, "Invalid state transition"),
+    ConfigSignatureInvalid = ("configuration-signature-invalid", 502, 16, PeerNode, "Configuration signature invalid"),
+    ConfigReplayed = ("configuration-replayed", 502, 9, PeerNode, "Configuration older than one already seen"),
+    ConfigurationExpired = ("configuration-expired", 503, 14, ThisNode, "Configuration expired"),
+    UnknownService = ("unknown-service", 404, 5, Client, "Unknown service"),
+    ContractMissing = ("contract-missing", 403, 7, Client, "No contract"),
+    ContractExpired = ("contract-expired", 403, 7, Client, "Contract expired"),
+    ContractRevoked = ("contract-revoked", 403, 7, Client, "Contract revoked"),
+    VolumeExceeded = ("volume-exceeded", 429, 8, Client, "Contract volume exceeded"),
+    SignatureInvalid = ("signature-invalid", 401, 16, PeerNode, "Signature invalid"),
+    Replay = ("replay", 409, 16, PeerNode, "Message replayed"),
+    Stale = ("stale", 401, 16, PeerNode, "Message outside the freshness window"),
+    RequestSchemaViolation = ("request-schema-violation", 400, 3, Client, "Request does not match the service description"),
+    ResponseSchemaViolation = ("response-schema-violation", 502, 13, ProviderBackend, "Response does not match the service description"),
+    PeerUnreachable = ("peer-unreachable", 502, 14, PeerNode, "Peer unreachable"),
+    PeerTimeout = ("peer-timeout", 504, 4, PeerNode, "Peer timed out"),
+    Internal = ("internal", 500, 13, ThisNode, "Internal error"),
+}
+
+/// An RFC 9457 problem: the kind, a detail for humans, and extension members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub detail: String,
+    pub extensions: Map<String, Value>,
+}
+
+impl Problem {
+    pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
+        Problem {
+            kind,
+            detail: detail.into(),
+            extensions: Map::new(),
+        }
+    }
+
+    /// Adds an extension member (e.g. `errors`, `field`, `current_source`).
+    pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
+        let v = serde_json::to_value(value).unwrap_or(Value::Null);
+        self.extensions.insert(key.to_string(), v);
+        self
+    }
+
+    /// The problem `type` URI.
+    pub fn type_uri(&self) -> String {
+        format!("{PROBLEM_TYPE_PREFIX}{}", self.kind.slug())
+    }
+
+    /// The RFC 9457 JSON body.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("type".into(), Value::String(self.type_uri()));
+        m.insert("title".into(), Value::String(self.kind.title().into()));
+        m.insert("status".into(), Value::from(self.kind.status()));
+        m.insert("detail".into(), Value::String(self.detail.clone()));
+        m.insert(
+            "culprit".into(),
+            Value::String(self.kind.culprit().as_str().into()),
+        );
+        for (k, v) in &self.extensions {
+            m.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        Value::Object(m)
+    }
+
+    /// Parses an RFC 9457 body produced by [`Problem::to_json`].
+    pub fn from_json(v: &Value) -> Option<Problem> {
+        let ty = v.get("type")?.as_str()?;
+        let kind = ProblemKind::from_slug(ty.strip_prefix(PROBLEM_TYPE_PREFIX)?)?;
+        let detail = v.get("detail").and_then(Value::as_str).unwrap_or("");
+        let mut p = Problem::new(kind, detail);
+        if let Value::Object(m) = v {
+            for (k, val) in m {
+                if !["type", "title", "status", "detail", "culprit"].contains(&k.as_str()) {
+                    p.extensions.insert(k.clone(), val.clone());
+                }
+            }
+        }
+        Some(p)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.slug(), self.detail)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+impl From<IdError> for Problem {
+    fn from(e: IdError) -> Self {
+        Problem::new(ProblemKind::InvalidIdentifier, e.to_string())
+            .with("field", e.field)
+            .with("rule", &e.rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for k in ProblemKind::ALL {
+            assert!(seen.insert(k.slug()), "duplicate slug {}", k.slug());
+            assert_eq!(ProblemKind::from_slug(k.slug()), Some(*k));
+            assert!((400..600).contains(&k.status()));
+            assert!(k.grpc_code() > 0 && k.grpc_code() <= 16);
+        }
+    }
+
+    #[test]
+    fn problem_json_round_trips() {
+        let p = Problem::new(ProblemKind::ConceptClaimed, "person.address is held")
+            .with("current_source", "CL-DEV/GOV/61002000-3/registro-civil/personas");
+        let j = p.to_json();
+        assert_eq!(j["type"], "urn:enlace:problem:concept-claimed");
+        assert_eq!(j["status"], 409);
+        assert_eq!(Problem::from_json(&j).unwrap(), p);
+    }
+
+    #[test]
+    fn identifier_errors_name_field_and_rule() {
+        let e = "CL/GOV/61002000-4"
+            .parse::<crate::id::MemberId>()
+            .unwrap_err();
+        let j = Problem::from(e).to_json();
+        assert_eq!(j["field"], "member.code");
+        assert!(j["rule"].as_str().unwrap().contains("modulo-11"));
+    }
+}
