@@ -1,1 +1,43 @@
-//! placeholder
+//! Enlace federation PKI: the federation CA, node keys and CSRs, certificate issuance, CRLs,
+//! Ed25519 signing keys, signer verification and the rustls configurations of mutual TLS.
+//!
+//! Two keys per node, two certificates from the same federation CA:
+//! - a TLS key (ECDSA P-256), certified with the node URI SAN and the serverAuth and clientAuth
+//!   EKUs, used only for the mutual-TLS handshake between nodes;
+//! - a signing key (Ed25519), certified with the node URI SAN and no TLS EKU, used only to sign
+//!   messages, access records and log heads. The registry has one too, for the signed global
+//!   configuration.
+//!
+//! Peer identity is the `urn:enlace:node:` URI SAN, checked by a server-certificate verifier
+//! written for that purpose: webpki's chain, validity and CRL checks, no DNS-name check.
+#![forbid(unsafe_code)]
+
+mod ca;
+mod csr;
+mod encoding;
+mod error;
+mod inspect;
+mod signing;
+mod tls;
+
+#[cfg(test)]
+mod tests;
+
+pub use ca::{
+    FederationCa, IssuedCert, REGISTRY_URI_PREFIX, RevocationReason, Revoked, registry_uri,
+};
+pub use csr::{NodeKeys, csr_for, node_init};
+pub use encoding::{MAX_CSR_PEM_LEN, MAX_PEM_LEN};
+pub use error::Result;
+pub use inspect::{CertInfo, KeyAlgorithm, cert_info, needs_renewal};
+pub use signing::{SigningKey, verify_ed25519, verify_signer};
+pub use tls::{
+    TrustStore, client_config, https_client_config, https_server_config, install_crypto_provider,
+    peer_node_id, server_config,
+};
+
+/// Checks a CSR's form, size and self-signature without issuing anything, so a registry can
+/// refuse a bad one when it is submitted rather than when it is approved.
+pub fn check_csr(csr_pem: &str) -> Result<()> {
+    csr::verify_csr(csr_pem).map(|_| ())
+}
