@@ -1,0 +1,814 @@
+//! Protobuf service descriptions: FileDescriptorSets and .proto sources compiled in memory
+//! with protox, read into the model of operations and classified fields, and compared.
+//!
+//! Rules, in one place:
+//! - One operation per method of every service, except services in the `google.*`, `grpc.*`
+//!   and `enlace` packages (health checks, reflection, Enlace's own options).
+//! - A response field's class is its `(enlace.class)` option; a field without one takes the
+//!   class of the nearest enclosing message-typed field that has one. A message-typed field
+//!   with neither takes the strictest class found below it (public < statistical < personal <
+//!   sensitive < reserved < secret). A leaf left without a class is refused
+//!   (`UnclassifiedField`, every such pointer in `fields`).
+//! - Message-typed fields are expanded into their own fields, except maps and Google's
+//!   well-known types (`google.protobuf.*`), which are leaves.
+//! - Recursion: a response message that contains itself, directly or through other messages,
+//!   is refused, because its fields and their classes could not be listed. A recursive request
+//!   message is accepted: the field that closes the cycle is listed, not expanded again.
+//! - Nesting deeper than [`MAX_DEPTH`] or more than [`MAX_FIELDS`] fields or inputs in one
+//!   operation are refused, so a small descriptor cannot expand into an enormous list.
+
+use std::collections::{HashMap, HashSet};
+
+use enlace_core::config::DescriptionKind;
+use enlace_core::contract::FieldClass;
+use enlace_core::problem::{Problem, ProblemKind};
+use prost_reflect::{
+    Cardinality, DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor,
+    Value,
+};
+
+use crate::model::{
+    Break, Description, Field, Input, MAX_DESCRIPTION_BYTES, Operation, sha256_hex,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// The import path of Enlace's options file.
+pub const OPTIONS_FILE: &str = "enlace/options.proto";
+
+/// The source of `enlace/options.proto`, served to uploaded sources that import it. A copy of
+/// `enlace_proto::OPTIONS_PROTO` (a test keeps them equal), so this crate reads no file at run
+/// time and does not depend on `enlace-proto`.
+pub const OPTIONS_PROTO: &str = include_str!("protobuf/enlace_options.proto");
+
+/// Full name of the field option that classifies response fields.
+pub const CLASS_EXTENSION: &str = "enlace.class";
+const CLASS_EXTENSION_NUMBER: u32 = 51234;
+
+/// Most .proto files accepted in one upload.
+pub const MAX_SOURCE_FILES: usize = 100;
+/// Deepest nesting of message fields accepted in a response (and expanded in a request).
+pub const MAX_DEPTH: usize = 32;
+/// Most response fields, or request inputs, one operation may have.
+pub const MAX_FIELDS: usize = 10_000;
+
+/// Reads an encoded FileDescriptorSet. The set must be self-contained (every imported file
+/// included, as `protoc --include_imports` writes it). `stored` is the set as re-encoded by
+/// the descriptor pool: extension options such as `(enlace.class)` are kept, unknown fields
+/// dropped, and reading `stored` again gives the same bytes.
+pub fn from_descriptor_set(bytes: &[u8]) -> Result<Description, Problem> {
+    if bytes.len() > MAX_DESCRIPTION_BYTES {
+        return Err(too_large(bytes.len()));
+    }
+    let pool = DescriptorPool::decode(bytes).map_err(|err| {
+        invalid(format!(
+            "not a valid, self-contained FileDescriptorSet: {err:?}"
+        ))
+    })?;
+    let stored = pool.encode_to_vec();
+    describe(&pool, stored)
+}
+
+/// Compiles uploaded .proto sources (`(file name, source)`) in memory with protox and reads
+/// the result as [`from_descriptor_set`] does. Imports resolve only to the uploaded files,
+/// `enlace/options.proto` and Google's well-known types; nothing is read from disk.
+pub fn compile_sources(files: &[(String, String)]) -> Result<Description, Problem> {
+    if files.is_empty() {
+        return Err(invalid("no .proto file was uploaded"));
+    }
+    if files.len() > MAX_SOURCE_FILES {
+        return Err(Problem::new(
+            ProblemKind::BodyTooLarge,
+            format!(
+                "{} .proto files uploaded; at most {MAX_SOURCE_FILES} are accepted",
+                files.len()
+            ),
+        )
+        .with("limit", MAX_SOURCE_FILES));
+    }
+    let total: usize = files.iter().map(|(n, s)| n.len() + s.len()).sum();
+    if total > MAX_DESCRIPTION_BYTES {
+        return Err(too_large(total));
+    }
+
+    let mut uploaded = HashMap::new();
+    for (name, source) in files {
+        check_file_name(name)?;
+        if name.starts_with("google/protobuf/") {
+            return Err(invalid(format!(
+                "`{name}`: Google's well-known types are provided by Enlace and cannot be uploaded"
+            ))
+            .with("file", name));
+        }
+        if name == OPTIONS_FILE {
+            if source != OPTIONS_PROTO {
+                return Err(invalid(format!(
+                    "`{OPTIONS_FILE}` is provided by Enlace; upload it unchanged or leave it out"
+                ))
+                .with("file", name));
+            }
+            continue;
+        }
+        if uploaded.insert(name.clone(), source.clone()).is_some() {
+            return Err(invalid(format!("`{name}` was uploaded twice")).with("file", name));
+        }
+    }
+
+    let mut compiler = protox::Compiler::with_file_resolver(UploadResolver {
+        files: uploaded,
+        google: protox::file::GoogleFileResolver::new(),
+    });
+    compiler.include_imports(true).include_source_info(false);
+    for (name, _) in files {
+        if let Err(err) = compiler.open_file(name) {
+            let mut detail = match err.file() {
+                Some(file) => format!("{file}: {err}"),
+                None => err.to_string(),
+            };
+            // protox-parse 0.10 reports an absolute or `..` import as "invalid group name".
+            if let Some(import) = files
+                .iter()
+                .filter(|(n, _)| Some(n.as_str()) == err.file())
+                .find_map(|(_, source)| bad_import(source))
+            {
+                let file = err.file().unwrap_or_default();
+                detail = format!(
+                    "{file}: import \"{import}\" refused; imports must be relative paths \
+                     without `..`"
+                );
+            }
+            let mut problem = invalid(format!("the .proto sources do not compile: {detail}"));
+            if let Some(file) = err.file() {
+                problem = problem.with("file", file);
+            }
+            return Err(problem);
+        }
+    }
+    // Not `file_descriptor_set()`: prost-types would drop the `(enlace.class)` options.
+    from_descriptor_set(&compiler.encode_file_descriptor_set())
+}
+
+/// Serves imports from the upload, Enlace's options file and Google's well-known types only.
+struct UploadResolver {
+    files: HashMap<String, String>,
+    google: protox::file::GoogleFileResolver,
+}
+
+impl protox::file::FileResolver for UploadResolver {
+    fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
+        if name == OPTIONS_FILE {
+            return protox::file::File::from_source(name, OPTIONS_PROTO);
+        }
+        if let Some(source) = self.files.get(name) {
+            return protox::file::File::from_source(name, source);
+        }
+        // Knows a fixed list of names and answers from memory; anything else is not found.
+        protox::file::FileResolver::open_file(&self.google, name)
+    }
+}
+
+/// An uploaded file's name: relative, `/`-separated, no `.` or `..` parts, ending `.proto`.
+fn check_file_name(name: &str) -> Result<(), Problem> {
+    let refuse =
+        |why: &str| Err(invalid(format!("file name `{name}` refused: {why}")).with("file", name));
+    if name.len() > 512 {
+        return refuse("longer than 512 bytes");
+    }
+    if !name.ends_with(".proto") {
+        return refuse("it must end with `.proto`");
+    }
+    if name.starts_with('/') || name.contains('\\') || name.contains(':') {
+        return refuse("it must be a relative path with `/` separators");
+    }
+    if name.chars().any(char::is_control) {
+        return refuse("it contains control characters");
+    }
+    if name
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return refuse("empty, `.` and `..` path segments are not allowed");
+    }
+    Ok(())
+}
+
+/// The first `import "…";` whose path is absolute or climbs with `..`, to explain a parse
+/// error. Only used once protox has refused the file, so a rough reading is enough.
+fn bad_import(source: &str) -> Option<String> {
+    let code: String = source
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    code.split(';').find_map(|statement| {
+        let rest = statement.trim_start().strip_prefix("import")?;
+        let path = rest.split('"').nth(1)?;
+        let bad = path.starts_with('/') || path.split('/').any(|part| part == "..");
+        bad.then(|| path.to_string())
+    })
+}
+
+/// Builds the model from a decoded pool.
+fn describe(pool: &DescriptorPool, stored: Vec<u8>) -> Result<Description, Problem> {
+    let class_ext = class_extension(pool)?;
+    let mut operations = Vec::new();
+    let mut unclassified: Vec<String> = Vec::new();
+    let mut unclassified_ops: Vec<String> = Vec::new();
+    for service in pool.services() {
+        if is_infrastructure_package(service.package_name()) {
+            continue;
+        }
+        for method in service.methods() {
+            let id = format!("{}/{}", service.full_name(), method.name());
+
+            let input = method.input();
+            let mut inputs = Vec::new();
+            let mut stack = vec![input.full_name().to_string()];
+            walk_request(&id, &input, "", &mut stack, &mut inputs)?;
+
+            let output = method.output();
+            let mut walk = ResponseWalk {
+                operation: &id,
+                class_ext: class_ext.as_ref(),
+                fields: Vec::new(),
+                unclassified: Vec::new(),
+            };
+            let mut stack = vec![output.full_name().to_string()];
+            walk.message(&output, "", None, &mut stack)?;
+            let ResponseWalk {
+                fields,
+                unclassified: missing,
+                ..
+            } = walk;
+            if !missing.is_empty() {
+                unclassified_ops.push(id.clone());
+                for pointer in missing {
+                    if !unclassified.contains(&pointer) {
+                        unclassified.push(pointer);
+                    }
+                }
+            }
+
+            operations.push(Operation {
+                path: format!("/{id}"),
+                id,
+                method: "POST".into(),
+                client_streaming: method.is_client_streaming(),
+                server_streaming: method.is_server_streaming(),
+                inputs,
+                fields,
+            });
+        }
+    }
+    if operations.is_empty() {
+        return Err(invalid(
+            "the descriptor set defines no service method (services in the google.*, grpc.* \
+             and enlace packages are not counted)",
+        ));
+    }
+    if !unclassified.is_empty() {
+        return Err(Problem::new(
+            ProblemKind::UnclassifiedField,
+            format!(
+                "response fields without an (enlace.class) option: {}; import \
+                 \"{OPTIONS_FILE}\" and annotate each field, e.g. \
+                 `string name = 2 [(enlace.class) = \"personal\"];`",
+                unclassified.join(", ")
+            ),
+        )
+        .with("fields", &unclassified)
+        .with("operations", &unclassified_ops));
+    }
+    let digest = sha256_hex(&stored);
+    Ok(Description {
+        kind: DescriptionKind::Protobuf,
+        digest,
+        operations,
+        stored,
+    })
+}
+
+/// Services in these packages are infrastructure, never federation services.
+fn is_infrastructure_package(package: &str) -> bool {
+    let under = |root: &str| {
+        package == root
+            || package
+                .strip_prefix(root)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    under("google") || under("grpc") || package == "enlace"
+}
+
+/// The `(enlace.class)` extension, if the set defines it; refused if defined differently.
+fn class_extension(pool: &DescriptorPool) -> Result<Option<ExtensionDescriptor>, Problem> {
+    let Some(ext) = pool.get_extension_by_name(CLASS_EXTENSION) else {
+        return Ok(None);
+    };
+    let well_formed = ext.containing_message().full_name() == "google.protobuf.FieldOptions"
+        && ext.number() == CLASS_EXTENSION_NUMBER
+        && matches!(ext.kind(), Kind::String)
+        && ext.cardinality() != Cardinality::Repeated;
+    if !well_formed {
+        return Err(invalid(format!(
+            "`{CLASS_EXTENSION}` must be `extend google.protobuf.FieldOptions {{ string class = \
+             {CLASS_EXTENSION_NUMBER}; }}`, as in {OPTIONS_FILE}"
+        )));
+    }
+    Ok(Some(ext))
+}
+
+/// Walks a response message, listing every field with its class.
+struct ResponseWalk<'a> {
+    operation: &'a str,
+    class_ext: Option<&'a ExtensionDescriptor>,
+    fields: Vec<Field>,
+    /// Pointers of leaves without a class (their `Field` holds a placeholder class).
+    unclassified: Vec<String>,
+}
+
+impl ResponseWalk<'_> {
+    fn message(
+        &mut self,
+        message: &MessageDescriptor,
+        prefix: &str,
+        inherited: Option<FieldClass>,
+        stack: &mut Vec<String>,
+    ) -> Result<(), Problem> {
+        for field in message.fields() {
+            let pointer = format!("{prefix}/{}", field.name());
+            let own = self.own_class(&field, &pointer)?;
+            let class = own.or(inherited);
+            if self.fields.len() >= MAX_FIELDS {
+                return Err(invalid(format!(
+                    "operation `{}` returns more than {MAX_FIELDS} fields",
+                    self.operation
+                ))
+                .with("operation", self.operation));
+            }
+            let index = self.fields.len();
+            self.fields.push(Field {
+                pointer: pointer.clone(),
+                class: class.unwrap_or(FieldClass::Public),
+                ty: type_name(&field),
+            });
+
+            let Some(child) = expandable(&field) else {
+                if class.is_none() {
+                    self.unclassified.push(pointer);
+                }
+                continue;
+            };
+            if let Some(start) = stack.iter().position(|m| m == child.full_name()) {
+                let cycle = stack[start..].join(" → ");
+                return Err(invalid(format!(
+                    "operation `{}`: response message `{}` contains itself ({cycle} → {}, at \
+                     `{pointer}`); recursive response messages are refused because their \
+                     fields and classes cannot be listed",
+                    self.operation,
+                    child.full_name(),
+                    child.full_name()
+                ))
+                .with("operation", self.operation)
+                .with("field", &pointer));
+            }
+            if stack.len() >= MAX_DEPTH {
+                return Err(invalid(format!(
+                    "operation `{}`: response field `{pointer}` is nested more than {MAX_DEPTH} \
+                     messages deep",
+                    self.operation
+                ))
+                .with("operation", self.operation)
+                .with("field", &pointer));
+            }
+            let child_prefix = if field.is_list() {
+                format!("{pointer}/*")
+            } else {
+                pointer.clone()
+            };
+            stack.push(child.full_name().to_string());
+            self.message(&child, &child_prefix, class, stack)?;
+            stack.pop();
+
+            if class.is_none() {
+                // The strictest class among the classified fields below; an empty message
+                // discloses only its presence and needs a class of its own.
+                let below = &self.fields[index + 1..];
+                let strictest = below
+                    .iter()
+                    .filter(|f| !self.unclassified.contains(&f.pointer))
+                    .map(|f| f.class)
+                    .max_by_key(|c| strictness(*c));
+                match strictest {
+                    Some(c) => self.fields[index].class = c,
+                    None if below.is_empty() => self.unclassified.push(pointer),
+                    None => {} // every field below is already reported
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The field's own `(enlace.class)`, if any.
+    fn own_class(
+        &self,
+        field: &FieldDescriptor,
+        pointer: &str,
+    ) -> Result<Option<FieldClass>, Problem> {
+        let Some(ext) = self.class_ext else {
+            return Ok(None);
+        };
+        let options = field.options();
+        if !options.has_extension(ext) {
+            return Ok(None);
+        }
+        let value = options.get_extension(ext);
+        let Value::String(name) = value.as_ref() else {
+            return Err(invalid(format!(
+                "`{pointer}`: (enlace.class) is not a string"
+            )));
+        };
+        match FieldClass::parse(name) {
+            Some(class) => Ok(Some(class)),
+            None => Err(invalid(format!(
+                "operation `{}`: field `{pointer}` has class `{name}`; the classes are {}",
+                self.operation,
+                FieldClass::ALL.map(FieldClass::as_str).join(", ")
+            ))
+            .with("operation", self.operation)
+            .with("field", pointer)
+            .with("class", name)),
+        }
+    }
+}
+
+/// Rank used only to give an unannotated message-typed field the strictest class below it.
+fn strictness(class: FieldClass) -> u8 {
+    match class {
+        FieldClass::Public => 0,
+        FieldClass::Statistical => 1,
+        FieldClass::Personal => 2,
+        FieldClass::Sensitive => 3,
+        FieldClass::Reserved => 4,
+        FieldClass::Secret => 5,
+    }
+}
+
+/// Lists a request message's fields as inputs. A field whose message is already being
+/// expanded (a recursive request) or that lies deeper than [`MAX_DEPTH`] is listed, not
+/// expanded.
+fn walk_request(
+    operation: &str,
+    message: &MessageDescriptor,
+    prefix: &str,
+    stack: &mut Vec<String>,
+    inputs: &mut Vec<Input>,
+) -> Result<(), Problem> {
+    for field in message.fields() {
+        if inputs.len() >= MAX_FIELDS {
+            return Err(invalid(format!(
+                "operation `{operation}` takes more than {MAX_FIELDS} request fields"
+            ))
+            .with("operation", operation));
+        }
+        let pointer = format!("{prefix}/{}", field.name());
+        inputs.push(Input {
+            location: "message".into(),
+            name: pointer.clone(),
+            required: field.cardinality() == Cardinality::Required,
+            ty: type_name(&field),
+        });
+        let Some(child) = expandable(&field) else {
+            continue;
+        };
+        if stack.len() >= MAX_DEPTH || stack.iter().any(|m| m == child.full_name()) {
+            continue;
+        }
+        let child_prefix = if field.is_list() {
+            format!("{pointer}/*")
+        } else {
+            pointer
+        };
+        stack.push(child.full_name().to_string());
+        walk_request(operation, &child, &child_prefix, stack, inputs)?;
+        stack.pop();
+    }
+    Ok(())
+}
+
+/// The message a field expands into: message-typed, not a map, not a well-known type.
+fn expandable(field: &FieldDescriptor) -> Option<MessageDescriptor> {
+    if field.is_map() {
+        return None;
+    }
+    match field.kind() {
+        Kind::Message(m) if !is_well_known(&m) => Some(m),
+        _ => None,
+    }
+}
+
+fn is_well_known(message: &MessageDescriptor) -> bool {
+    message.package_name() == "google.protobuf"
+}
+
+/// `string`, `repeated string`, `message pkg.Name`, `enum pkg.Kind`, `map<string,int32>`.
+fn type_name(field: &FieldDescriptor) -> String {
+    if field.is_map()
+        && let Kind::Message(entry) = field.kind()
+    {
+        let key = entry.map_entry_key_field().kind();
+        let value = entry.map_entry_value_field().kind();
+        return format!("map<{},{}>", bare_kind_name(&key), bare_kind_name(&value));
+    }
+    let name = kind_name(&field.kind());
+    if field.is_list() {
+        format!("repeated {name}")
+    } else {
+        name
+    }
+}
+
+fn kind_name(kind: &Kind) -> String {
+    match kind {
+        Kind::Message(m) => format!("message {}", m.full_name()),
+        Kind::Enum(e) => format!("enum {}", e.full_name()),
+        other => bare_kind_name(other),
+    }
+}
+
+/// Scalar names, or the full name of a message or enum (as written in a `map<…>`).
+fn bare_kind_name(kind: &Kind) -> String {
+    let name = match kind {
+        Kind::Double => "double",
+        Kind::Float => "float",
+        Kind::Int32 => "int32",
+        Kind::Int64 => "int64",
+        Kind::Uint32 => "uint32",
+        Kind::Uint64 => "uint64",
+        Kind::Sint32 => "sint32",
+        Kind::Sint64 => "sint64",
+        Kind::Fixed32 => "fixed32",
+        Kind::Fixed64 => "fixed64",
+        Kind::Sfixed32 => "sfixed32",
+        Kind::Sfixed64 => "sfixed64",
+        Kind::Bool => "bool",
+        Kind::String => "string",
+        Kind::Bytes => "bytes",
+        Kind::Message(m) => return m.full_name().to_string(),
+        Kind::Enum(e) => return e.full_name().to_string(),
+    };
+    name.to_string()
+}
+
+/// The breaking changes from `old` to `new`: a removed method; a changed request or response
+/// type; changed streaming; a removed response field; a changed field type or label; a field
+/// number reused under another name or type (`reused-field-number`; a type change is thus also
+/// reported per pointer as `type-changed`) or a field moved to another number
+/// (`renumbered-field`), in any message reachable from the old methods; a changed class; a new
+/// or newly required proto2 request field. Needs the `stored` bytes of both.
+pub fn compatibility(old: &Description, new: &Description) -> Vec<Break> {
+    let mut breaks = Vec::new();
+    for op in &old.operations {
+        let Some(new_op) = new.operation(&op.id) else {
+            breaks.push(brk(
+                "removed-operation",
+                &op.id,
+                None,
+                format!("method `{}` was removed", op.id),
+            ));
+            continue;
+        };
+        if (op.client_streaming, op.server_streaming)
+            != (new_op.client_streaming, new_op.server_streaming)
+        {
+            breaks.push(brk(
+                "streaming-changed",
+                &op.id,
+                None,
+                format!(
+                    "the method was {} and is now {}",
+                    streaming_name(op),
+                    streaming_name(new_op)
+                ),
+            ));
+        }
+        for field in &op.fields {
+            let Some(new_field) = new_op.fields.iter().find(|f| f.pointer == field.pointer) else {
+                breaks.push(brk(
+                    "removed-field",
+                    &op.id,
+                    Some(&field.pointer),
+                    format!("response field `{}` was removed", field.pointer),
+                ));
+                continue;
+            };
+            if new_field.ty != field.ty {
+                breaks.push(brk(
+                    "type-changed",
+                    &op.id,
+                    Some(&field.pointer),
+                    type_change_detail("response field", &field.pointer, &field.ty, &new_field.ty),
+                ));
+            }
+            if new_field.class != field.class {
+                breaks.push(brk(
+                    "class-changed",
+                    &op.id,
+                    Some(&field.pointer),
+                    format!(
+                        "response field `{}` was {} and is now {}; contracts naming it must be \
+                         reviewed",
+                        field.pointer,
+                        field.class.as_str(),
+                        new_field.class.as_str()
+                    ),
+                ));
+            }
+        }
+        for input in &new_op.inputs {
+            let before = op.inputs.iter().find(|i| i.name == input.name);
+            if let Some(before) = before
+                && before.ty != input.ty
+            {
+                breaks.push(brk(
+                    "type-changed",
+                    &op.id,
+                    Some(&input.name),
+                    type_change_detail("request field", &input.name, &before.ty, &input.ty),
+                ));
+            }
+            if input.required && !before.is_some_and(|b| b.required) {
+                breaks.push(brk(
+                    "newly-required-input",
+                    &op.id,
+                    Some(&input.name),
+                    format!(
+                        "request field `{}` is now required; callers that leave it out are refused",
+                        input.name
+                    ),
+                ));
+            }
+        }
+    }
+    message_breaks(old, new, &mut breaks);
+    breaks
+}
+
+/// Checks that need the descriptors: request and response types, and field numbers.
+fn message_breaks(old: &Description, new: &Description, breaks: &mut Vec<Break>) {
+    let (Ok(old_pool), Ok(new_pool)) = (
+        DescriptorPool::decode(old.stored.as_slice()),
+        DescriptorPool::decode(new.stored.as_slice()),
+    ) else {
+        breaks.push(brk(
+            "unreadable-description",
+            "",
+            None,
+            "the stored descriptor sets cannot be read, so message types and field numbers \
+             were not compared"
+                .into(),
+        ));
+        return;
+    };
+
+    // Every message reachable from the old methods, with the first method reaching it.
+    let mut reachable: Vec<(MessageDescriptor, String)> = Vec::new();
+    let mut seen = HashSet::new();
+    for op in &old.operations {
+        let Some(method) = find_method(&old_pool, &op.id) else {
+            breaks.push(brk(
+                "unreadable-description",
+                &op.id,
+                None,
+                format!("method `{}` is not in the stored descriptor set", op.id),
+            ));
+            continue;
+        };
+        if let Some(new_method) = find_method(&new_pool, &op.id) {
+            for (what, before, after) in [
+                ("request", method.input(), new_method.input()),
+                ("response", method.output(), new_method.output()),
+            ] {
+                if before.full_name() != after.full_name() {
+                    breaks.push(brk(
+                        "type-changed",
+                        &op.id,
+                        None,
+                        format!(
+                            "the {what} message was `{}` and is now `{}`",
+                            before.full_name(),
+                            after.full_name()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut queue = vec![method.input(), method.output()];
+        while let Some(message) = queue.pop() {
+            if is_well_known(&message) || !seen.insert(message.full_name().to_string()) {
+                continue;
+            }
+            for field in message.fields() {
+                if let Kind::Message(child) = field.kind() {
+                    queue.push(child);
+                }
+            }
+            reachable.push((message, op.id.clone()));
+        }
+    }
+
+    for (message, op_id) in &reachable {
+        let Some(after) = new_pool.get_message_by_name(message.full_name()) else {
+            continue;
+        };
+        for field in message.fields() {
+            let item = format!("{}.{}", message.full_name(), field.name());
+            match after.get_field(field.number()) {
+                Some(now) if now.name() != field.name() || type_name(&now) != type_name(&field) => {
+                    breaks.push(brk(
+                        "reused-field-number",
+                        op_id,
+                        Some(&format!("{}.{}", message.full_name(), now.name())),
+                        format!(
+                            "field number {} of `{}` was `{}` ({}) and is now `{}` ({}); peers \
+                             on the old version would misread it",
+                            field.number(),
+                            message.full_name(),
+                            field.name(),
+                            type_name(&field),
+                            now.name(),
+                            type_name(&now)
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(moved) = after.get_field_by_name(field.name()) {
+                        breaks.push(brk(
+                            "renumbered-field",
+                            op_id,
+                            Some(&item),
+                            format!(
+                                "field `{item}` moved from number {} to {}; peers on the old \
+                                 version would no longer see it",
+                                field.number(),
+                                moved.number()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn find_method(pool: &DescriptorPool, id: &str) -> Option<prost_reflect::MethodDescriptor> {
+    let (service, method) = id.split_once('/')?;
+    pool.get_service_by_name(service)?
+        .methods()
+        .find(|m| m.name() == method)
+}
+
+fn streaming_name(op: &Operation) -> &'static str {
+    match (op.client_streaming, op.server_streaming) {
+        (false, false) => "unary",
+        (false, true) => "server streaming",
+        (true, false) => "client streaming",
+        (true, true) => "bidirectional streaming",
+    }
+}
+
+fn type_change_detail(what: &str, item: &str, before: &str, after: &str) -> String {
+    let repeated = |t: &str| t.starts_with("repeated ") || t.starts_with("map<");
+    if repeated(before) != repeated(after) {
+        let label = |t: &str| if repeated(t) { "repeated" } else { "singular" };
+        format!(
+            "{what} `{item}` changed from {} (`{before}`) to {} (`{after}`)",
+            label(before),
+            label(after)
+        )
+    } else {
+        format!("{what} `{item}` changed type from `{before}` to `{after}`")
+    }
+}
+
+fn brk(kind: &str, operation: &str, item: Option<&str>, detail: String) -> Break {
+    Break {
+        kind: kind.into(),
+        operation: operation.into(),
+        item: item.map(str::to_string),
+        detail,
+    }
+}
+
+fn invalid(detail: impl Into<String>) -> Problem {
+    Problem::new(ProblemKind::InvalidServiceDescription, detail)
+}
+
+fn too_large(size: usize) -> Problem {
+    Problem::new(
+        ProblemKind::BodyTooLarge,
+        format!("the description is {size} bytes; at most {MAX_DESCRIPTION_BYTES} are accepted"),
+    )
+    .with("limit", MAX_DESCRIPTION_BYTES)
+}
