@@ -1,1 +1,296 @@
-fn main() {}
+//! `enlace`: one command line for every role: a whole local federation (`up`), the registry,
+//! the node, the federation PKI, and the checks an agency runs against the registry.
+#![forbid(unsafe_code)]
+
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for bad configuration or usage (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "enlace",
+    version,
+    about = "Enlace: interoperability layer for a state"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a whole local federation (registry seeded with the demo federation).
+    Up(up::UpArgs),
+    /// The schema registry.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// The node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// The federation PKI.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Serve the registry from a configuration file (TOML).
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List the fields of a form (a JSON Schema) that the state already holds.
+    OnceOnlyCheck {
+        form: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:7400", env = "ENLACE_REGISTRY")]
+        registry: String,
+        /// The subsystem that would consume the data, to find its contracts.
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Fetch the signed configuration and verify it against the federation CA.
+    VerifyConfig {
+        #[arg(long, default_value = "http://127.0.0.1:7400", env = "ENLACE_REGISTRY")]
+        registry: String,
+        /// The federation CA certificate (PEM), the trust anchor.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, default_value = "CL-DEV")]
+        instance: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Make a node's TLS key and signing key, and a CSR for each, in a directory.
+    Init {
+        /// The node id, e.g. CL-DEV/GOV/61002000-3/node/a.
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a federation root CA (ca.pem, ca-key.pem) in a directory.
+    CaInit {
+        #[arg(long)]
+        instance: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Show a certificate's serial, validity, and identities.
+    Show { cert: PathBuf },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    enlace_certs::install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("enlace: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("enlace: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Up(args) => up::run(args).await,
+        Command::Registry(RegistryCommand::Serve { config }) => {
+            let text = std::fs::read_to_string(&config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let cfg = match enlace_registry::RegistryConfig::from_toml(&text) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("enlace: {}: {e:#}", config.display());
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let running = enlace_registry::start(&cfg).await?;
+            eprintln!("registry listening on http://{}", running.addr);
+            eprintln!(
+                "federation admin token in {}",
+                cfg.data_dir.join("admin.token").display()
+            );
+            tokio::signal::ctrl_c().await?;
+            running.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Registry(RegistryCommand::OnceOnlyCheck {
+            form,
+            registry,
+            consumer,
+        }) => once_only_check(&form, &registry, consumer.as_deref()).await,
+        Command::Registry(RegistryCommand::VerifyConfig {
+            registry,
+            ca,
+            instance,
+        }) => {
+            let anchors = vec![std::fs::read_to_string(&ca)?];
+            let dir = std::env::temp_dir().join(format!("enlace-verify-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let client = enlace_node::ConfigClient::new(enlace_node::ConfigSource {
+                registry_url: registry,
+                instance: instance.parse()?,
+                anchors,
+                cache_path: dir.join("config.json"),
+            })?;
+            let result = client.fetch(std::time::Duration::ZERO).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            result?;
+            let cfg = client.current()?;
+            println!(
+                "configuration serial {} of {} verifies: issued {}, expires {}, {} members, {} nodes, {} services, {} active contracts",
+                cfg.serial,
+                cfg.instance,
+                cfg.issued_at,
+                cfg.expires_at,
+                cfg.members.len(),
+                cfg.nodes.len(),
+                cfg.services.len(),
+                cfg.contracts.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(NodeCommand::Init { id, out }) => {
+            let node: enlace_core::NodeId = id.parse()?;
+            let keys = enlace_certs::node_init(&node)?;
+            std::fs::create_dir_all(&out)?;
+            for (name, text, secret) in [
+                ("tls-key.pem", &keys.tls_key_pem, true),
+                ("signing-key.pem", &keys.signing_key_pem, true),
+                ("tls.csr", &keys.tls_csr_pem, false),
+                ("signing.csr", &keys.signing_csr_pem, false),
+            ] {
+                write_file(&out.join(name), text, secret)?;
+            }
+            println!(
+                "wrote tls-key.pem, signing-key.pem, tls.csr and signing.csr to {}",
+                out.display()
+            );
+            println!(
+                "register the node with its member admin token: POST /v1/nodes {{id, address, tls_csr, signing_csr}}"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(CertsCommand::CaInit {
+            instance,
+            out,
+            days,
+        }) => {
+            let instance: enlace_core::Instance = instance.parse()?;
+            std::fs::create_dir_all(&out)?;
+            let ca = enlace_certs::FederationCa::create(&instance, time_days(days))?;
+            write_file(&out.join("ca-key.pem"), ca.key_pem(), true)?;
+            write_file(&out.join("ca.pem"), ca.cert_pem(), false)?;
+            println!(
+                "wrote ca.pem and ca-key.pem to {}; point the registry's data_dir at it",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(CertsCommand::Show { cert }) => {
+            let pem = std::fs::read_to_string(&cert)?;
+            let info = enlace_certs::cert_info(&pem)?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn time_days(days: i64) -> time::Duration {
+    time::Duration::days(days)
+}
+
+fn write_file(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+async fn once_only_check(
+    form: &std::path::Path,
+    registry: &str,
+    consumer: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let body = std::fs::read(form).map_err(|e| anyhow::anyhow!("{}: {e}", form.display()))?;
+    let mut url = format!("{registry}/v1/once-only-check");
+    if let Some(c) = consumer {
+        url.push_str(&format!("?consumer={c}"));
+    }
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = resp.status();
+    let report: serde_json::Value = resp.json().await?;
+    if !status.is_success() {
+        eprintln!(
+            "refused: {}",
+            report["detail"].as_str().unwrap_or("(no detail)")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let held = report["held"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{} field(s) the state already holds (do not ask the person):",
+        held.len()
+    );
+    for h in &held {
+        println!(
+            "  {:<28} {:<22} from {} {} {}  contract: {}",
+            h["field"].as_str().unwrap_or(""),
+            h["concept"].as_str().unwrap_or(""),
+            h["service"].as_str().unwrap_or(""),
+            h["operation"].as_str().unwrap_or(""),
+            h["source_field"].as_str().unwrap_or(""),
+            h["contract"].as_str().unwrap_or("none yet: propose one"),
+        );
+    }
+    let not_held = report["not_held"].as_array().cloned().unwrap_or_default();
+    println!("{} field(s) only the person can give:", not_held.len());
+    for f in not_held {
+        println!("  {}", f.as_str().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}

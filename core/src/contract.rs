@@ -131,7 +131,9 @@ impl ContractTerms {
         {
             return bad("volume_limit.max_requests: must be at least 1".into());
         }
-        if self.consumer.member == *self.provider.member() && self.consumer == self.provider.subsystem {
+        if self.consumer.member == *self.provider.member()
+            && self.consumer == self.provider.subsystem
+        {
             return bad("consumer: a subsystem does not need a contract with itself".into());
         }
         Ok(())
@@ -192,14 +194,22 @@ impl Contract {
     }
 
     /// The state after `action` by `party`, or why it is not allowed. Pure: the caller stores it.
-    pub fn next_state(&self, action: &ContractAction, party: &Party) -> Result<ContractState, Problem> {
+    pub fn next_state(
+        &self,
+        action: &ContractAction,
+        party: &Party,
+    ) -> Result<ContractState, Problem> {
         let consumer = &self.terms.consumer.member;
         let provider = self.terms.provider.member();
         let is = |m: &MemberId| matches!(party, Party::MemberAdmin(p) if p == m);
         let wrong = |who: &str| {
             Err(Problem::new(
                 ProblemKind::WrongParty,
-                format!("only {who} may {} contract {}", action_name(action), self.id),
+                format!(
+                    "only {who} may {} contract {}",
+                    action_name(action),
+                    self.id
+                ),
             ))
         };
         let (from_ok, to) = match action {
@@ -207,27 +217,41 @@ impl Contract {
                 if !is(provider) {
                     return wrong("the provider's member admin");
                 }
-                (self.state == ContractState::Proposed, ContractState::Approved)
+                (
+                    self.state == ContractState::Proposed,
+                    ContractState::Approved,
+                )
             }
             ContractAction::Refuse { reason } => {
                 if !is(provider) {
                     return wrong("the provider's member admin");
                 }
                 check_reason(reason)?;
-                (self.state == ContractState::Proposed, ContractState::Refused)
+                (
+                    self.state == ContractState::Proposed,
+                    ContractState::Refused,
+                )
             }
             ContractAction::Withdraw => {
                 if !is(consumer) {
                     return wrong("the consumer's member admin");
                 }
-                (self.state == ContractState::Proposed, ContractState::Withdrawn)
+                (
+                    self.state == ContractState::Proposed,
+                    ContractState::Withdrawn,
+                )
             }
             ContractAction::Revoke { reason } => {
                 if !(is(consumer) || is(provider) || *party == Party::FederationAdmin) {
-                    return wrong("the consumer's or provider's member admin or the federation admin");
+                    return wrong(
+                        "the consumer's or provider's member admin or the federation admin",
+                    );
                 }
                 check_reason(reason)?;
-                (self.state == ContractState::Approved, ContractState::Revoked)
+                (
+                    self.state == ContractState::Approved,
+                    ContractState::Revoked,
+                )
             }
         };
         if !from_ok {

@@ -55,9 +55,7 @@ fn check_chars(
 ) -> Result<(), IdError> {
     let n = s.chars().count();
     let mut chars = s.chars();
-    let ok = (min..=max).contains(&n)
-        && chars.next().is_some_and(first)
-        && chars.all(rest);
+    let ok = (min..=max).contains(&n) && chars.next().is_some_and(first) && chars.all(rest);
     if ok {
         Ok(())
     } else {
@@ -410,7 +408,8 @@ impl ServiceVersion {
 impl FromStr for ServiceVersion {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        const RULE: &str = "must be vMAJOR or vMAJOR.MINOR with numbers 0-9999 and no leading zeros";
+        const RULE: &str =
+            "must be vMAJOR or vMAJOR.MINOR with numbers 0-9999 and no leading zeros";
         check_len("service.version", s)?;
         let rest = s
             .strip_prefix('v')
@@ -426,7 +425,8 @@ impl FromStr for ServiceVersion {
             if !ok {
                 return Err(IdError::new("service.version", RULE, s));
             }
-            t.parse().map_err(|_| IdError::new("service.version", RULE, s))
+            t.parse()
+                .map_err(|_| IdError::new("service.version", RULE, s))
         };
         Ok(ServiceVersion {
             major: num(major)?,
@@ -478,7 +478,13 @@ impl NodeId {
     /// Reads a node id back from a certificate URI SAN.
     pub fn from_uri(uri: &str) -> Result<Self, IdError> {
         uri.strip_prefix(NODE_URI_PREFIX)
-            .ok_or_else(|| IdError::new("node.uri", format!("must start with {NODE_URI_PREFIX}"), uri))?
+            .ok_or_else(|| {
+                IdError::new(
+                    "node.uri",
+                    format!("must start with {NODE_URI_PREFIX}"),
+                    uri,
+                )
+            })?
             .parse()
     }
 }
@@ -490,8 +496,7 @@ impl FromStr for NodeId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
         check_len("node", s)?;
-        let [i, c, m, kw, name] =
-            split_exact::<5>("node", s, "INSTANCE/CLASS/CODE/node/NAME")?;
+        let [i, c, m, kw, name] = split_exact::<5>("node", s, "INSTANCE/CLASS/CODE/node/NAME")?;
         if kw != "node" {
             return Err(IdError::new(
                 "node",
@@ -532,7 +537,11 @@ impl FromStr for SubjectId {
     fn from_str(s: &str) -> Result<Self, IdError> {
         check_len("subject", s)?;
         let Some((scheme, value)) = s.split_once(':') else {
-            return Err(IdError::new("subject", "must have the form SCHEME:VALUE", s));
+            return Err(IdError::new(
+                "subject",
+                "must have the form SCHEME:VALUE",
+                s,
+            ));
         };
         check_chars(
             "subject.scheme",
@@ -640,7 +649,8 @@ impl ContractId {
 impl FromStr for ContractId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        const RULE: &str = "must be ctr_ and 26 characters of Crockford base 32 (0-9, A-Z without I, L, O, U)";
+        const RULE: &str =
+            "must be ctr_ and 26 characters of Crockford base 32 (0-9, A-Z without I, L, O, U)";
         let Some(rest) = s.strip_prefix("ctr_") else {
             return Err(IdError::new("contract", RULE, s));
         };

@@ -6,6 +6,7 @@ pub mod config;
 pub mod contract;
 pub mod id;
 pub mod problem;
+pub mod settings;
 
 pub use config::{GlobalConfig, SignedConfig};
 pub use contract::{Contract, ContractState, ContractTerms, FieldClass, Party};

@@ -197,8 +197,10 @@ mod tests {
 
     #[test]
     fn problem_json_round_trips() {
-        let p = Problem::new(ProblemKind::ConceptClaimed, "person.address is held")
-            .with("current_source", "CL-DEV/GOV/61002000-3/registro-civil/personas");
+        let p = Problem::new(ProblemKind::ConceptClaimed, "person.address is held").with(
+            "current_source",
+            "CL-DEV/GOV/61002000-3/registro-civil/personas",
+        );
         let j = p.to_json();
         assert_eq!(j["type"], "urn:enlace:problem:concept-claimed");
         assert_eq!(j["status"], 409);

@@ -1,1 +1,230 @@
-//! placeholder
+//! The Enlace schema registry: members, subsystems, nodes, services and their descriptions,
+//! data concepts, data contracts, the audit trail, and the signed global configuration.
+#![forbid(unsafe_code)]
+
+mod api;
+pub mod demo;
+mod model;
+mod once_only;
+mod publish;
+mod registry;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use enlace_certs::FederationCa;
+use enlace_core::id::Instance;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use api::{OPENAPI, media, router};
+pub use model::{
+    Approval, ConceptRecord, MemberRecord, NodeRecord, ServiceRecord, SubsystemRecord,
+};
+pub use once_only::{Held, Report};
+pub use publish::{ALGORITHM, Published, Signer};
+pub use registry::{Actor, Registry, Settings};
+pub use store::{AuditEntry, Change, SqliteStore, Store, StoreError};
+
+/// The registry's configuration file (TOML, `${ENV:-default}` expanded before parsing).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Federation instance, e.g. `CL-DEV`.
+    pub instance: String,
+    /// Address of the REST API.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of the database, the CA files and the admin token.
+    pub data_dir: PathBuf,
+    /// Storage backend: `sqlite` (the default; `registry.sqlite` in `data_dir`).
+    #[serde(default = "default_storage")]
+    pub storage: String,
+    /// Seconds a signed configuration stays valid; reissued every third of that.
+    #[serde(default = "default_config_validity")]
+    pub config_validity_secs: u64,
+    /// Hours a node certificate stays valid.
+    #[serde(default = "default_cert_hours")]
+    pub node_cert_validity_hours: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7400))
+}
+fn default_storage() -> String {
+    "sqlite".into()
+}
+fn default_config_validity() -> u64 {
+    600
+}
+fn default_cert_hours() -> u64 {
+    7 * 24
+}
+
+impl RegistryConfig {
+    /// Reads, expands and validates a configuration file; errors name the key.
+    pub fn from_toml(text: &str) -> anyhow::Result<RegistryConfig> {
+        let expanded = enlace_core::settings::expand_env(text, |k| std::env::var(k).ok())
+            .map_err(anyhow::Error::msg)?;
+        let cfg: RegistryConfig = toml::from_str(&expanded)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.instance
+            .parse::<Instance>()
+            .map_err(|e| anyhow::anyhow!("instance: {e}"))?;
+        anyhow::ensure!(
+            self.storage == "sqlite",
+            "storage: only `sqlite` is built in (got `{}`)",
+            self.storage
+        );
+        anyhow::ensure!(
+            (30..=86_400).contains(&self.config_validity_secs),
+            "config_validity_secs: must be between 30 and 86400"
+        );
+        anyhow::ensure!(
+            (1..=24 * 90).contains(&self.node_cert_validity_hours),
+            "node_cert_validity_hours: must be between 1 and 2160"
+        );
+        Ok(())
+    }
+}
+
+/// A registry serving on a socket.
+pub struct RunningRegistry {
+    pub addr: SocketAddr,
+    pub registry: Arc<Registry>,
+    /// The federation admin's token.
+    pub admin_token: String,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    refresher: JoinHandle<()>,
+}
+
+impl RunningRegistry {
+    /// Stops accepting, lets in-flight requests finish, and returns.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        self.refresher.abort();
+        let _ = self.task.await;
+    }
+}
+
+fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Loads the federation CA from `data_dir` (`ca.pem`, `ca-key.pem`), creating it on first start.
+pub fn load_or_create_ca(data_dir: &Path, instance: &Instance) -> anyhow::Result<FederationCa> {
+    let cert = data_dir.join("ca.pem");
+    let key = data_dir.join("ca-key.pem");
+    if cert.exists() {
+        let ca = FederationCa::load(
+            &std::fs::read_to_string(&cert)?,
+            &std::fs::read_to_string(&key)?,
+        )
+        .map_err(|p| anyhow::anyhow!("{}: {p}", cert.display()))?;
+        return Ok(ca);
+    }
+    let ca = FederationCa::create(instance, time::Duration::days(3650))
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    write_secret(&key, ca.key_pem())?;
+    std::fs::write(&cert, ca.cert_pem())?;
+    tracing::info!(path = %cert.display(), "created the federation CA");
+    Ok(ca)
+}
+
+/// Loads the federation admin token from `data_dir/admin.token`, creating it on first start.
+fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin.token");
+    if path.exists() {
+        return Ok(std::fs::read_to_string(&path)?.trim().to_string());
+    }
+    let token = registry::new_admin_token();
+    write_secret(&path, &token)?;
+    Ok(token)
+}
+
+/// Opens the store, the CA and the token, issues a configuration, and serves the API.
+pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
+    enlace_certs::install_crypto_provider();
+    let instance: Instance = cfg.instance.parse()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let store = Arc::new(SqliteStore::open(&cfg.data_dir.join("registry.sqlite"))?);
+    let ca = load_or_create_ca(&cfg.data_dir, &instance)?;
+    let admin_token = load_or_create_admin_token(&cfg.data_dir)?;
+    let validity = time::Duration::seconds(cfg.config_validity_secs as i64);
+    let signer =
+        Signer::create(&ca, &instance, validity * 4).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let settings = Settings {
+        instance,
+        config_validity: validity,
+        node_cert_validity: time::Duration::hours(cfg.node_cert_validity_hours as i64),
+    };
+    let registry = Registry::new(store, ca, signer, settings, &admin_token)
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    registry
+        .publish()
+        .await
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, mut rx) = watch::channel(false);
+    let app = router(registry.clone());
+    let task = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "registry server stopped");
+        }
+    });
+    let refresher = {
+        let registry = registry.clone();
+        let every = std::time::Duration::from_secs((cfg.config_validity_secs / 3).max(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(p) = registry.publish().await {
+                    tracing::error!(problem = %p, "could not reissue the configuration");
+                }
+            }
+        })
+    };
+    tracing::info!(%addr, "registry listening");
+    Ok(RunningRegistry {
+        addr,
+        registry,
+        admin_token,
+        shutdown,
+        task,
+        refresher,
+    })
+}

@@ -8,7 +8,9 @@ fn contract(state: ContractState) -> Contract {
         id: "ctr_01JD0000000000000000000000".parse().unwrap(),
         terms: ContractTerms {
             consumer: "CL-DEV/GOV/60803000-K/renta".parse().unwrap(),
-            provider: "CL-DEV/GOV/61002000-3/registro-civil/personas".parse().unwrap(),
+            provider: "CL-DEV/GOV/61002000-3/registro-civil/personas"
+                .parse()
+                .unwrap(),
             versions: VersionRange {
                 min: "v1".parse().unwrap(),
                 max: "v1.9999".parse().unwrap(),
@@ -43,12 +45,21 @@ fn stranger() -> Party {
 fn the_whole_state_machine() {
     use ContractState::*;
     let approve = ContractAction::Approve;
-    let refuse = ContractAction::Refuse { reason: "no legal basis".into() };
+    let refuse = ContractAction::Refuse {
+        reason: "no legal basis".into(),
+    };
     let withdraw = ContractAction::Withdraw;
-    let revoke = ContractAction::Revoke { reason: "law repealed".into() };
+    let revoke = ContractAction::Revoke {
+        reason: "law repealed".into(),
+    };
     let fed = Party::FederationAdmin;
     // (from, action, party, expected: Ok(state) or Err(slug))
-    let cases: Vec<(ContractState, &ContractAction, Party, Result<ContractState, &str>)> = vec![
+    let cases: Vec<(
+        ContractState,
+        &ContractAction,
+        Party,
+        Result<ContractState, &str>,
+    )> = vec![
         (Proposed, &approve, provider(), Ok(Approved)),
         (Proposed, &approve, consumer(), Err("wrong-party")),
         (Proposed, &approve, fed.clone(), Err("wrong-party")),
@@ -94,10 +105,22 @@ fn shape_checks() {
     let mut c = contract(ContractState::Proposed);
     c.terms.check_shape().unwrap();
     c.terms.purpose = "Tax Refund".into();
-    assert!(c.terms.check_shape().unwrap_err().detail.starts_with("purpose"));
+    assert!(
+        c.terms
+            .check_shape()
+            .unwrap_err()
+            .detail
+            .starts_with("purpose")
+    );
     let mut c = contract(ContractState::Proposed);
     c.terms.valid_until = c.terms.valid_from;
-    assert!(c.terms.check_shape().unwrap_err().detail.starts_with("valid_until"));
+    assert!(
+        c.terms
+            .check_shape()
+            .unwrap_err()
+            .detail
+            .starts_with("valid_until")
+    );
 }
 
 #[test]

@@ -32,7 +32,14 @@ fn a_changed_check_digit_is_refused_naming_field_and_rule() {
 
 #[test]
 fn lower_case_k_dots_and_leading_zeros_are_refused() {
-    for bad in ["60803000-k", "61.002.000-3", "061002000-3", "61002000", "-3", "123456789-0"] {
+    for bad in [
+        "60803000-k",
+        "61.002.000-3",
+        "061002000-3",
+        "61002000",
+        "-3",
+        "123456789-0",
+    ] {
         assert!(check_rut("member.code", bad).is_err(), "{bad}");
     }
 }
@@ -43,7 +50,9 @@ fn demo_identifiers_parse() {
     assert_eq!(m.instance.as_str(), "CL-DEV");
     let s: SubsystemId = "CL-DEV/GOV/61002000-3/registro-civil".parse().unwrap();
     assert_eq!(s.member, m);
-    let svc: ServiceId = "CL-DEV/GOV/61002000-3/registro-civil/personas".parse().unwrap();
+    let svc: ServiceId = "CL-DEV/GOV/61002000-3/registro-civil/personas"
+        .parse()
+        .unwrap();
     assert_eq!(svc.code(), "personas");
     let n: NodeId = "CL-DEV/GOV/61002000-3/node/a".parse().unwrap();
     assert_eq!(NodeId::from_uri(&n.uri()).unwrap(), n);
@@ -63,15 +72,47 @@ fn demo_identifiers_parse() {
 #[test]
 fn bad_identifiers_name_their_field() {
     let cases: &[(&str, fn(&str) -> Result<(), IdError>, &str)] = &[
-        ("cl/GOV/61002000-3", |s| s.parse::<MemberId>().map(drop), "instance"),
-        ("CL/gov/61002000-3", |s| s.parse::<MemberId>().map(drop), "member.class"),
-        ("CL/GOV/61002000-3/Registro", |s| s.parse::<SubsystemId>().map(drop), "subsystem.code"),
-        ("CL/GOV/61002000-3/node", |s| s.parse::<SubsystemId>().map(drop), "subsystem.code"),
-        ("CL/GOV/61002000-3/x/node/a", |s| s.parse::<NodeId>().map(drop), "node"),
-        ("CL/GOV/61002000-3/node/A", |s| s.parse::<NodeId>().map(drop), "node.name"),
-        ("12345678-5", |s| s.parse::<SubjectId>().map(drop), "subject"),
+        (
+            "cl/GOV/61002000-3",
+            |s| s.parse::<MemberId>().map(drop),
+            "instance",
+        ),
+        (
+            "CL/gov/61002000-3",
+            |s| s.parse::<MemberId>().map(drop),
+            "member.class",
+        ),
+        (
+            "CL/GOV/61002000-3/Registro",
+            |s| s.parse::<SubsystemId>().map(drop),
+            "subsystem.code",
+        ),
+        (
+            "CL/GOV/61002000-3/node",
+            |s| s.parse::<SubsystemId>().map(drop),
+            "subsystem.code",
+        ),
+        (
+            "CL/GOV/61002000-3/x/node/a",
+            |s| s.parse::<NodeId>().map(drop),
+            "node",
+        ),
+        (
+            "CL/GOV/61002000-3/node/A",
+            |s| s.parse::<NodeId>().map(drop),
+            "node.name",
+        ),
+        (
+            "12345678-5",
+            |s| s.parse::<SubjectId>().map(drop),
+            "subject",
+        ),
         ("person", |s| s.parse::<ConceptId>().map(drop), "concept"),
-        ("v01", |s| s.parse::<ServiceVersion>().map(drop), "service.version"),
+        (
+            "v01",
+            |s| s.parse::<ServiceVersion>().map(drop),
+            "service.version",
+        ),
         ("ctr_123", |s| s.parse::<ContractId>().map(drop), "contract"),
     ];
     for (text, parse, field) in cases {
@@ -83,7 +124,10 @@ fn bad_identifiers_name_their_field() {
 #[test]
 fn serde_uses_the_canonical_text_and_validates() {
     let m: MemberId = serde_json::from_str("\"CL-DEV/GOV/61002000-3\"").unwrap();
-    assert_eq!(serde_json::to_string(&m).unwrap(), "\"CL-DEV/GOV/61002000-3\"");
+    assert_eq!(
+        serde_json::to_string(&m).unwrap(),
+        "\"CL-DEV/GOV/61002000-3\""
+    );
     assert!(serde_json::from_str::<MemberId>("\"CL-DEV/GOV/61002000-4\"").is_err());
 }
 

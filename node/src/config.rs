@@ -1,0 +1,287 @@
+//! Following the registry's signed global configuration: verify, cache on disk, long-poll for
+//! the next serial, keep working on the cached copy, and fail closed once it has expired.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use enlace_certs::TrustStore;
+use enlace_core::config::{CONFIG_FORMAT, GlobalConfig, MAX_CONFIG_BYTES, SignedConfig};
+use enlace_core::id::Instance;
+use enlace_core::problem::{Problem, ProblemKind};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// How far a configuration's issue time may lie in our future (clock skew).
+const MAX_SKEW: time::Duration = time::Duration::seconds(60);
+
+/// The URI SAN of the certificate that signs an instance's configuration.
+pub fn registry_signer_uri(instance: &Instance) -> String {
+    format!("urn:enlace:registry:{instance}")
+}
+
+fn bad_signature(detail: impl Into<String>) -> Problem {
+    Problem::new(ProblemKind::ConfigSignatureInvalid, detail)
+}
+
+/// Verifies a signed configuration against the federation CA (`anchors`): the signer
+/// certificate chains to it and names the registry of `instance`, the Ed25519 signature
+/// covers the payload, the payload is for `instance`, not expired at `now`, not issued in the
+/// future, and its serial is not below `min_serial` (a replayed older configuration).
+pub fn verify(
+    signed: &SignedConfig,
+    anchors: &TrustStore,
+    instance: &Instance,
+    min_serial: u64,
+    now: OffsetDateTime,
+) -> Result<GlobalConfig, Problem> {
+    if signed.algorithm != "ed25519" {
+        return Err(bad_signature(format!(
+            "algorithm `{}` is not ed25519",
+            signed.algorithm
+        )));
+    }
+    let payload = B64
+        .decode(&signed.payload)
+        .map_err(|e| bad_signature(format!("payload is not base64: {e}")))?;
+    let signature = B64
+        .decode(&signed.signature)
+        .map_err(|e| bad_signature(format!("signature is not base64: {e}")))?;
+    let key = enlace_certs::verify_signer(
+        anchors,
+        &signed.signer_certificate,
+        &registry_signer_uri(instance),
+        now,
+    )
+    .map_err(|p| bad_signature(format!("signer certificate: {}", p.detail)))?;
+    if !enlace_certs::verify_ed25519(&key, &payload, &signature) {
+        return Err(bad_signature("the signature does not match the payload"));
+    }
+    let config: GlobalConfig = serde_json::from_slice(&payload)
+        .map_err(|e| bad_signature(format!("signed payload is not a configuration: {e}")))?;
+    if config.format != CONFIG_FORMAT {
+        return Err(bad_signature(format!(
+            "configuration format {} is not {CONFIG_FORMAT}",
+            config.format
+        )));
+    }
+    if &config.instance != instance {
+        return Err(bad_signature(format!(
+            "configuration is for instance {}, not {instance}",
+            config.instance
+        )));
+    }
+    if config.serial < min_serial {
+        return Err(Problem::new(
+            ProblemKind::ConfigReplayed,
+            format!(
+                "configuration serial {} is older than serial {min_serial} already seen",
+                config.serial
+            ),
+        ));
+    }
+    if config.issued_at > now + MAX_SKEW {
+        return Err(bad_signature(format!(
+            "configuration issued in the future ({})",
+            config.issued_at
+        )));
+    }
+    if config.expires_at <= now {
+        return Err(Problem::new(
+            ProblemKind::ConfigurationExpired,
+            format!(
+                "configuration serial {} expired at {}",
+                config.serial, config.expires_at
+            ),
+        ));
+    }
+    Ok(config)
+}
+
+/// Where and how a node follows the configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// Base URL of the registry, e.g. `http://127.0.0.1:7400`.
+    pub registry_url: String,
+    pub instance: Instance,
+    /// The federation CA certificate(s), PEM: the node's trust anchor, obtained out of band.
+    pub anchors: Vec<String>,
+    /// Where the last verified configuration is cached.
+    pub cache_path: PathBuf,
+}
+
+/// Follows the registry's configuration and hands out the current one.
+pub struct ConfigClient {
+    source: ConfigSource,
+    anchors: TrustStore,
+    http: reqwest::Client,
+    current: watch::Sender<Option<Arc<GlobalConfig>>>,
+}
+
+impl ConfigClient {
+    /// Builds the client and loads the cached configuration, if any verifies (expired is fine:
+    /// it is kept to be replaced, and [`ConfigClient::current`] refuses it).
+    pub fn new(source: ConfigSource) -> Result<Arc<ConfigClient>, Problem> {
+        let anchors = TrustStore::new(&source.anchors, None)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+        let client = Arc::new(ConfigClient {
+            source,
+            anchors,
+            http,
+            current: watch::channel(None).0,
+        });
+        if let Ok(bytes) = std::fs::read(&client.source.cache_path) {
+            match serde_json::from_slice::<SignedConfig>(&bytes)
+                .map_err(|e| bad_signature(e.to_string()))
+                .and_then(|s| client.verify_at(&s, 0, OffsetDateTime::now_utc()))
+            {
+                Ok(cfg) => {
+                    client.current.send_replace(Some(Arc::new(cfg)));
+                }
+                Err(p) if p.kind == ProblemKind::ConfigurationExpired => {
+                    tracing::warn!(problem = %p, "cached configuration has expired");
+                }
+                Err(p) => tracing::warn!(problem = %p, "cached configuration refused"),
+            }
+        }
+        Ok(client)
+    }
+
+    fn verify_at(
+        &self,
+        signed: &SignedConfig,
+        min_serial: u64,
+        now: OffsetDateTime,
+    ) -> Result<GlobalConfig, Problem> {
+        verify(
+            signed,
+            &self.anchors,
+            &self.source.instance,
+            min_serial,
+            now,
+        )
+    }
+
+    fn serial(&self) -> u64 {
+        self.current.borrow().as_ref().map_or(0, |c| c.serial)
+    }
+
+    /// The current configuration, or `configuration-expired` (fail closed).
+    pub fn current(&self) -> Result<Arc<GlobalConfig>, Problem> {
+        let cfg = self.current.borrow().clone().ok_or_else(|| {
+            Problem::new(
+                ProblemKind::ConfigurationExpired,
+                "no verified configuration yet",
+            )
+        })?;
+        if cfg.expires_at <= OffsetDateTime::now_utc() {
+            return Err(Problem::new(
+                ProblemKind::ConfigurationExpired,
+                format!(
+                    "configuration serial {} expired at {}; the registry has not been reachable",
+                    cfg.serial, cfg.expires_at
+                ),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// A receiver that sees every new configuration.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<GlobalConfig>>> {
+        self.current.subscribe()
+    }
+
+    /// Fetches once, waiting up to `wait` for a serial above ours. Returns whether it changed.
+    pub async fn fetch(&self, wait: Duration) -> Result<bool, Problem> {
+        let serial = self.serial();
+        let url = format!(
+            "{}/v1/config?after={serial}&wait={}",
+            self.source.registry_url,
+            wait.as_secs()
+        );
+        let unreachable = |e: reqwest::Error| {
+            Problem::new(ProblemKind::PeerUnreachable, format!("registry: {e}"))
+        };
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(wait + Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(false);
+        }
+        if !resp.status().is_success() {
+            return Err(Problem::new(
+                ProblemKind::PeerUnreachable,
+                format!("registry answered {}", resp.status()),
+            ));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n as usize > MAX_CONFIG_BYTES)
+        {
+            return Err(Problem::new(
+                ProblemKind::BodyTooLarge,
+                "configuration larger than the node accepts",
+            ));
+        }
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(Problem::new(
+                ProblemKind::BodyTooLarge,
+                "configuration larger than the node accepts",
+            ));
+        }
+        let signed: SignedConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| bad_signature(format!("not a signed configuration: {e}")))?;
+        let cfg = self.verify_at(&signed, serial, OffsetDateTime::now_utc())?;
+        if cfg.serial == serial {
+            return Ok(false);
+        }
+        self.write_cache(&bytes)?;
+        tracing::info!(serial = cfg.serial, "new configuration");
+        self.current.send_replace(Some(Arc::new(cfg)));
+        Ok(true)
+    }
+
+    fn write_cache(&self, bytes: &[u8]) -> Result<(), Problem> {
+        let io = |e: std::io::Error| {
+            Problem::new(ProblemKind::Internal, format!("configuration cache: {e}"))
+        };
+        let path = &self.source.cache_path;
+        let tmp = path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)?;
+        Ok(())
+    }
+
+    /// Follows the registry until the task is dropped: long-polls, and retries after errors.
+    pub fn follow(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                match me.fetch(Duration::from_secs(30)).await {
+                    Ok(_) => backoff = Duration::from_millis(250),
+                    Err(p) => {
+                        tracing::warn!(problem = %p, "configuration fetch failed; keeping the cached copy");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,188 @@
+//! The demo federation of DESIGN.md (Registro Civil provides `personas`, SII consumes it under a
+//! contract for tax-refund eligibility), seeded through the same operations an admin uses.
+
+use std::path::Path;
+
+use enlace_core::contract::{
+    ContractAction, ContractTerms, Period, Usage, VersionRange, VolumeLimit,
+};
+use enlace_core::id::{MemberId, NodeId, ServiceId, SubsystemId};
+use enlace_core::problem::Problem;
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{Actor, Registry};
+
+pub const INSTANCE: &str = "CL-DEV";
+pub const REGISTRO_CIVIL: &str = "CL-DEV/GOV/61002000-3";
+pub const SII: &str = "CL-DEV/GOV/60803000-K";
+pub const PROVIDER_SUBSYSTEM: &str = "CL-DEV/GOV/61002000-3/registro-civil";
+pub const CONSUMER_SUBSYSTEM: &str = "CL-DEV/GOV/60803000-K/renta";
+pub const PERSONAS: &str = "CL-DEV/GOV/61002000-3/registro-civil/personas";
+pub const PERSONAS_GRPC: &str = "CL-DEV/GOV/61002000-3/registro-civil/personas-grpc";
+pub const PROVIDER_NODE: &str = "CL-DEV/GOV/61002000-3/node/a";
+pub const CONSUMER_NODE: &str = "CL-DEV/GOV/60803000-K/node/a";
+pub const PERSON: &str = "CL-RUN:12345678-5";
+
+/// The OpenAPI description of `personas` v1.
+pub const PERSONAS_OPENAPI: &str = include_str!("../../openapi/samples/personas-v1.json");
+
+/// What seeding produced: admin tokens and the contract.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Demo {
+    pub registro_civil_token: String,
+    pub sii_token: String,
+    pub contract: String,
+}
+
+fn id<T: std::str::FromStr<Err = enlace_core::IdError>>(s: &str) -> T {
+    // The constants above are valid identifiers; a typo is caught by the tests.
+    s.parse()
+        .unwrap_or_else(|e| panic!("demo identifier {s}: {e}"))
+}
+
+/// Seeds the demo federation. Node keys go to `nodes_dir/<member code>/` (TLS and signing keys,
+/// and the certificates the registry issued). `addresses` are the provider listeners of the
+/// Registro Civil and SII nodes.
+pub async fn seed(reg: &Registry, nodes_dir: &Path, addresses: [&str; 2]) -> Result<Demo, Problem> {
+    let admin = Actor::FederationAdmin;
+    let rc: MemberId = id(REGISTRO_CIVIL);
+    let sii: MemberId = id(SII);
+    reg.create_member(
+        &admin,
+        rc.clone(),
+        "Servicio de Registro Civil e Identificación".into(),
+    )
+    .await?;
+    reg.create_member(&admin, sii.clone(), "Servicio de Impuestos Internos".into())
+        .await?;
+    let rc_token = reg.issue_member_token(&admin, &rc, "demo".into()).await?;
+    let sii_token = reg.issue_member_token(&admin, &sii, "demo".into()).await?;
+    let rc_admin = Actor::MemberAdmin(rc.clone());
+    let sii_admin = Actor::MemberAdmin(sii.clone());
+
+    let provider: SubsystemId = id(PROVIDER_SUBSYSTEM);
+    let consumer: SubsystemId = id(CONSUMER_SUBSYSTEM);
+    reg.register_subsystem(&rc_admin, provider.clone()).await?;
+    reg.register_subsystem(&sii_admin, consumer.clone()).await?;
+    reg.approve_subsystem(&admin, &provider).await?;
+    reg.approve_subsystem(&admin, &consumer).await?;
+
+    for (node, who, address) in [
+        (PROVIDER_NODE, &rc_admin, addresses[0]),
+        (CONSUMER_NODE, &sii_admin, addresses[1]),
+    ] {
+        let node: NodeId = id(node);
+        let keys = enlace_certs::node_init(&node)?;
+        let rec = reg
+            .register_node(
+                who,
+                node.clone(),
+                address.into(),
+                keys.tls_csr_pem.clone(),
+                keys.signing_csr_pem.clone(),
+            )
+            .await?;
+        let rec = reg.approve_node(&admin, &rec.id).await?;
+        let dir = nodes_dir.join(node.member.code());
+        write_node_files(&dir, &keys, &rec, reg.ca_pem()).map_err(|e| {
+            Problem::new(
+                enlace_core::ProblemKind::Internal,
+                format!("writing {}: {e}", dir.display()),
+            )
+        })?;
+    }
+
+    let personas: ServiceId = id(PERSONAS);
+    let desc = enlace_description::openapi::parse(PERSONAS_OPENAPI.as_bytes())?;
+    reg.publish_service(&rc_admin, personas.clone(), id("v1"), desc)
+        .await?;
+    let grpc =
+        enlace_description::protobuf::from_descriptor_set(enlace_proto::PERSONAS_DESCRIPTOR_SET)?;
+    reg.publish_service(&rc_admin, id(PERSONAS_GRPC), id("v1"), grpc)
+        .await?;
+
+    for (concept, field, aliases) in [
+        ("person.name", "/name", vec!["nombre"]),
+        (
+            "person.birth_date",
+            "/birthDate",
+            vec!["fecha_nacimiento", "birthdate"],
+        ),
+        ("person.address", "/address", vec!["direccion", "domicilio"]),
+        ("person.civil_status", "/civilStatus", vec!["estado_civil"]),
+        ("person.nationality", "/nationality", vec!["nacionalidad"]),
+    ] {
+        reg.claim_concept(
+            &rc_admin,
+            id(concept),
+            personas.clone(),
+            "getPerson".into(),
+            field.into(),
+            aliases.into_iter().map(String::from).collect(),
+        )
+        .await?;
+    }
+
+    let now = time::OffsetDateTime::now_utc();
+    let terms = ContractTerms {
+        consumer,
+        provider: personas,
+        versions: VersionRange {
+            min: id("v1.0"),
+            max: id("v1.9999"),
+        },
+        operations: vec!["getPerson".into()],
+        purpose: "tax-refund-eligibility".into(),
+        legal_basis: "Decreto Ley 824 (Ley sobre Impuesto a la Renta), devolución de impuestos"
+            .into(),
+        allowed_fields: vec!["/name".into(), "/address".into()],
+        subject_required: true,
+        usage: Usage::Permanent,
+        volume_limit: Some(VolumeLimit {
+            max_requests: 1_000_000,
+            period: Period::Day,
+        }),
+        valid_from: now - time::Duration::minutes(5),
+        valid_until: now + time::Duration::days(365),
+        authorisation_required: false,
+    };
+    let contract = reg.propose_contract(&sii_admin, terms).await?;
+    reg.act_on_contract(&rc_admin, &contract.id, ContractAction::Approve)
+        .await?;
+    Ok(Demo {
+        registro_civil_token: rc_token,
+        sii_token,
+        contract: contract.id.to_string(),
+    })
+}
+
+fn write_node_files(
+    dir: &Path,
+    keys: &enlace_certs::NodeKeys,
+    rec: &crate::model::NodeRecord,
+    ca_pem: &str,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let write_secret = |name: &str, text: &str| -> std::io::Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
+    };
+    write_secret("tls-key.pem", &keys.tls_key_pem)?;
+    write_secret("signing-key.pem", &keys.signing_key_pem)?;
+    std::fs::write(
+        dir.join("tls.pem"),
+        rec.tls_certificate.as_deref().unwrap_or(""),
+    )?;
+    std::fs::write(
+        dir.join("signing.pem"),
+        rec.signing_certificate.as_deref().unwrap_or(""),
+    )?;
+    std::fs::write(dir.join("ca.pem"), ca_pem)?;
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The registry's records as stored: members, subsystems, nodes, service versions, concepts,
+//! admin tokens and revoked certificates.
+
+use enlace_core::config::DescriptionKind;
+use enlace_core::id::{ConceptId, MemberId, NodeId, ServiceId, ServiceVersion, SubsystemId};
+use enlace_description::Operation;
+use serde::{Deserialize, Serialize};
+
+/// Document kinds in the store.
+pub mod kind {
+    pub const MEMBER: &str = "member";
+    pub const SUBSYSTEM: &str = "subsystem";
+    pub const NODE: &str = "node";
+    pub const SERVICE: &str = "service";
+    pub const CONCEPT: &str = "concept";
+    pub const CONTRACT: &str = "contract";
+    pub const TOKEN: &str = "token";
+    pub const REVOKED: &str = "revoked";
+}
+
+/// Whether the federation admin has approved a subsystem or node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    Pending,
+    Approved,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: MemberId,
+    pub name: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubsystemRecord {
+    pub id: SubsystemId,
+    pub state: Approval,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    /// `host:port` of its provider listener.
+    pub address: String,
+    pub state: Approval,
+    pub tls_csr: String,
+    pub signing_csr: String,
+    pub tls_certificate: Option<String>,
+    pub signing_certificate: Option<String>,
+    pub tls_serial: Option<String>,
+    pub signing_serial: Option<String>,
+    pub not_after: Option<String>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub id: ServiceId,
+    pub version: ServiceVersion,
+    pub kind: DescriptionKind,
+    pub digest: String,
+    pub published_at: String,
+    pub operations: Vec<Operation>,
+}
+
+impl ServiceRecord {
+    pub fn key(id: &ServiceId, version: ServiceVersion) -> String {
+        format!("{id}@{version}")
+    }
+}
+
+/// The one authoritative source of a data concept: a field of an operation of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConceptRecord {
+    pub id: ConceptId,
+    pub service: ServiceId,
+    pub operation: String,
+    pub field: String,
+    /// Other names forms use for it (`direccion`, `domicilio`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub claimed_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// SHA-256 of the token, hex; the token itself is never stored.
+    pub hash: String,
+    pub member: MemberId,
+    pub label: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedRecord {
+    pub serial_hex: String,
+    pub node: NodeId,
+    pub revoked_at: String,
+    pub reason: String,
+}
