@@ -1,7 +1,9 @@
-//! The Enlace node. This crate holds the configuration client today; the consumer proxy,
-//! provider listener, signing and message log come with the relay.
+//! The Enlace node: consumer proxy, provider listener, RFC 9421 signing, message log, and the
+//! configuration client.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod msglog;
+pub mod signature;
 
 pub use config::{ConfigClient, ConfigSource};

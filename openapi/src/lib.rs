@@ -6,6 +6,7 @@
 mod model;
 pub mod openapi;
 pub mod protobuf;
+pub mod validate;
 
 pub use model::{Break, Description, Field, Input, MAX_DESCRIPTION_BYTES, Operation, sha256_hex};
 

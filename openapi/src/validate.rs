@@ -1,0 +1,1 @@
+//! Request matching and validation, response validation and minimisation, per operation.
