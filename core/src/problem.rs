@@ -217,3 +217,18 @@ mod tests {
         assert!(j["rule"].as_str().unwrap().contains("modulo-11"));
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    /// docs/PROTOCOL.md lists every problem type with its status.
+    #[test]
+    fn protocol_doc_lists_every_problem() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        for k in ProblemKind::ALL {
+            let row = format!("| `{}` | {} |", k.slug(), k.status());
+            assert!(doc.contains(&row), "docs/PROTOCOL.md lacks {row}");
+        }
+    }
+}

@@ -228,3 +228,34 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         refresher,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_configuration_loads() {
+        let text = include_str!("../../deploy/registry.toml");
+        let cfg = RegistryConfig::from_toml(text).unwrap();
+        assert_eq!(cfg.instance, "CL-DEV");
+        assert_eq!(cfg.config_validity_secs, 600);
+    }
+
+    #[test]
+    fn bad_configuration_names_the_key() {
+        let e = RegistryConfig::from_toml("instance = \"cl\"\ndata_dir = \"/x\"").unwrap_err();
+        assert!(e.to_string().starts_with("instance:"), "{e}");
+        let e = RegistryConfig::from_toml("instance = \"CL\"\ndata_dir = \"/x\"\nlisten_on = 1")
+            .unwrap_err();
+        assert!(e.to_string().contains("listen_on"), "{e}");
+        let e =
+            RegistryConfig::from_toml("instance = \"CL\"\ndata_dir = \"${NO_SUCH_VAR_ENLACE}\"")
+                .unwrap_err();
+        assert!(e.to_string().contains("NO_SUCH_VAR_ENLACE"), "{e}");
+        let e = RegistryConfig::from_toml(
+            "instance = \"CL\"\ndata_dir = \"/x\"\nconfig_validity_secs = 1",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("config_validity_secs"), "{e}");
+    }
+}

@@ -769,6 +769,9 @@ async fn contracts_follow_their_lifecycle_and_name_only_real_fields() {
     r.post("/v1/contracts", Some(sii), &terms)
         .await
         .problem("unknown-service", 404);
+    // Of all those proposals only the valid one was stored.
+    let listed = r.get("/v1/contracts", Some(sii)).await;
+    assert_eq!(listed.ok(200).as_array().unwrap().len(), 2);
 
     // The lifecycle over HTTP.
     let proposed = r.post("/v1/contracts", Some(sii), &contract_terms()).await;
@@ -801,6 +804,9 @@ async fn contracts_follow_their_lifecycle_and_name_only_real_fields() {
     act(json!({"action": "launch"}), rc.clone())
         .await
         .problem("invalid-request", 400);
+    // None of those refusals changed the contract.
+    let unchanged = r.get(&format!("/v1/contracts/{id}"), Some(sii)).await;
+    assert_eq!(unchanged.ok(200)["state"], "proposed");
     assert_eq!(
         act(json!({"action": "approve"}), rc.clone()).await.ok(200)["state"],
         "approved"
