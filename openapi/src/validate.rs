@@ -1,1 +1,1069 @@
 //! Request matching and validation, response validation and minimisation, per operation.
+//!
+//! A provider node compiles each OpenAPI service once ([`CompiledService::compile`], cached by
+//! the description's digest), then for every relayed request:
+//!
+//! 1. [`CompiledService::match_request`] reads the path strictly and finds the one operation.
+//! 2. [`CompiledService::validate_request`] checks parameters and body against their schemas.
+//! 3. After the backend answers, [`CompiledService::validate_response`] checks the response.
+//! 4. [`minimise`] cuts the response down to the contract's allowed fields.
+//!
+//! # Paths
+//!
+//! The path (after the service prefix) is refused with `invalid-request` and an extension
+//! `trick` naming what was found: longer than [`MAX_PATH_BYTES`] (`too-long`), not starting
+//! with `/` (`not-absolute`), raw control characters (`control-character`), `\`
+//! (`backslash`), `;` raw or as `%3B` (`matrix-parameter`), `?` or `#` (`query-or-fragment`),
+//! raw non-ASCII (`non-ascii`), `//` (`empty-segment`), `.` or `..` segments (`dot-segment`),
+//! `%` without two hex digits (`bad-percent-encoding`), percent-encoded `/`, `\`, `.`, `%` or
+//! control characters (`encoded-slash`, `encoded-backslash`, `encoded-dot`, `encoded-percent`,
+//! `encoded-control-character`), segments that do not decode to UTF-8 (`not-utf8`), a trailing
+//! `/` no template has (`trailing-slash`), and a method that is not an upper-case token
+//! (`method`). Literal segments match the decoded segment exactly (case-sensitive); `{param}`
+//! matches one whole non-empty decoded segment (with any literal text around it in the
+//! template). Among templates that match with the request's method, the most literal wins,
+//! segment by segment from the left; then the first in the document. No match is `not-found`
+//! (with `allowed` listing the methods described at that path, if any): `HEAD`, `OPTIONS`,
+//! `TRACE` and `CONNECT` are only accepted where described.
+//!
+//! # Parameters and bodies
+//!
+//! Path, query and header parameters are read as text and turned into the type their schema
+//! asks for (`integer`/`number` as JSON numbers, `boolean` from `true`/`false`; a schema that
+//! allows `string` keeps the text) before validation. Query strings are
+//! `application/x-www-form-urlencoded` (`+` is a space), at most [`MAX_QUERY_BYTES`]; a query
+//! parameter not described, or a non-array parameter given twice, is a violation. Arrays:
+//! `form` with `explode` (the default) repeats the key, otherwise one value split on `,`
+//! (`form`), ` ` (`spaceDelimited`) or `|` (`pipeDelimited`); path and header arrays are split
+//! on `,`. A parameter with `content: application/json` is parsed as JSON. Header parameters are
+//! checked when present and required when `required`; other headers are not looked at;
+//! `Accept`, `Content-Type` and `Authorization` parameters are ignored (as OpenAPI says), and so
+//! are cookie parameters. Object-valued parameters, `deepObject`, `label` and `matrix` styles
+//! are not supported: the service does not compile.
+//!
+//! A request body is refused on an operation without `requestBody`, required when the
+//! description says so, must carry a JSON content type (`application/json` or
+//! `application/*+json`, UTF-8) that the operation describes (otherwise
+//! `unsupported-media-type`), must parse ([`MAX_JSON_DEPTH`] levels at most, no duplicate
+//! members) and validate. Violations are reported together as `request-schema-violation` with
+//! `errors: [{at, message}]` (at most [`MAX_ERRORS`], then `truncated: true`); `at` is
+//! `/path/<name>`, `/query/<name>`, `/header/<name>` or `/body/<pointer>`. Messages never quote
+//! the values.
+//!
+//! # Responses
+//!
+//! The response object is the one for the exact status, else its range (`2XX`), else
+//! `default`. Successful statuses (below 400) must be described; their body must be JSON of a
+//! described media type and valid, or empty when the response has no content. Error statuses
+//! (4xx, 5xx) with a described JSON schema are validated when they have a body (an empty error
+//! body is accepted); undescribed error bodies must still be JSON or empty. Anything else is
+//! `response-schema-violation` (502). The parsed body is returned (`null` when empty).
+//!
+//! # Schemas
+//!
+//! Each parameter, request body media type and response media type gets one JSON Schema
+//! 2020-12 validator, built offline: every `#/components/...` reference is copied under
+//! `$defs`, the 3.0 dialect is translated (`nullable`, boolean `exclusiveMinimum`/
+//! `exclusiveMaximum`, `$ref` siblings ignored), `example`, `$schema` and `x-*` are dropped,
+//! `format` is asserted (`int32` bounds too), and nothing is ever fetched.
+
+mod json;
+mod minimise;
+mod path;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use enlace_core::config::DescriptionKind;
+use enlace_core::problem::{Problem, ProblemKind};
+use jsonschema::{Draft, PatternOptions, Validator};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::model::Description;
+use path::Segment;
+
+pub use json::MAX_JSON_DEPTH;
+pub use minimise::minimise;
+pub use path::MAX_PATH_BYTES;
+
+/// Most violations listed in one problem.
+pub const MAX_ERRORS: usize = 20;
+/// Longest query string accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 8192;
+/// Backtracking steps allowed to a `pattern` with look-around or back-references.
+const BACKTRACK_LIMIT: usize = 100_000;
+/// Longest chain of `$ref` to `$ref` for parameters, request bodies, responses, path items.
+const MAX_REF_HOPS: usize = 32;
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// An OpenAPI service ready to check requests and responses: one validator per parameter,
+/// request body and response media type, built once.
+pub struct CompiledService {
+    digest: String,
+    ops: Vec<CompiledOp>,
+}
+
+impl std::fmt::Debug for CompiledService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledService")
+            .field("digest", &self.digest)
+            .field(
+                "operations",
+                &self.ops.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The operation a request path matched, and its path parameters (decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// Index into the description's `operations`.
+    pub op: usize,
+    pub operation_id: String,
+    /// `(name, decoded value)` in template order.
+    pub params: Vec<(String, String)>,
+}
+
+struct CompiledOp {
+    id: String,
+    method: String,
+    template: Vec<Segment>,
+    params: Vec<Param>,
+    body: Option<Body>,
+    /// Keyed `200`, `2XX`, `default`, … as in the document (ranges upper-cased).
+    responses: Vec<(String, Vec<Media>)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum In {
+    Path,
+    Query,
+    Header,
+}
+
+impl In {
+    fn as_str(self) -> &'static str {
+        match self {
+            In::Path => "path",
+            In::Query => "query",
+            In::Header => "header",
+        }
+    }
+}
+
+struct Param {
+    /// As described; lower case for headers.
+    name: String,
+    location: In,
+    required: bool,
+    form: Form,
+    /// `None` when the parameter has no schema.
+    validator: Option<Validator>,
+}
+
+enum Form {
+    /// One value, read as one of `types` (empty: as text).
+    Scalar { types: Vec<String> },
+    /// Repeated query keys (`explode`) or one value split on `delimiter`.
+    Array {
+        explode: bool,
+        delimiter: char,
+        item_types: Vec<String>,
+    },
+    /// `content: application/json`: the value is a JSON document.
+    Json,
+}
+
+struct Body {
+    required: bool,
+    media: Vec<Media>,
+}
+
+struct Media {
+    /// Lower-case media type without parameters.
+    essence: String,
+    validator: Option<Validator>,
+}
+
+impl CompiledService {
+    /// Compiles every operation of an OpenAPI description.
+    pub fn compile(desc: &Description) -> Result<CompiledService, Problem> {
+        if desc.kind != DescriptionKind::Openapi {
+            return Err(invalid(
+                "only OpenAPI descriptions are compiled here; gRPC messages are checked by \
+                 their descriptors",
+            ));
+        }
+        let doc: Value = serde_json::from_slice(&desc.stored)
+            .map_err(|e| internal(format!("the stored description is not JSON: {e}")))?;
+        let c = Compiler {
+            root: &doc,
+            v30: doc
+                .get("openapi")
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.starts_with("3.0")),
+        };
+        let paths = doc
+            .get("paths")
+            .and_then(Value::as_object)
+            .ok_or_else(|| invalid("`paths` is missing"))?;
+        let mut ops: Vec<Option<CompiledOp>> = desc.operations.iter().map(|_| None).collect();
+        for (path, item) in paths {
+            if path.starts_with("x-") {
+                continue;
+            }
+            let (item, item_at) = c.deref(item, format!("/paths/{}", escape(path)))?;
+            let Some(item) = item.as_object() else {
+                return Err(invalid(format!(
+                    "the path item at {item_at} must be an object"
+                )));
+            };
+            for (method, op) in item.iter().filter(|(k, _)| METHODS.contains(&k.as_str())) {
+                let upper = method.to_ascii_uppercase();
+                let index = desc
+                    .operations
+                    .iter()
+                    .position(|o| o.method == upper && o.path == *path)
+                    .ok_or_else(|| {
+                        internal(format!(
+                            "{upper} {path} is in the document but not in the description"
+                        ))
+                    })?;
+                let op_at = format!("{item_at}/{method}");
+                let compiled = c.operation(
+                    &desc.operations[index].id,
+                    &upper,
+                    path,
+                    (item.get("parameters"), &item_at),
+                    op,
+                    &op_at,
+                )?;
+                ops[index] = Some(compiled);
+            }
+        }
+        let ops = ops
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| internal("an operation of the description is not in its document"))?;
+        Ok(CompiledService {
+            digest: desc.digest.clone(),
+            ops,
+        })
+    }
+
+    /// The digest of the description this was compiled from.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Finds the operation for a method and a raw request path (after the service prefix,
+    /// still percent-encoded, without the query string).
+    pub fn match_request(&self, method: &str, raw_path: &str) -> Result<Matched, Problem> {
+        if method.is_empty() || method.len() > 16 || !method.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return Err(Problem::new(
+                ProblemKind::InvalidRequest,
+                "the method must be an upper-case token such as GET",
+            )
+            .with("trick", "method"));
+        }
+        let segs = path::segments(raw_path)?;
+        let mut best: Option<(usize, Vec<u8>)> = None;
+        let mut allowed: Vec<&str> = Vec::new();
+        for (i, op) in self.ops.iter().enumerate() {
+            if op.template.len() != segs.len()
+                || !op
+                    .template
+                    .iter()
+                    .zip(&segs)
+                    .all(|(t, s)| t.matches(s).is_some())
+            {
+                continue;
+            }
+            if op.method != method {
+                if !allowed.contains(&op.method.as_str()) {
+                    allowed.push(&op.method);
+                }
+                continue;
+            }
+            let rank: Vec<u8> = op.template.iter().map(Segment::rank).collect();
+            if best.as_ref().is_none_or(|(_, r)| rank > *r) {
+                best = Some((i, rank));
+            }
+        }
+        let Some((i, _)) = best else {
+            if segs.len() > 1 && segs.last().is_some_and(String::is_empty) {
+                return Err(Problem::new(
+                    ProblemKind::InvalidRequest,
+                    "the request path ends with `/`, which no operation's path has",
+                )
+                .with("trick", "trailing-slash"));
+            }
+            if !allowed.is_empty() {
+                allowed.sort_unstable();
+                return Err(Problem::new(
+                    ProblemKind::NotFound,
+                    format!(
+                        "no {method} operation at this path; described: {}",
+                        allowed.join(", ")
+                    ),
+                )
+                .with("allowed", &allowed));
+            }
+            return Err(Problem::new(
+                ProblemKind::NotFound,
+                "no operation of the service matches the request path",
+            ));
+        };
+        let op = &self.ops[i];
+        let params = op
+            .template
+            .iter()
+            .zip(&segs)
+            .filter_map(|(t, s)| match (t, t.matches(s)) {
+                (Segment::Param { name, .. }, Some(Some(v))) => Some((name.clone(), v.to_owned())),
+                _ => None,
+            })
+            .collect();
+        Ok(Matched {
+            op: i,
+            operation_id: op.id.clone(),
+            params,
+        })
+    }
+
+    /// Checks a request's parameters and body against the matched operation.
+    ///
+    /// `query` is the raw query string without `?`; `headers` have lower-case names.
+    pub fn validate_request(
+        &self,
+        m: &Matched,
+        query: Option<&str>,
+        headers: &[(String, String)],
+        body: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<(), Problem> {
+        let op = self.op(m)?;
+        let mut errs = Errors::default();
+        for p in op.params.iter().filter(|p| p.location == In::Path) {
+            match m.params.iter().find(|(n, _)| *n == p.name) {
+                Some((_, v)) => check_param(p, &[v.as_str()], &mut errs),
+                None => errs.push(p.at(), "the path parameter is not in the path"),
+            }
+        }
+        let pairs = parse_query(query.unwrap_or(""))?;
+        let mut unknown: Vec<&str> = Vec::new();
+        for (key, _) in &pairs {
+            let described = op
+                .params
+                .iter()
+                .any(|p| p.location == In::Query && p.name == *key);
+            if !described && !unknown.contains(&key.as_str()) {
+                unknown.push(key);
+                errs.push(
+                    format!("/query/{}", escape(key)),
+                    "the operation has no such query parameter",
+                );
+            }
+        }
+        for p in op.params.iter().filter(|p| p.location == In::Query) {
+            let values: Vec<&str> = pairs
+                .iter()
+                .filter(|(k, _)| *k == p.name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if values.is_empty() {
+                if p.required {
+                    errs.push(p.at(), "the required query parameter is missing");
+                }
+                continue;
+            }
+            check_param(p, &values, &mut errs);
+        }
+        for p in op.params.iter().filter(|p| p.location == In::Header) {
+            let values: Vec<&str> = headers
+                .iter()
+                .filter(|(k, _)| *k == p.name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if values.is_empty() {
+                if p.required {
+                    errs.push(p.at(), "the required header is missing");
+                }
+                continue;
+            }
+            if values.len() > 1 && matches!(p.form, Form::Array { .. }) {
+                // Several header lines are one comma-separated list.
+                let joined = values.join(",");
+                check_param(p, &[joined.as_str()], &mut errs);
+            } else {
+                check_param(p, &values, &mut errs);
+            }
+        }
+        check_body(op, body, content_type, &mut errs)?;
+        errs.into_result(ProblemKind::RequestSchemaViolation, "request", &op.id)
+    }
+
+    /// Checks the backend's response to the matched operation and returns its parsed body
+    /// (`null` when empty). See the module documentation for the rules.
+    pub fn validate_response(
+        &self,
+        m: &Matched,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<Value, Problem> {
+        let op = self.op(m)?;
+        let refuse = |at: &str, message: String| {
+            let mut errs = Errors::default();
+            errs.push(at.to_owned(), message);
+            errs.into_result(ProblemKind::ResponseSchemaViolation, "response", &op.id)
+                .map(|()| Value::Null)
+        };
+        if !(100..=599).contains(&status) {
+            return refuse("/status", format!("{status} is not an HTTP status"));
+        }
+        let error = status >= 400;
+        let empty = body.iter().all(u8::is_ascii_whitespace);
+        let described = response_for(&op.responses, status);
+        let Some(media) = described else {
+            if !error {
+                return refuse(
+                    "/status",
+                    format!("status {status} is not described for this operation"),
+                );
+            }
+            if empty {
+                return Ok(Value::Null);
+            }
+            return match (json_type(content_type), json::parse(body)) {
+                (Err(e), _) => refuse("/content-type", e),
+                (Ok(_), Err(e)) => refuse("/body", e),
+                (Ok(_), Ok(v)) => Ok(v),
+            };
+        };
+        if empty {
+            if media.is_empty() || error {
+                return Ok(Value::Null);
+            }
+            return refuse(
+                "/body",
+                format!("the body is empty; status {status} is described with content"),
+            );
+        }
+        if media.is_empty() && !error {
+            return refuse(
+                "/body",
+                format!("status {status} is described without content, but has a body"),
+            );
+        }
+        let essence = match json_type(content_type) {
+            Ok(e) => e,
+            Err(e) => return refuse("/content-type", e),
+        };
+        let chosen = media.iter().find(|m| m.essence == essence).or_else(|| {
+            error
+                .then(|| media.iter().find(|m| is_json(&m.essence)))
+                .flatten()
+        });
+        if chosen.is_none() && !media.is_empty() {
+            return refuse(
+                "/content-type",
+                format!(
+                    "{essence} is not described for status {status}; described: {}",
+                    media
+                        .iter()
+                        .map(|m| m.essence.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        let value = match json::parse(body) {
+            Ok(v) => v,
+            Err(e) => return refuse("/body", e),
+        };
+        if let Some(validator) = chosen.and_then(|m| m.validator.as_ref()) {
+            let mut errs = Errors::default();
+            errs.schema("/body", validator, &value);
+            errs.into_result(ProblemKind::ResponseSchemaViolation, "response", &op.id)?;
+        }
+        Ok(value)
+    }
+
+    /// The id of the matched operation.
+    pub fn operation_id(&self, m: &Matched) -> Option<&str> {
+        self.ops.get(m.op).map(|o| o.id.as_str())
+    }
+
+    fn op(&self, m: &Matched) -> Result<&CompiledOp, Problem> {
+        self.ops
+            .get(m.op)
+            .filter(|o| o.id == m.operation_id)
+            .ok_or_else(|| internal("the matched operation is not one of this service's"))
+    }
+}
+
+impl Param {
+    fn at(&self) -> String {
+        format!("/{}/{}", self.location.as_str(), escape(&self.name))
+    }
+}
+
+fn response_for(responses: &[(String, Vec<Media>)], status: u16) -> Option<&Vec<Media>> {
+    let exact = status.to_string();
+    let range = format!("{}XX", status / 100);
+    [exact.as_str(), range.as_str(), "default"]
+        .into_iter()
+        .find_map(|k| responses.iter().find(|(key, _)| key == k))
+        .map(|(_, media)| media)
+}
+
+fn check_param(p: &Param, values: &[&str], errs: &mut Errors) {
+    let at = p.at();
+    let instance = match &p.form {
+        Form::Scalar { types } => {
+            if values.len() > 1 {
+                errs.push(at, "given more than once, but it is not an array");
+                return;
+            }
+            coerce(values[0], types)
+        }
+        Form::Array {
+            explode,
+            delimiter,
+            item_types,
+        } => {
+            let items: Vec<&str> = if *explode && p.location == In::Query {
+                values.to_vec()
+            } else if values.len() > 1 {
+                errs.push(
+                    at,
+                    format!(
+                        "given more than once; its values go in one, separated by `{delimiter}`"
+                    ),
+                );
+                return;
+            } else if values[0].is_empty() {
+                Vec::new()
+            } else {
+                values[0].split(*delimiter).collect()
+            };
+            Value::Array(items.into_iter().map(|v| coerce(v, item_types)).collect())
+        }
+        Form::Json => {
+            if values.len() > 1 {
+                errs.push(at, "given more than once, but it is not an array");
+                return;
+            }
+            match json::parse(values[0].as_bytes()) {
+                Ok(v) => v,
+                Err(e) => {
+                    errs.push(at, e);
+                    return;
+                }
+            }
+        }
+    };
+    if let Some(v) = &p.validator {
+        errs.schema(&at, v, &instance);
+    }
+}
+
+/// Reads a parameter's text as the JSON type its schema asks for; the text itself when the
+/// schema allows strings or the text reads as none of the types (validation then says why).
+fn coerce(raw: &str, types: &[String]) -> Value {
+    let has = |t: &str| types.iter().any(|x| x == t);
+    if types.is_empty() || has("string") {
+        return Value::String(raw.to_owned());
+    }
+    if (has("integer") || has("number"))
+        && raw
+            .bytes()
+            .next()
+            .is_some_and(|b| b == b'-' || b.is_ascii_digit())
+        && let Ok(n) = serde_json::from_str::<serde_json::Number>(raw)
+    {
+        return Value::Number(n);
+    }
+    if has("boolean") && (raw == "true" || raw == "false") {
+        return Value::Bool(raw == "true");
+    }
+    if has("null") && raw == "null" {
+        return Value::Null;
+    }
+    Value::String(raw.to_owned())
+}
+
+fn check_body(
+    op: &CompiledOp,
+    body: &[u8],
+    content_type: Option<&str>,
+    errs: &mut Errors,
+) -> Result<(), Problem> {
+    let Some(spec) = &op.body else {
+        if !body.is_empty() {
+            errs.push("/body".into(), "this operation takes no request body");
+        }
+        return Ok(());
+    };
+    if body.is_empty() {
+        if spec.required {
+            errs.push("/body".into(), "the request body is required");
+        }
+        return Ok(());
+    }
+    let essence =
+        json_type(content_type).map_err(|e| Problem::new(ProblemKind::UnsupportedMediaType, e))?;
+    let Some(media) = spec.media.iter().find(|m| m.essence == essence) else {
+        return Err(Problem::new(
+            ProblemKind::UnsupportedMediaType,
+            format!(
+                "{essence} is not described for this operation's request body; described: {}",
+                spec.media
+                    .iter()
+                    .map(|m| m.essence.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    match json::parse(body) {
+        Ok(v) => {
+            if let Some(validator) = &media.validator {
+                errs.schema("/body", validator, &v);
+            }
+        }
+        Err(e) => errs.push("/body".into(), e),
+    }
+    Ok(())
+}
+
+/// The essence of a JSON content type (`application/json`, `application/*+json`, UTF-8).
+fn json_type(content_type: Option<&str>) -> Result<String, String> {
+    let Some(ct) = content_type else {
+        return Err("a body needs a Content-Type; only JSON is relayed".into());
+    };
+    let mut parts = ct.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    if !is_json(&essence) {
+        return Err(format!(
+            "content type {essence} is not JSON; only application/json and application/*+json \
+             bodies are relayed"
+        ));
+    }
+    for param in parts {
+        let (k, v) = param.split_once('=').unwrap_or((param, ""));
+        if k.trim().eq_ignore_ascii_case("charset")
+            && !v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        {
+            return Err("JSON bodies must be UTF-8".into());
+        }
+    }
+    Ok(essence)
+}
+
+fn is_json(essence: &str) -> bool {
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Splits and decodes a query string (`application/x-www-form-urlencoded`).
+fn parse_query(q: &str) -> Result<Vec<(String, String)>, Problem> {
+    if q.len() > MAX_QUERY_BYTES {
+        return Err(Problem::new(
+            ProblemKind::InvalidRequest,
+            format!(
+                "the query string is {} bytes; the limit is {MAX_QUERY_BYTES}",
+                q.len()
+            ),
+        )
+        .with("limit", MAX_QUERY_BYTES));
+    }
+    let mut out = Vec::new();
+    for piece in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
+        out.push((form_decode(k)?, form_decode(v)?));
+    }
+    Ok(out)
+}
+
+fn form_decode(s: &str) -> Result<String, Problem> {
+    let refuse = |slug: &str, what: &str| {
+        Problem::new(
+            ProblemKind::InvalidRequest,
+            format!("the query string holds {what}"),
+        )
+        .with("trick", slug)
+    };
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => {
+                let byte = b
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        refuse(
+                            "bad-percent-encoding",
+                            "a `%` not followed by two hexadecimal digits",
+                        )
+                    })?;
+                if byte == 0 {
+                    return Err(refuse("encoded-control-character", "a percent-encoded NUL"));
+                }
+                out.push(byte);
+                i += 3;
+            }
+            c if c.is_ascii_control() || c == b'#' => {
+                return Err(refuse("control-character", "a control character or `#`"));
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| refuse("not-utf8", "text that does not decode to UTF-8"))
+}
+
+#[derive(Serialize)]
+struct Violation {
+    at: String,
+    message: String,
+}
+
+#[derive(Default)]
+struct Errors {
+    list: Vec<Violation>,
+    truncated: bool,
+}
+
+impl Errors {
+    fn push(&mut self, at: String, message: impl Into<String>) {
+        if self.list.len() < MAX_ERRORS {
+            self.list.push(Violation {
+                at,
+                message: message.into(),
+            });
+        } else {
+            self.truncated = true;
+        }
+    }
+
+    /// Runs a validator; messages are masked so that no value of the instance is quoted.
+    fn schema(&mut self, at: &str, validator: &Validator, instance: &Value) {
+        for e in validator.iter_errors(instance) {
+            if self.list.len() == MAX_ERRORS {
+                self.truncated = true;
+                return;
+            }
+            self.push(
+                format!("{at}{}", e.instance_path().as_str()),
+                e.masked().to_string(),
+            );
+        }
+    }
+
+    fn into_result(self, kind: ProblemKind, what: &str, op: &str) -> Result<(), Problem> {
+        let Some(first) = self.list.first() else {
+            return Ok(());
+        };
+        let more = match (self.list.len() - 1, self.truncated) {
+            (0, false) => String::new(),
+            (n, false) => format!(" (and {n} more)"),
+            (n, true) => format!(" (and more than {n} more)"),
+        };
+        let mut p = Problem::new(
+            kind,
+            format!(
+                "the {what} does not match the description of `{op}`: {}: {}{more}",
+                first.at, first.message
+            ),
+        )
+        .with("operation", op)
+        .with("errors", &self.list);
+        if self.truncated {
+            p = p.with("truncated", true);
+        }
+        Err(p)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compiling
+
+struct Compiler<'a> {
+    root: &'a Value,
+    v30: bool,
+}
+
+impl<'a> Compiler<'a> {
+    fn operation(
+        &self,
+        id: &str,
+        method: &str,
+        path: &str,
+        item_params: (Option<&'a Value>, &String),
+        op: &'a Value,
+        op_at: &str,
+    ) -> Result<CompiledOp, Problem> {
+        let template = path::parse_template(path).map_err(|e| invalid(e).with("at", op_at))?;
+        let mut params: Vec<Param> = Vec::new();
+        let op_at_owned = op_at.to_owned();
+        for (list, at) in [item_params, (op.get("parameters"), &op_at_owned)] {
+            let Some(list) = list else { continue };
+            let Some(list) = list.as_array() else {
+                return Err(invalid(format!("`parameters` at {at} must be an array")));
+            };
+            for (i, p) in list.iter().enumerate() {
+                let (p, p_at) = self.deref(p, format!("{at}/parameters/{i}"))?;
+                let Some(param) = self.parameter(p, &p_at)? else {
+                    continue;
+                };
+                match params
+                    .iter_mut()
+                    .find(|x| x.location == param.location && x.name == param.name)
+                {
+                    Some(x) => *x = param,
+                    None => params.push(param),
+                }
+            }
+        }
+        let body = match op.get("requestBody") {
+            None => None,
+            Some(b) => {
+                let (b, b_at) = self.deref(b, format!("{op_at}/requestBody"))?;
+                Some(Body {
+                    required: b.get("required") == Some(&Value::Bool(true)),
+                    media: self.media(b.get("content"), &b_at)?,
+                })
+            }
+        };
+        let mut responses = Vec::new();
+        if let Some(list) = op.get("responses").and_then(Value::as_object) {
+            for (key, r) in list {
+                if key.starts_with("x-") {
+                    continue;
+                }
+                let (r, r_at) = self.deref(r, format!("{op_at}/responses/{}", escape(key)))?;
+                // `2xx` is `2XX`; `default` stays as it is.
+                let key = if key.len() == 3 {
+                    key.to_ascii_uppercase()
+                } else {
+                    key.clone()
+                };
+                responses.push((key, self.media(r.get("content"), &r_at)?));
+            }
+        }
+        Ok(CompiledOp {
+            id: id.to_owned(),
+            method: method.to_owned(),
+            template,
+            params,
+            body,
+            responses,
+        })
+    }
+
+    /// One parameter, or `None` for those that are not checked (cookies; `Accept`,
+    /// `Content-Type` and `Authorization` headers, which OpenAPI says to ignore).
+    fn parameter(&self, p: &'a Value, at: &str) -> Result<Option<Param>, Problem> {
+        let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
+        let location = match p.get("in").and_then(Value::as_str) {
+            Some("path") => In::Path,
+            Some("query") => In::Query,
+            Some("header") => In::Header,
+            _ => return Ok(None),
+        };
+        let name = if location == In::Header {
+            let lower = name.to_ascii_lowercase();
+            if matches!(lower.as_str(), "accept" | "content-type" | "authorization") {
+                return Ok(None);
+            }
+            lower
+        } else {
+            name.to_owned()
+        };
+        let required = location == In::Path || p.get("required") == Some(&Value::Bool(true));
+        let unsupported = |what: String| {
+            Err(invalid(format!(
+                "the {} parameter `{name}` at {at} {what}, which Enlace cannot check",
+                location.as_str()
+            ))
+            .with("at", at))
+        };
+        if let Some(schema) = p.get("schema") {
+            let (validator, bundled) = self.validator(schema, &format!("{at}/schema"))?;
+            let types = schema::types_of(&bundled, &bundled);
+            let style = p.get("style").and_then(Value::as_str);
+            let default_style = if location == In::Query {
+                "form"
+            } else {
+                "simple"
+            };
+            let style = style.unwrap_or(default_style);
+            let explode = p
+                .get("explode")
+                .and_then(Value::as_bool)
+                .unwrap_or(style == "form");
+            let array = types.iter().any(|t| t == "array");
+            let delimiter = match (location, style, array) {
+                (In::Query, "form", _) | (In::Path | In::Header, "simple", _) => ',',
+                (In::Query, "spaceDelimited", true) if !explode => ' ',
+                (In::Query, "pipeDelimited", true) if !explode => '|',
+                _ => return unsupported(format!("uses style `{style}`")),
+            };
+            if types.iter().any(|t| t == "object") {
+                return unsupported("is an object".into());
+            }
+            let form = if array {
+                let item_types = schema::items_of(&bundled, &bundled)
+                    .map(|items| schema::types_of(&bundled, items))
+                    .unwrap_or_default();
+                if item_types.iter().any(|t| t == "object" || t == "array") {
+                    return unsupported("is an array of objects or arrays".into());
+                }
+                Form::Array {
+                    explode,
+                    delimiter,
+                    item_types,
+                }
+            } else {
+                Form::Scalar { types }
+            };
+            return Ok(Some(Param {
+                name,
+                location,
+                required,
+                form,
+                validator: Some(validator),
+            }));
+        }
+        if let Some(content) = p.get("content").and_then(Value::as_object) {
+            let Some((key, media)) = content.iter().next() else {
+                return unsupported("has an empty `content`".into());
+            };
+            let essence = key
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if !is_json(&essence) {
+                return unsupported(format!("is described as {essence}"));
+            }
+            let validator = match media.get("schema") {
+                Some(s) => {
+                    let s_at = format!("{at}/content/{}/schema", escape(key));
+                    Some(self.validator(s, &s_at)?.0)
+                }
+                None => None,
+            };
+            return Ok(Some(Param {
+                name,
+                location,
+                required,
+                form: Form::Json,
+                validator,
+            }));
+        }
+        Ok(Some(Param {
+            name,
+            location,
+            required,
+            form: Form::Scalar { types: Vec::new() },
+            validator: None,
+        }))
+    }
+
+    /// The media types of a `content` object, with a validator for each that has a schema.
+    fn media(&self, content: Option<&'a Value>, at: &str) -> Result<Vec<Media>, Problem> {
+        let Some(content) = content.and_then(Value::as_object) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(content.len());
+        for (key, media) in content {
+            let essence = key
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            let validator = match media.get("schema") {
+                Some(s) if is_json(&essence) => {
+                    let s_at = format!("{at}/content/{}/schema", escape(key));
+                    Some(self.validator(s, &s_at)?.0)
+                }
+                _ => None,
+            };
+            out.push(Media { essence, validator });
+        }
+        Ok(out)
+    }
+
+    /// Builds one validator; returns it with the bundled schema it was built from.
+    fn validator(&self, schema: &Value, at: &str) -> Result<(Validator, Value), Problem> {
+        let bundled = schema::bundle(self.root, self.v30, schema)
+            .map_err(|e| invalid(format!("the schema at {at}: {e}")).with("at", at))?;
+        let validator = jsonschema::options()
+            .with_draft(Draft::Draft202012)
+            .offline()
+            .should_validate_formats(true)
+            .with_pattern_options(PatternOptions::fancy_regex().backtrack_limit(BACKTRACK_LIMIT))
+            .build(&bundled)
+            .map_err(|e| {
+                invalid(format!("the schema at {at} cannot be compiled: {e}")).with("at", at)
+            })?;
+        Ok((validator, bundled))
+    }
+
+    /// Follows `$ref` on a path item, parameter, request body or response.
+    fn deref(&self, v: &'a Value, at: String) -> Result<(&'a Value, String), Problem> {
+        let mut cur = (v, at);
+        for _ in 0..MAX_REF_HOPS {
+            let Some(r) = cur.0.get("$ref") else {
+                return Ok(cur);
+            };
+            let pointer = r
+                .as_str()
+                .and_then(|r| r.strip_prefix('#'))
+                .filter(|p| p.starts_with("/components/"))
+                .and_then(schema::percent_decode)
+                .ok_or_else(|| invalid(format!("the `$ref` at {} is not local", cur.1)))?;
+            let target = self
+                .root
+                .pointer(&pointer)
+                .ok_or_else(|| invalid(format!("the `$ref` at {} points at nothing", cur.1)))?;
+            cur = (target, pointer);
+        }
+        Err(invalid(format!(
+            "the references starting at {} are more than {MAX_REF_HOPS} deep",
+            cur.1
+        )))
+    }
+}
+
+fn escape(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
+}
+
+fn invalid(detail: impl Into<String>) -> Problem {
+    Problem::new(ProblemKind::InvalidServiceDescription, detail)
+}
+
+fn internal(detail: impl Into<String>) -> Problem {
+    Problem::new(ProblemKind::Internal, detail)
+}
