@@ -32,7 +32,8 @@ pub struct GlobalConfig {
     pub subsystems: Vec<SubsystemId>,
     pub nodes: Vec<NodeEntry>,
     pub services: Vec<ServiceEntry>,
-    /// Approved contracts that have not expired.
+    /// Approved and revoked contracts (a node tells a revoked or expired contract from a
+    /// missing one, and refuses both).
     pub contracts: Vec<Contract>,
 }
 

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod contract;
 pub mod id;
+pub mod loghead;
 pub mod problem;
 pub mod settings;
 

@@ -139,12 +139,29 @@ impl Problem {
         m.insert("detail".into(), Value::String(self.detail.clone()));
         m.insert(
             "culprit".into(),
-            Value::String(self.kind.culprit().as_str().into()),
+            Value::String(self.culprit().as_str().into()),
         );
         for (k, v) in &self.extensions {
             m.entry(k.clone()).or_insert_with(|| v.clone());
         }
         Value::Object(m)
+    }
+
+    /// Who caused it: the kind's usual culprit, unless this problem says otherwise (a signature
+    /// that fails on a response is the peer's doing, not the client's).
+    pub fn culprit(&self) -> Culprit {
+        match self.extensions.get("culprit").and_then(Value::as_str) {
+            Some("client") => Culprit::Client,
+            Some("peer-node") => Culprit::PeerNode,
+            Some("provider-backend") => Culprit::ProviderBackend,
+            Some("this-node") => Culprit::ThisNode,
+            _ => self.kind.culprit(),
+        }
+    }
+
+    /// Says who caused it, overriding the kind's usual culprit.
+    pub fn caused_by(self, culprit: Culprit) -> Self {
+        self.with("culprit", culprit.as_str())
     }
 
     /// Parses an RFC 9457 body produced by [`Problem::to_json`].
@@ -155,10 +172,13 @@ impl Problem {
         let mut p = Problem::new(kind, detail);
         if let Value::Object(m) = v {
             for (k, val) in m {
-                if !["type", "title", "status", "detail", "culprit"].contains(&k.as_str()) {
+                if !["type", "title", "status", "detail"].contains(&k.as_str()) {
                     p.extensions.insert(k.clone(), val.clone());
                 }
             }
+        }
+        if p.extensions.get("culprit").and_then(Value::as_str) == Some(kind.culprit().as_str()) {
+            p.extensions.remove("culprit");
         }
         Some(p)
     }

@@ -4,6 +4,10 @@
 
 pub mod config;
 pub mod msglog;
+pub mod net;
+pub mod relay;
+pub mod sample;
+pub mod settings;
 pub mod signature;
 
 pub use config::{ConfigClient, ConfigSource};

@@ -193,6 +193,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/contracts/{id}", get(get_contract))
         .route("/v1/contracts/{id}/actions", post(contract_action))
         .route("/v1/audit", get(audit))
+        .route("/v1/log-heads", post(anchor_log_head))
+        .route("/v1/log-heads/{*node}", get(log_heads))
         .fallback(|req: Request| async move { no_route(req.uri().path()) })
         .layer(middleware::from_fn_with_state(app.clone(), audit_refusals))
         .with_state(app)
@@ -675,4 +677,18 @@ async fn audit(
     let who = actor(&app, &headers)?;
     let entries = app.audit_entries(&who, q.after.unwrap_or(0), q.limit.unwrap_or(100))?;
     json_response(StatusCode::OK, entries)
+}
+
+// ---- anchored message-log heads ----
+
+/// A node anchors a signed head of its message log; the signature is the authentication.
+async fn anchor_log_head(State(app): State<App>, headers: HeaderMap, body: Body) -> ApiResult {
+    let head: crate::model::LogHeadRecord = json_body(&headers, body).await?;
+    app.anchor_log_head(head).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn log_heads(State(app): State<App>, Path(node): Path<String>) -> ApiResult {
+    let node: NodeId = node.parse()?;
+    json_response(StatusCode::OK, app.log_heads(&node)?)
 }

@@ -16,6 +16,7 @@ pub mod kind {
     pub const CONTRACT: &str = "contract";
     pub const TOKEN: &str = "token";
     pub const REVOKED: &str = "revoked";
+    pub const LOG_HEAD: &str = "loghead";
 }
 
 /// Whether the federation admin has approved a subsystem or node.
@@ -100,4 +101,12 @@ pub struct RevokedRecord {
     pub node: NodeId,
     pub revoked_at: String,
     pub reason: String,
+}
+
+/// A node's anchored message-log head, as received (signature verified on receipt).
+pub type LogHeadRecord = enlace_core::loghead::SignedHead;
+
+/// Store id of an anchored head: node, then the zero-padded sequence number.
+pub fn log_head_key(node: &str, seq: u64) -> String {
+    format!("{node}#{seq:020}")
 }

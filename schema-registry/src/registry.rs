@@ -1009,10 +1009,7 @@ impl Registry {
                 .collect(),
             contracts: contracts
                 .into_iter()
-                .filter(|c| {
-                    c.is_active(issued_at)
-                        || (c.state == ContractState::Approved && c.terms.valid_from > issued_at)
-                })
+                .filter(|c| matches!(c.state, ContractState::Approved | ContractState::Revoked))
                 .collect(),
         })
     }
@@ -1076,4 +1073,88 @@ fn new_token() -> String {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Registry {
+    /// Anchors a node's signed log head: the signature must verify with the node's current
+    /// signing certificate, and a head must never contradict one already anchored (same
+    /// sequence number, other hash) or go backwards.
+    pub async fn anchor_log_head(&self, head: crate::model::LogHeadRecord) -> Result<(), Problem> {
+        use base64::Engine;
+        let node: NodeId = head.node.parse()?;
+        let hash_ok =
+            head.hash_hex.len() == 64 && head.hash_hex.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hash_ok || head.at.len() > 64 {
+            return Err(Problem::new(
+                ProblemKind::InvalidRequest,
+                "hash_hex: 64 hex characters; at: an RFC 3339 time",
+            ));
+        }
+        let rec = self.node(&node)?;
+        let (Some(cert), false) = (rec.signing_certificate.as_deref(), rec.revoked) else {
+            return Err(Problem::new(
+                ProblemKind::SignatureInvalid,
+                format!("node {node} has no valid signing certificate"),
+            ));
+        };
+        let trust = enlace_certs::TrustStore::new(
+            &[self.ca.cert_pem().to_string()],
+            Some(&self.current_config().crl),
+        )?;
+        let key = enlace_certs::verify_signer(&trust, cert, &node.uri(), now())?;
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(&head.signature_b64)
+            .map_err(|_| {
+                Problem::new(ProblemKind::SignatureInvalid, "signature_b64 is not base64")
+            })?;
+        if !enlace_certs::verify_ed25519(&key, head.signed_text().as_bytes(), &sig) {
+            return Err(Problem::new(
+                ProblemKind::SignatureInvalid,
+                format!("the head's signature does not verify with {node}'s signing key"),
+            ));
+        }
+        let _w = self.write.lock().await;
+        let heads = self.log_heads(&node)?;
+        if let Some(same) = heads.iter().find(|h| h.seq == head.seq) {
+            if same.hash_hex == head.hash_hex {
+                return Ok(());
+            }
+            return Err(Problem::new(
+                ProblemKind::AlreadyExists,
+                format!(
+                    "node {node} already anchored another hash at seq {}: its log was rewritten",
+                    head.seq
+                ),
+            ));
+        }
+        if let Some(last) = heads.last()
+            && last.seq > head.seq
+        {
+            return Err(Problem::new(
+                ProblemKind::InvalidRequest,
+                format!(
+                    "seq {} is below the last anchored seq {}",
+                    head.seq, last.seq
+                ),
+            ));
+        }
+        let key = crate::model::log_head_key(&head.node, head.seq);
+        self.store.commit(Change {
+            puts: vec![(kind::LOG_HEAD, key, to_value(&head)?)],
+            ..Change::default()
+        })?;
+        Ok(())
+    }
+
+    /// A node's anchored heads, oldest first.
+    pub fn log_heads(&self, node: &NodeId) -> Result<Vec<crate::model::LogHeadRecord>, Problem> {
+        let prefix = format!("{node}#");
+        let all: Vec<crate::model::LogHeadRecord> = self.list(kind::LOG_HEAD)?;
+        let mut mine: Vec<_> = all
+            .into_iter()
+            .filter(|h| format!("{}#", h.node) == prefix)
+            .collect();
+        mine.sort_by_key(|h| h.seq);
+        Ok(mine)
+    }
 }

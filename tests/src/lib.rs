@@ -32,10 +32,15 @@ pub async fn start_registry() -> TestRegistry {
 }
 
 pub async fn start_registry_in(dir: tempfile::TempDir) -> TestRegistry {
-    let _ = tracing_init();
-    let running = enlace_registry::start(&registry_config(dir.path()))
-        .await
-        .expect("registry starts");
+    start_registry_with(dir, 120).await
+}
+
+/// A registry whose configurations are valid for `validity_secs` (reissued every 10 s or on a
+/// change, whichever comes first).
+pub async fn start_registry_with(dir: tempfile::TempDir, validity_secs: u64) -> TestRegistry {
+    let mut cfg = registry_config(dir.path());
+    cfg.config_validity_secs = validity_secs;
+    let running = enlace_registry::start(&cfg).await.expect("registry starts");
     let url = format!("http://{}", running.addr);
     TestRegistry {
         running,
@@ -43,10 +48,6 @@ pub async fn start_registry_in(dir: tempfile::TempDir) -> TestRegistry {
         dir,
         http: reqwest::Client::new(),
     }
-}
-
-fn tracing_init() -> Option<()> {
-    None
 }
 
 /// A response: status and JSON body (or `Value::Null` when empty or not JSON).
@@ -155,5 +156,341 @@ impl TestRegistry {
             .ok(200)
             .as_array()
             .map_or(0, Vec::len)
+    }
+}
+
+/// A whole federation on loopback: the registry seeded with the demo federation, the Registro
+/// Civil node in front of the sample `personas` backend, and the SII node.
+pub struct TestFederation {
+    pub registry: TestRegistry,
+    pub demo: demo::Demo,
+    pub provider: enlace_node::relay::RunningNode,
+    pub consumer: enlace_node::relay::RunningNode,
+    pub backend_addr: std::net::SocketAddr,
+    backend_stop: tokio::sync::watch::Sender<bool>,
+    /// Bearer token of SII's `renta` backend at the SII node.
+    pub client_token: String,
+    /// Base URL of the SII node's consumer listener.
+    pub consumer_url: String,
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The node settings of a demo member, as `enlace up` writes them.
+pub fn node_settings(
+    nodes_dir: &std::path::Path,
+    member_code: &str,
+    node_id: &str,
+    registry_url: &str,
+    provider_port: u16,
+    clients: Vec<enlace_node::settings::Client>,
+    services: Vec<enlace_node::settings::Provided>,
+) -> enlace_node::settings::NodeSettings {
+    let dir = nodes_dir.join(member_code);
+    enlace_node::settings::NodeSettings {
+        id: node_id.into(),
+        registry_url: registry_url.into(),
+        data_dir: dir.join("data"),
+        ca_file: dir.join("ca.pem"),
+        tls_cert_file: dir.join("tls.pem"),
+        tls_key_file: dir.join("tls-key.pem"),
+        signing_cert_file: dir.join("signing.pem"),
+        signing_key_file: dir.join("signing-key.pem"),
+        listen: enlace_node::settings::Listen {
+            consumer: "127.0.0.1:0".parse().expect("addr"),
+            provider: format!("127.0.0.1:{provider_port}").parse().expect("addr"),
+            admin: "127.0.0.1:0".parse().expect("addr"),
+        },
+        limits: Default::default(),
+        clients,
+        services,
+        log: Default::default(),
+    }
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    enlace_description::sha256_hex(s.as_bytes())
+}
+
+impl TestFederation {
+    pub async fn start() -> TestFederation {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// Starts the federation, letting the caller adjust each node's settings (provider first).
+    pub async fn start_with(
+        adjust: impl Fn(&mut enlace_node::settings::NodeSettings, bool),
+    ) -> TestFederation {
+        Self::start_custom(120, adjust).await
+    }
+
+    /// As [`TestFederation::start_with`], with configurations valid for `validity_secs`.
+    pub async fn start_custom(
+        validity_secs: u64,
+        adjust: impl Fn(&mut enlace_node::settings::NodeSettings, bool),
+    ) -> TestFederation {
+        let registry =
+            start_registry_with(tempfile::tempdir().expect("tempdir"), validity_secs).await;
+        let (p_port, c_port) = (free_port(), free_port());
+        let nodes_dir = registry.dir.path().join("nodes");
+        let demo = demo::seed(
+            &registry.running.registry,
+            &nodes_dir,
+            [
+                &format!("127.0.0.1:{p_port}"),
+                &format!("127.0.0.1:{c_port}"),
+            ],
+        )
+        .await
+        .expect("demo seeds");
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let backend_addr = backend.local_addr().expect("addr");
+        let (backend_stop, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(enlace_node::sample::serve(backend, rx));
+
+        let mut p = node_settings(
+            &nodes_dir,
+            "61002000-3",
+            demo::PROVIDER_NODE,
+            &registry.url,
+            p_port,
+            vec![],
+            vec![enlace_node::settings::Provided {
+                service: demo::PERSONAS.into(),
+                backend: format!("http://{backend_addr}"),
+                log_bodies: false,
+            }],
+        );
+        adjust(&mut p, true);
+        let client_token = "test-renta-token-0123456789".to_string();
+        let mut c = node_settings(
+            &nodes_dir,
+            "60803000-K",
+            demo::CONSUMER_NODE,
+            &registry.url,
+            c_port,
+            vec![enlace_node::settings::Client {
+                subsystem: demo::CONSUMER_SUBSYSTEM.into(),
+                token_sha256: sha256_hex(&client_token),
+                log_bodies: true,
+            }],
+            vec![],
+        );
+        adjust(&mut c, false);
+        let wait = std::time::Duration::from_secs(10);
+        let provider = enlace_node::relay::start(p.check().expect("provider settings"), wait)
+            .await
+            .expect("provider node starts");
+        let consumer = enlace_node::relay::start(c.check().expect("consumer settings"), wait)
+            .await
+            .expect("consumer node starts");
+        let consumer_url = format!("http://{}", consumer.consumer_addr);
+        TestFederation {
+            registry,
+            demo,
+            provider,
+            consumer,
+            backend_addr,
+            backend_stop,
+            client_token,
+            consumer_url,
+        }
+    }
+
+    /// A relayed call from SII's `renta` backend: `GET /r1/personas/v1{path}` with the demo
+    /// contract and subject, plus `extra` headers (which may override them).
+    pub async fn call(&self, method: Method, path: &str, extra: &[(&str, &str)]) -> Reply {
+        let url = format!("{}/r1/{}/v1{path}", self.consumer_url, demo::PERSONAS);
+        let mut headers = vec![
+            (
+                "authorization".to_string(),
+                format!("Bearer {}", self.client_token),
+            ),
+            (
+                "enlace-client".to_string(),
+                demo::CONSUMER_SUBSYSTEM.to_string(),
+            ),
+            ("enlace-contract".to_string(), self.demo.contract.clone()),
+            ("enlace-subject".to_string(), demo::PERSON.to_string()),
+            ("enlace-user".to_string(), "funcionaria-42".to_string()),
+            (
+                "enlace-procedure".to_string(),
+                "devolucion-renta-2026".to_string(),
+            ),
+        ];
+        for (k, v) in extra {
+            headers.retain(|(name, _)| name != k);
+            if !v.is_empty() {
+                headers.push((k.to_string(), v.to_string()));
+            }
+        }
+        let mut req = self.registry.http.request(method, url);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.expect("consumer node answers");
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = resp.bytes().await.expect("body");
+        Reply {
+            status,
+            content_type,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn stop(self) {
+        self.consumer.stop().await;
+        self.provider.stop().await;
+        let _ = self.backend_stop.send(true);
+        self.registry.running.stop().await;
+    }
+}
+
+/// A node's key material read from the files `enlace up` writes, for tests that act as a node
+/// themselves (an attacker holding a node's keys, a man in the middle).
+pub struct NodeKeys {
+    pub id: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub signing_key: enlace_certs::SigningKey,
+}
+
+impl TestFederation {
+    pub fn node_keys(&self, member_code: &str, node_id: &str) -> NodeKeys {
+        let dir = self.registry.dir.path().join("nodes").join(member_code);
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).expect("node file");
+        NodeKeys {
+            id: node_id.to_string(),
+            tls_cert: read("tls.pem"),
+            tls_key: read("tls-key.pem"),
+            signing_key: enlace_certs::SigningKey::from_pem(&read("signing-key.pem"))
+                .expect("signing key"),
+        }
+    }
+
+    /// Trust as a node has it: the federation CA and the current CRL.
+    pub async fn trust(&self) -> enlace_certs::TrustStore {
+        let crl = self
+            .registry
+            .http
+            .get(format!("{}/v1/crl", self.registry.url))
+            .send()
+            .await
+            .expect("crl")
+            .text()
+            .await
+            .expect("crl");
+        enlace_certs::TrustStore::new(
+            &[self.registry.running.registry.ca_pem().to_string()],
+            Some(&crl),
+        )
+        .expect("trust")
+    }
+
+    /// A signed request as the consumer node would send it to the provider node, before
+    /// sending: the caller may tamper with it. Returns the request and its headers.
+    pub fn signed_request(
+        &self,
+        keys: &NodeKeys,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        extra: &[(&str, &str)],
+        created: i64,
+    ) -> http::Request<bytes::Bytes> {
+        let uri: http::Uri = format!(
+            "https://{}/r1/{}/v1{path}",
+            self.provider.provider_addr,
+            demo::PERSONAS
+        )
+        .parse()
+        .expect("uri");
+        let method: http::Method = method.parse().expect("method");
+        let mut headers = http::HeaderMap::new();
+        let mut put = |k: &str, v: &str| {
+            let name: http::HeaderName = k.parse().expect("name");
+            if v.is_empty() {
+                headers.remove(&name);
+            } else {
+                headers.insert(name, v.parse().expect("value"));
+            }
+        };
+        let message_id = uuid::Uuid::now_v7().to_string();
+        put("enlace-message-id", &message_id);
+        put("enlace-client", demo::CONSUMER_SUBSYSTEM);
+        put("enlace-service", &format!("{}/v1.0", demo::PERSONAS));
+        put("enlace-contract", &self.demo.contract);
+        put("enlace-subject", demo::PERSON);
+        put(
+            "content-digest",
+            &enlace_node::signature::content_digest(body),
+        );
+        for (k, v) in extra {
+            put(k, v);
+        }
+        let (input, sig) = enlace_node::signature::sign_request(
+            &keys.signing_key,
+            &keys.id,
+            created,
+            enlace_node::signature::Message::request(&method, &uri, &headers),
+        )
+        .expect("signs");
+        headers.insert("signature-input", input.parse().expect("value"));
+        headers.insert("signature", sig.parse().expect("value"));
+        let mut req = http::Request::new(bytes::Bytes::copy_from_slice(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        req
+    }
+
+    /// Sends a request to the provider node over mutual TLS with `keys`' TLS identity.
+    pub async fn send_to_provider(
+        &self,
+        keys: &NodeKeys,
+        req: http::Request<bytes::Bytes>,
+    ) -> (http::StatusCode, http::HeaderMap, Value) {
+        let material = enlace_node::net::DialMaterial {
+            trust: self.trust().await,
+            cert_pem: keys.tls_cert.clone(),
+            key_pem: keys.tls_key.clone(),
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(material));
+        let pool = enlace_node::net::PeerPool::new(rx, std::time::Duration::from_secs(5));
+        let provider: enlace_core::NodeId = demo::PROVIDER_NODE.parse().expect("node id");
+        let (parts, body) = req.into_parts();
+        let req = http::Request::from_parts(parts, http_body_util::Full::new(body));
+        let resp = pool
+            .send(
+                &provider,
+                &self.provider.provider_addr.to_string(),
+                req,
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .expect("provider node answers");
+        let (parts, body) = resp.into_parts();
+        let bytes = enlace_node::net::read_body(body, 1 << 20)
+            .await
+            .expect("body");
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 }

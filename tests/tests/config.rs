@@ -144,7 +144,7 @@ async fn conditional_requests_and_a_change_reaching_a_waiting_node_within_a_seco
     let follower = client.follow();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // Revoke the contract; the following node sees it gone within a second.
+    // Revoke the contract; the following node sees it revoked within a second.
     let started = Instant::now();
     r.post(
         &format!("/v1/contracts/{}/actions", d.contract),
@@ -157,7 +157,9 @@ async fn conditional_requests_and_a_change_reaching_a_waiting_node_within_a_seco
         loop {
             updates.changed().await.unwrap();
             let cfg = updates.borrow_and_update().clone().unwrap();
-            if !cfg.contracts.iter().any(|c| c.id.to_string() == d.contract) {
+            if cfg.contracts.iter().any(|c| {
+                c.id.to_string() == d.contract && c.state == enlace_core::ContractState::Revoked
+            }) {
                 break;
             }
         }

@@ -951,7 +951,7 @@ async fn every_change_is_in_the_audit_trail_with_before_and_after() {
     .await
     .problem("wrong-party", 403);
     let after = r
-        .get(&format!("/v1/audit?after=0&limit=1000"), Some(r.admin()))
+        .get("/v1/audit?after=0&limit=1000", Some(r.admin()))
         .await
         .ok(200)
         .as_array()

@@ -71,7 +71,8 @@ fn demo_identifiers_parse() {
 
 #[test]
 fn bad_identifiers_name_their_field() {
-    let cases: &[(&str, fn(&str) -> Result<(), IdError>, &str)] = &[
+    type Parse = fn(&str) -> Result<(), IdError>;
+    let cases: &[(&str, Parse, &str)] = &[
         (
             "cl/GOV/61002000-3",
             |s| s.parse::<MemberId>().map(drop),

@@ -1,0 +1,150 @@
+//! Metaservices for local backends (members, services, what the caller may call, a service's
+//! OpenAPI document) and the admin listener (`/healthz`, `/readyz`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use enlace_core::problem::{Problem, ProblemKind};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::{Node, problem_response};
+use crate::net::Body;
+
+fn json_response(v: &Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `/meta/members`, `/meta/services`, `/meta/allowed`, `/meta/openapi/SERVICE/vMAJOR`.
+pub async fn consumer(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    match meta(&node, &req).await {
+        Ok(r) => r,
+        Err(p) => problem_response(&p, None),
+    }
+}
+
+async fn meta(node: &Node, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
+    if req.method() != http::Method::GET {
+        return Err(Problem::new(
+            ProblemKind::InvalidRequest,
+            "metaservices answer GET only",
+        ));
+    }
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Problem::new(
+                ProblemKind::Unauthenticated,
+                "a local backend authenticates with Authorization: Bearer <token>",
+            )
+        })?;
+    let (client, _) = node
+        .settings
+        .clients
+        .get(&enlace_description::sha256_hex(token.as_bytes()))
+        .cloned()
+        .ok_or_else(|| Problem::new(ProblemKind::Unauthenticated, "unknown backend token"))?;
+    let snap = node.snapshot()?;
+    let cfg = &snap.config;
+    let path = req.uri().path();
+    match path.trim_end_matches('/') {
+        "/meta/members" => Ok(json_response(&json!({
+            "members": cfg.members,
+            "subsystems": cfg.subsystems,
+        }))),
+        "/meta/services" => {
+            let provider = req.uri().query().and_then(|q| q.strip_prefix("provider="));
+            let services: Vec<&enlace_core::config::ServiceEntry> = cfg
+                .services
+                .iter()
+                .filter(|s| provider.is_none_or(|p| s.id.member().to_string() == p))
+                .collect();
+            Ok(json_response(&json!({ "services": services })))
+        }
+        "/meta/allowed" => {
+            let now = time::OffsetDateTime::now_utc();
+            let allowed: Vec<Value> = cfg
+                .contracts
+                .iter()
+                .filter(|c| c.terms.consumer == client && c.is_active(now))
+                .map(|c| {
+                    json!({
+                        "contract": c.id,
+                        "service": c.terms.provider,
+                        "versions": c.terms.versions,
+                        "operations": c.terms.operations,
+                        "fields": c.terms.allowed_fields,
+                        "purpose": c.terms.purpose,
+                        "subject_required": c.terms.subject_required,
+                        "valid_until": c.terms.valid_until,
+                    })
+                })
+                .collect();
+            Ok(json_response(
+                &json!({ "client": client, "allowed": allowed }),
+            ))
+        }
+        p if p.starts_with("/meta/openapi/") => {
+            let uri: http::Uri = format!("/r1/{}", &p["/meta/openapi/".len()..])
+                .parse()
+                .map_err(|_| {
+                    Problem::new(
+                        ProblemKind::InvalidRequest,
+                        "path: /meta/openapi/SERVICE/vMAJOR",
+                    )
+                })?;
+            let target = super::consumer::read_target(&uri)?;
+            let entry = Node::resolve_service(&snap, &target.service, target.major)?;
+            if entry.kind != enlace_core::config::DescriptionKind::Openapi {
+                return Err(Problem::new(
+                    ProblemKind::NotFound,
+                    format!("{} is described by protobuf, not OpenAPI", entry.id),
+                ));
+            }
+            let bytes = node.description_bytes(entry).await?;
+            let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(resp)
+        }
+        _ => Err(Problem::new(
+            ProblemKind::NotFound,
+            format!(
+                "no metaservice {path}; try /meta/members, /meta/services, /meta/allowed, /meta/openapi/SERVICE/vMAJOR"
+            ),
+        )),
+    }
+}
+
+/// The admin listener: liveness and readiness (a verified, unexpired configuration).
+pub async fn admin(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => Response::new(Full::new(Bytes::from_static(b"ok"))),
+        "/readyz" => match node.snapshot() {
+            Ok(s) => json_response(
+                &json!({"ready": true, "serial": s.config.serial, "expires_at": s.config.expires_at.to_string()}),
+            ),
+            Err(p) => problem_response(&p, None),
+        },
+        other => {
+            let mut r = problem_response(
+                &Problem::new(ProblemKind::NotFound, format!("no such resource: {other}")),
+                None,
+            );
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! The provider side of an exchange: a peer node calls in over mutual TLS.
+//!
+//! Phases: verify peer (TLS identity is an approved node of the client's member) → verify
+//! signature, freshness and replay → resolve service → enforce contract (the check that counts)
+//! → validate request → count volume → log → forward to the backend → validate response →
+//! minimise to the contract's fields → sign response bound to the request → log → return.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use enlace_core::contract::{Contract, Usage};
+use enlace_core::id::{NodeId, ServiceId};
+use enlace_core::problem::{Culprit, Problem, ProblemKind};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::consumer::{About, check_contract, context_record, fill_signature, read_target};
+use super::context::{self, Context};
+use super::{Node, Snapshot, problem_parts, problem_response, unix_now};
+use crate::msglog::RecordKind;
+use crate::net::{Body, read_body};
+use crate::signature;
+
+/// What is known of an incoming exchange, for its log records.
+struct Trace {
+    message_id: Option<String>,
+    context: Option<Context>,
+    service: String,
+    operation: String,
+    log_bodies: bool,
+}
+
+pub async fn handle(node: Arc<Node>, req: Request<Incoming>, peer: NodeId) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let mut trace = Trace {
+        message_id: None,
+        context: None,
+        service: String::new(),
+        operation: String::new(),
+        log_bodies: false,
+    };
+    let body = read_body(body, node.settings.raw.limits.max_body_bytes).await;
+    let result = match body {
+        Ok(body) => run(&node, &parts, body, &peer, &mut trace).await,
+        Err(p) => Err(p),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(problem) => refuse(&node, &parts, &peer, &trace, problem).await,
+    }
+}
+
+/// Logs a refusal like a success and answers with a signed problem (signed when the request
+/// carried a message id to bind it to).
+async fn refuse(
+    node: &Node,
+    parts: &http::request::Parts,
+    peer: &NodeId,
+    trace: &Trace,
+    problem: Problem,
+) -> Response<Body> {
+    let message_id = trace.message_id.clone().unwrap_or_default();
+    tracing::info!(%peer, message_id = %message_id, service = %trace.service, problem = problem.kind.slug(), detail = %problem.detail, "incoming exchange refused");
+    let about = About {
+        message_id: &message_id,
+        client: None,
+        context: trace.context.as_ref(),
+        service: &trace.service,
+        operation: &trace.operation,
+        peer: Some(peer.to_string()),
+    };
+    let mut rec = context_record(RecordKind::Refusal, problem.kind.status(), about);
+    rec.problem = Some(problem.kind.slug().to_string());
+    rec.request_digest = parts
+        .headers
+        .get(signature::CONTENT_DIGEST)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let resp = match &trace.message_id {
+        Some(id) => {
+            let (status, headers, body) = problem_parts(&problem, Some(id));
+            sign(node, parts, status, headers, body).unwrap_or_else(|p| problem_response(&p, None))
+        }
+        None => problem_response(&problem, None),
+    };
+    fill_signature(&mut rec, resp.headers(), false);
+    if let Err(p) = node.log.append(rec).await {
+        tracing::error!(problem = %p, "could not log a refusal");
+        return problem_response(&p, trace.message_id.as_deref());
+    }
+    resp
+}
+
+async fn run(
+    node: &Node,
+    parts: &http::request::Parts,
+    body: Bytes,
+    peer: &NodeId,
+    trace: &mut Trace,
+) -> Result<Response<Body>, Problem> {
+    let limits = &node.settings.raw.limits;
+    context::check_header_section(&parts.headers, limits.max_header_bytes)?;
+    trace.message_id = Some(read_message_id(&parts.headers)?);
+    let ctx = Context::read(&parts.headers)?;
+    trace.context = Some(ctx.clone());
+    let snap = node.snapshot()?;
+    verify_peer(&snap, peer, &ctx)?;
+    verify_signature(node, &snap, parts, &body, peer)?;
+    let message_id = trace.message_id.clone().unwrap_or_default();
+    if !node.replay.first_sighting(&message_id, unix_now()) {
+        return Err(Problem::new(
+            ProblemKind::Replay,
+            format!("message {message_id} was already received"),
+        ));
+    }
+    let (entry, backend) = resolve_service(node, &snap, parts)?;
+    trace.service = format!("{}/{}", entry.id, entry.version);
+    trace.log_bodies = backend.1;
+    let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
+    let compiled = node.compiled(entry).await?;
+    let target = read_target(&parts.uri)?;
+    let matched = compiled.match_request(parts.method.as_str(), &target.rest)?;
+    let operation = compiled
+        .operation_id(&matched)
+        .unwrap_or_default()
+        .to_string();
+    trace.operation = operation.clone();
+    if !contract.terms.operations.contains(&operation) {
+        return Err(Problem::new(
+            ProblemKind::ContractMissing,
+            format!(
+                "contract {} does not allow operation {operation}",
+                contract.id
+            ),
+        ));
+    }
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    compiled.validate_request(
+        &matched,
+        target.query.as_deref(),
+        &headers,
+        &body,
+        content_type,
+    )?;
+    admit(node, contract)?;
+
+    // Log the request as received and forward it; the response record below is awaited, and
+    // the writer commits in order, so both are durable before the response leaves.
+    let service = trace.service.clone();
+    let about = || About {
+        message_id: &message_id,
+        client: None,
+        context: Some(&ctx),
+        service: &service,
+        operation: &operation,
+        peer: Some(peer.to_string()),
+    };
+    let mut rec = context_record(RecordKind::RequestIn, 0, about());
+    fill_signature(&mut rec, &parts.headers, true);
+    rec.body = trace.log_bodies.then(|| body.to_vec());
+    let logged = node.log.append(rec);
+    let forwarded = forward(node, parts, &target, &ctx, &message_id, &backend.0, body);
+    let (logged, forwarded) = tokio::join!(logged, forwarded);
+    logged?;
+    let (status, bcontent_type, bbody) = forwarded?;
+
+    // Validate, minimise, sign.
+    let (status, out_body, content_type, disclosed) = if status.is_success() {
+        let value = compiled
+            .validate_response(&matched, status.as_u16(), bcontent_type.as_deref(), &bbody)
+            .map_err(|p| p.caused_by(Culprit::ProviderBackend))?;
+        let mut value = value;
+        let disclosed =
+            enlace_description::validate::minimise(&mut value, &contract.terms.allowed_fields);
+        let bytes = serde_json::to_vec(&value)
+            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+        (status, Bytes::from(bytes), "application/json", disclosed)
+    } else {
+        (
+            status,
+            backend_error_body(status, &bbody),
+            "application/problem+json",
+            Vec::new(),
+        )
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    if let Ok(v) = HeaderValue::from_str(&message_id) {
+        headers.insert(context::MESSAGE_ID, v);
+    }
+    let resp = sign(node, parts, status, headers, out_body.clone())?;
+    let mut rec = context_record(RecordKind::ResponseOut, status.as_u16(), about());
+    fill_signature(&mut rec, resp.headers(), false);
+    rec.request_digest = parts
+        .headers
+        .get(signature::CONTENT_DIGEST)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    rec.headers
+        .push(("enlace-disclosed".into(), disclosed.join(",")));
+    rec.body = trace.log_bodies.then(|| out_body.to_vec());
+    node.log.append(rec).await?;
+    Ok(resp)
+}
+
+fn read_message_id(headers: &HeaderMap) -> Result<String, Problem> {
+    let id = context::single(headers, context::MESSAGE_ID, 64)?.ok_or_else(|| {
+        Problem::new(
+            ProblemKind::SignatureInvalid,
+            format!("{}: required", context::MESSAGE_ID),
+        )
+    })?;
+    let uuid = uuid::Uuid::parse_str(&id).map_err(|_| {
+        Problem::new(
+            ProblemKind::InvalidRequest,
+            format!("{}: not a UUID", context::MESSAGE_ID),
+        )
+    })?;
+    if uuid.get_version_num() != 7 || uuid.hyphenated().to_string() != id {
+        return Err(Problem::new(
+            ProblemKind::InvalidRequest,
+            format!(
+                "{}: must be a UUIDv7 in lower-case hyphenated form",
+                context::MESSAGE_ID
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+/// The TLS peer must be an approved, unrevoked node of the member the client belongs to: a
+/// node never speaks for another member's subsystems.
+fn verify_peer(snap: &Snapshot, peer: &NodeId, ctx: &Context) -> Result<(), Problem> {
+    if !snap.nodes.contains_key(peer) {
+        return Err(Problem::new(
+            ProblemKind::Forbidden,
+            format!("{peer} is not an approved node of the federation (revoked or unknown)"),
+        )
+        .caused_by(Culprit::PeerNode));
+    }
+    if ctx.client.member != peer.member {
+        return Err(Problem::new(
+            ProblemKind::Forbidden,
+            format!(
+                "node {peer} cannot call on behalf of {}, a subsystem of another member",
+                ctx.client
+            ),
+        )
+        .caused_by(Culprit::PeerNode));
+    }
+    Ok(())
+}
+
+/// RFC 9421: signed by the TLS peer's signing key, covering everything Enlace requires,
+/// fresh, and with a body matching its `Content-Digest`.
+fn verify_signature(
+    node: &Node,
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    body: &[u8],
+    peer: &NodeId,
+) -> Result<(), Problem> {
+    let expected = peer.to_string();
+    signature::verify_request(
+        signature::Message::request(&parts.method, &parts.uri, &parts.headers),
+        body,
+        |keyid| {
+            if keyid != expected {
+                return Err(Problem::new(
+                    ProblemKind::SignatureInvalid,
+                    format!("signed by {keyid}, but the TLS peer is {expected}"),
+                ));
+            }
+            node.peer_key(snap, keyid)
+        },
+        unix_now(),
+        node.settings.raw.limits.clock_skew_secs,
+    )
+    .map(|_| ())
+}
+
+/// The service this node provides that the path names, and its backend.
+fn resolve_service<'a>(
+    node: &'a Node,
+    snap: &'a Snapshot,
+    parts: &http::request::Parts,
+) -> Result<(&'a enlace_core::config::ServiceEntry, &'a (String, bool)), Problem> {
+    let target = read_target(&parts.uri)?;
+    let backend = node.settings.services.get(&target.service).ok_or_else(|| {
+        Problem::new(
+            ProblemKind::UnknownService,
+            format!("this node does not provide {}", target.service),
+        )
+    })?;
+    let entry = Node::resolve_service(snap, &target.service, target.major)?;
+    let named = context::single(&parts.headers, context::SERVICE, 300)?.unwrap_or_default();
+    let named_service = named.rsplit_once('/').map(|(s, _)| s).unwrap_or("");
+    if named_service.parse::<ServiceId>().ok().as_ref() != Some(&target.service) {
+        return Err(Problem::new(
+            ProblemKind::InvalidRequest,
+            format!(
+                "{}: `{named}` does not name the service in the path",
+                context::SERVICE
+            ),
+        ));
+    }
+    Ok((entry, backend))
+}
+
+/// Volume and single use, counted only once every other check has passed.
+fn admit(node: &Node, contract: &Contract) -> Result<(), Problem> {
+    let now = time::OffsetDateTime::now_utc();
+    if !node
+        .volume
+        .admit(&contract.id, contract.terms.volume_limit, now)
+    {
+        return Err(Problem::new(
+            ProblemKind::VolumeExceeded,
+            format!(
+                "contract {} allows no more exchanges this period",
+                contract.id
+            ),
+        ));
+    }
+    if contract.terms.usage == Usage::SingleUse && !node.volume.use_once(&contract.id) {
+        return Err(Problem::new(
+            ProblemKind::ContractExpired,
+            format!(
+                "contract {} was for a single use and has been used",
+                contract.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Forwards to the provider backend: the method, the path after the service prefix, the
+/// query, the content headers and the Enlace context. Redirects are not followed.
+async fn forward(
+    node: &Node,
+    parts: &http::request::Parts,
+    target: &super::consumer::Target,
+    ctx: &Context,
+    message_id: &str,
+    backend: &str,
+    body: Bytes,
+) -> Result<(StatusCode, Option<String>, Bytes), Problem> {
+    let url = match &target.query {
+        Some(q) => format!("{backend}{}?{q}", target.rest),
+        None => format!("{backend}{}", target.rest),
+    };
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = url.parse().map_err(|_| {
+        Problem::new(
+            ProblemKind::Internal,
+            format!("backend URL {url} is invalid"),
+        )
+    })?;
+    let h = req.headers_mut();
+    for name in [http::header::CONTENT_TYPE, http::header::ACCEPT] {
+        if let Some(v) = parts.headers.get(&name) {
+            h.insert(name, v.clone());
+        }
+    }
+    ctx.write(h)?;
+    h.remove(context::AUTHORIZATION);
+    if let Ok(v) = HeaderValue::from_str(message_id) {
+        h.insert(context::MESSAGE_ID, v);
+    }
+    let limits = &node.settings.raw.limits;
+    let timeout = Duration::from_millis(limits.upstream_timeout_ms);
+    let backend_problem =
+        |kind, detail: String| Problem::new(kind, detail).caused_by(Culprit::ProviderBackend);
+    let resp = match tokio::time::timeout(timeout, node.backend.request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            return Err(backend_problem(
+                ProblemKind::PeerUnreachable,
+                format!("provider backend: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(backend_problem(
+                ProblemKind::PeerTimeout,
+                format!(
+                    "provider backend did not answer within {} ms",
+                    timeout.as_millis()
+                ),
+            ));
+        }
+    };
+    let status = resp.status();
+    if status.is_redirection() {
+        return Err(backend_problem(
+            ProblemKind::ResponseSchemaViolation,
+            format!("provider backend answered a redirect ({status}); redirects are not followed"),
+        ));
+    }
+    let ct = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let body = read_body(resp.into_body(), limits.max_body_bytes)
+        .await
+        .map_err(|p| p.caused_by(Culprit::ProviderBackend))?;
+    Ok((status, ct, body))
+}
+
+/// An error from the backend passes on as a bare problem (its type and title, and the status):
+/// a `detail` or anything else it carries may hold personal data the contract does not cover,
+/// so it never leaves the provider node.
+fn backend_error_body(status: StatusCode, body: &[u8]) -> Bytes {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let mut out = serde_json::Map::new();
+    if let Some(serde_json::Value::Object(m)) = parsed {
+        for key in ["type", "title"] {
+            if let Some(serde_json::Value::String(s)) = m.get(key) {
+                out.insert(
+                    key.into(),
+                    serde_json::Value::String(s.chars().take(200).collect()),
+                );
+            }
+        }
+    }
+    out.insert("status".into(), serde_json::Value::from(status.as_u16()));
+    out.entry("title").or_insert_with(|| {
+        serde_json::Value::String(status.canonical_reason().unwrap_or("error").into())
+    });
+    out.insert(
+        "culprit".into(),
+        serde_json::Value::String(Culprit::ProviderBackend.as_str().into()),
+    );
+    Bytes::from(serde_json::Value::Object(out).to_string())
+}
+
+/// Adds `Content-Digest` and the response signature bound to the request.
+fn sign(
+    node: &Node,
+    parts: &http::request::Parts,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, Problem> {
+    let internal =
+        |e: http::header::InvalidHeaderValue| Problem::new(ProblemKind::Internal, e.to_string());
+    headers.insert(
+        signature::CONTENT_DIGEST,
+        HeaderValue::from_str(&signature::content_digest(&body)).map_err(internal)?,
+    );
+    let (input, sig) = signature::sign_response(
+        &node.signing_key,
+        &node.settings.id.to_string(),
+        unix_now(),
+        signature::Message::response(status, &headers),
+        signature::Message::request(&parts.method, &parts.uri, &parts.headers),
+    )?;
+    headers.insert(
+        signature::SIGNATURE_INPUT,
+        HeaderValue::from_str(&input).map_err(internal)?,
+    );
+    headers.insert(
+        signature::SIGNATURE,
+        HeaderValue::from_str(&sig).map_err(internal)?,
+    );
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}

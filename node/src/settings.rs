@@ -1,0 +1,246 @@
+//! The node's configuration file (TOML, `${ENV:-default}` expanded, unknown keys refused),
+//! validated at load so a running node never meets a bad setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use enlace_core::id::{Instance, NodeId, ServiceId, SubsystemId};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// This node, e.g. `CL-DEV/GOV/61002000-3/node/a`.
+    pub id: String,
+    /// Base URL of the registry.
+    pub registry_url: String,
+    /// Directory of the configuration cache and the message log.
+    pub data_dir: PathBuf,
+    /// Federation CA certificate (PEM): the trust anchor.
+    pub ca_file: PathBuf,
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    pub signing_cert_file: PathBuf,
+    pub signing_key_file: PathBuf,
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Local backends that call through this node, each bound to one subsystem.
+    #[serde(default)]
+    pub clients: Vec<Client>,
+    /// Services this node provides, and the backend that answers each.
+    #[serde(default)]
+    pub services: Vec<Provided>,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Local backends (HTTP/1.1 and h2c).
+    #[serde(default = "default_consumer")]
+    pub consumer: SocketAddr,
+    /// Peer nodes (mutual TLS, HTTP/2, TLS 1.3).
+    #[serde(default = "default_provider")]
+    pub provider: SocketAddr,
+    /// `/healthz`, `/readyz`.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+}
+
+fn default_consumer() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_provider() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            consumer: default_consumer(),
+            provider: default_provider(),
+            admin: default_admin(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request or response body relayed, bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Largest total of request header bytes accepted.
+    #[serde(default = "default_max_headers")]
+    pub max_header_bytes: usize,
+    /// How far a signature's `created` may be from our clock, seconds.
+    #[serde(default = "default_skew")]
+    pub clock_skew_secs: i64,
+    /// How long to wait for the peer node or the provider backend, milliseconds.
+    #[serde(default = "default_timeout")]
+    pub upstream_timeout_ms: u64,
+    /// TLS handshake timeout, milliseconds.
+    #[serde(default = "default_handshake")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_headers() -> usize {
+    16 * 1024
+}
+fn default_skew() -> i64 {
+    30
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+fn default_handshake() -> u64 {
+    5_000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_max_body(),
+            max_header_bytes: default_max_headers(),
+            clock_skew_secs: default_skew(),
+            upstream_timeout_ms: default_timeout(),
+            handshake_timeout_ms: default_handshake(),
+        }
+    }
+}
+
+/// A local backend: its subsystem and the SHA-256 (hex) of its bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    pub subsystem: String,
+    pub token_sha256: String,
+    /// Keep request and response bodies in the message log (hashes are always kept).
+    #[serde(default)]
+    pub log_bodies: bool,
+}
+
+/// A service this node provides: its id, and the base URL of the backend answering it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provided {
+    pub service: String,
+    pub backend: String,
+    #[serde(default)]
+    pub log_bodies: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Days to keep message-log records; none keeps everything.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// Seconds between signed chain heads sent to the registry.
+    #[serde(default = "default_anchor")]
+    pub anchor_interval_secs: u64,
+}
+
+fn default_anchor() -> u64 {
+    60
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            retention_days: None,
+            anchor_interval_secs: default_anchor(),
+        }
+    }
+}
+
+/// The settings, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub raw: NodeSettings,
+    pub id: NodeId,
+    pub instance: Instance,
+    /// token SHA-256 hex → (subsystem, log bodies)
+    pub clients: BTreeMap<String, (SubsystemId, bool)>,
+    /// service → (backend base URL, log bodies)
+    pub services: BTreeMap<ServiceId, (String, bool)>,
+}
+
+impl NodeSettings {
+    pub fn from_toml(text: &str) -> anyhow::Result<Checked> {
+        let expanded = enlace_core::settings::expand_env(text, |k| std::env::var(k).ok())
+            .map_err(anyhow::Error::msg)?;
+        let raw: NodeSettings = toml::from_str(&expanded)?;
+        raw.check()
+    }
+
+    pub fn check(self) -> anyhow::Result<Checked> {
+        let id: NodeId = self.id.parse().map_err(|e| anyhow::anyhow!("id: {e}"))?;
+        let instance = id.member.instance.clone();
+        anyhow::ensure!(
+            self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://"),
+            "registry_url: must start with http:// or https://"
+        );
+        anyhow::ensure!(
+            (1024..=256 * 1024 * 1024).contains(&self.limits.max_body_bytes),
+            "limits.max_body_bytes: must be between 1 KiB and 256 MiB"
+        );
+        anyhow::ensure!(
+            (1..=600).contains(&self.limits.clock_skew_secs),
+            "limits.clock_skew_secs: must be between 1 and 600"
+        );
+        let mut clients = BTreeMap::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let sub: SubsystemId = c
+                .subsystem
+                .parse()
+                .map_err(|e| anyhow::anyhow!("clients[{i}].subsystem: {e}"))?;
+            anyhow::ensure!(
+                sub.member == id.member,
+                "clients[{i}].subsystem: {sub} is not of this node's member {}",
+                id.member
+            );
+            anyhow::ensure!(
+                c.token_sha256.len() == 64 && c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+                "clients[{i}].token_sha256: must be 64 hex characters"
+            );
+            clients.insert(c.token_sha256.to_ascii_lowercase(), (sub, c.log_bodies));
+        }
+        let mut services = BTreeMap::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let svc: ServiceId = s
+                .service
+                .parse()
+                .map_err(|e| anyhow::anyhow!("services[{i}].service: {e}"))?;
+            anyhow::ensure!(
+                svc.member() == &id.member,
+                "services[{i}].service: {svc} is not of this node's member"
+            );
+            anyhow::ensure!(
+                s.backend.starts_with("http://"),
+                "services[{i}].backend: must be an http:// URL"
+            );
+            services.insert(
+                svc,
+                (s.backend.trim_end_matches('/').to_string(), s.log_bodies),
+            );
+        }
+        Ok(Checked {
+            id,
+            instance,
+            clients,
+            services,
+            raw: self,
+        })
+    }
+}

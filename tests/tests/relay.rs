@@ -1,0 +1,458 @@
+//! The REST relay end to end: a registry, the Registro Civil node in front of the sample
+//! backend, and the SII node, on loopback with real mutual TLS and real signatures.
+
+use std::time::{Duration, Instant};
+
+use enlace_registry::demo;
+use enlace_tests::{Reply, TestFederation};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn culprit(r: &Reply) -> &str {
+    r.body["culprit"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_person_is_fetched_through_both_nodes_cut_to_the_contract() {
+    let f = TestFederation::start().await;
+    let r = f.call(Method::GET, "/persons/12345678-5", &[]).await;
+    assert_eq!(
+        r.ok(200),
+        &json!({
+            "name": "María José Pérez Soto",
+            "address": {"street": "Av. Libertador Bernardo O'Higgins 1234", "commune": "Santiago", "region": "Metropolitana"}
+        }),
+        "only the contract's fields: no birth date, no health insurance"
+    );
+    // Metaservices: what this backend may call.
+    let allowed = f
+        .registry
+        .http
+        .get(format!("{}/meta/allowed", f.consumer_url))
+        .bearer_auth(&f.client_token)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(allowed["allowed"][0]["contract"], f.demo.contract);
+    assert_eq!(
+        allowed["allowed"][0]["fields"],
+        json!(["/name", "/address"])
+    );
+    let doc = f
+        .registry
+        .http
+        .get(format!(
+            "{}/meta/openapi/{}/v1",
+            f.consumer_url,
+            demo::PERSONAS
+        ))
+        .bearer_auth(&f.client_token)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["paths"]["/persons/{run}"]["get"]["operationId"],
+        "getPerson"
+    );
+    let services = f
+        .registry
+        .http
+        .get(format!("{}/meta/services", f.consumer_url))
+        .bearer_auth(&f.client_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(services.status(), 200);
+    let members = f
+        .registry
+        .http
+        .get(format!("{}/meta/members", f.consumer_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(members.status(), 401, "metaservices need a backend token");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn the_consumer_node_refuses_bad_calls_with_problems_naming_the_cause() {
+    let f = TestFederation::start().await;
+    // A backend without a token, or with another subsystem's name.
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("authorization", "Bearer nope")],
+        )
+        .await;
+    r.problem("unauthenticated", 401);
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("enlace-client", "CL-DEV/GOV/60803000-K/aduana")],
+        )
+        .await;
+    r.problem("forbidden", 403);
+    // No contract; a contract that does not exist.
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("enlace-contract", "")],
+        )
+        .await;
+    r.problem("contract-missing", 403);
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("enlace-contract", "ctr_01JD0000000000000000000000")],
+        )
+        .await;
+    r.problem("contract-missing", 403);
+    // The contract requires a subject; a subject with a wrong check digit.
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("enlace-subject", "")],
+        )
+        .await;
+    r.problem("invalid-request", 400);
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("enlace-subject", "CL-RUN:12345678-6")],
+        )
+        .await;
+    assert_eq!(
+        r.problem("invalid-identifier", 400)["field"],
+        "subject.value"
+    );
+    // An unknown service.
+    let url = format!(
+        "{}/r1/{}/registro-civil/otro/v1/x",
+        f.consumer_url,
+        demo::REGISTRO_CIVIL
+    );
+    let resp = f
+        .registry
+        .http
+        .get(url)
+        .bearer_auth(&f.client_token)
+        .header("enlace-client", demo::CONSUMER_SUBSYSTEM)
+        .header("enlace-contract", &f.demo.contract)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["type"],
+        "urn:enlace:problem:unknown-service"
+    );
+    // A body larger than the node accepts.
+    let big = "x".repeat(5 * 1024 * 1024);
+    let url = format!(
+        "{}/r1/{}/v1/persons/12345678-5",
+        f.consumer_url,
+        demo::PERSONAS
+    );
+    let resp = f
+        .registry
+        .http
+        .post(url)
+        .bearer_auth(&f.client_token)
+        .header("enlace-client", demo::CONSUMER_SUBSYSTEM)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    // A request that breaks the service's schema is refused by the provider node (400), with
+    // the cause named and blamed on the client.
+    let r = f.call(Method::GET, "/persons/not-a-run", &[]).await;
+    let body = r.problem("request-schema-violation", 400);
+    assert_eq!(body["errors"][0]["at"], "/path/run");
+    assert_eq!(culprit(&r), "client");
+    // An operation the contract does not allow (listDocuments): the provider's check counts.
+    let r = f
+        .call(Method::GET, "/persons/12345678-5/documents", &[])
+        .await;
+    r.problem("contract-missing", 403);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn path_tricks_and_method_overrides_are_refused() {
+    let f = TestFederation::start().await;
+    // Sent byte for byte (an HTTP library would normalise some of these before sending).
+    for path in [
+        "/persons/12345678-5%2Fdocuments",
+        "/persons/..%2F..%2Fadmin",
+        "/persons/%2e%2e/persons/12345678-5",
+        "/persons/../persons/12345678-5",
+        "/persons/./12345678-5",
+        "//persons/12345678-5",
+        "/persons/12345678-5/",
+        "/persons/12345678-5;x=1",
+        "/persons/%00",
+        "/persons/12345678-5%252F",
+        "/persons\\12345678-5",
+    ] {
+        let raw = format!("/r1/{}/v1{path}", demo::PERSONAS);
+        let (status, body) = raw_get(&f, &raw).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            body.contains("urn:enlace:problem:invalid-request"),
+            "{path}: {body}"
+        );
+    }
+    // The control: the same request without a trick is served.
+    let (status, _) = raw_get(&f, &format!("/r1/{}/v1/persons/12345678-5", demo::PERSONAS)).await;
+    assert_eq!(status, 200);
+    // Tricks in the service part of the path.
+    let (status, _) = raw_get(
+        &f,
+        "/r1/CL-DEV/GOV/61002000-3/registro-civil%2Fpersonas/x/v1/persons/12345678-5",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("x-http-method-override", "DELETE")],
+        )
+        .await;
+    r.problem("invalid-request", 400);
+    // A path that names no operation.
+    let r = f.call(Method::GET, "/admin", &[]).await;
+    r.problem("not-found", 404);
+    let r = f.call(Method::DELETE, "/persons/12345678-5", &[]).await;
+    r.problem("not-found", 404);
+    f.stop().await;
+}
+
+/// A GET with the path sent exactly as given (no client-side normalisation): status and body.
+async fn raw_get(f: &TestFederation, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(f.consumer.consumer_addr)
+        .await
+        .unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nenlace-client: {}\r\nenlace-contract: {}\r\nenlace-subject: {}\r\nconnection: close\r\n\r\n",
+        f.client_token,
+        demo::CONSUMER_SUBSYSTEM,
+        f.demo.contract,
+        demo::PERSON
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn backend_faults_are_blamed_on_the_backend() {
+    let f = TestFederation::start_with(|s, provider| {
+        if provider {
+            s.limits.upstream_timeout_ms = 1000;
+        }
+    })
+    .await;
+    // The sample backend breaks its schema for this RUN: 502, blamed on the provider backend.
+    let r = f.call(Method::GET, "/persons/99999999-9", &[]).await;
+    r.problem("response-schema-violation", 502);
+    assert_eq!(culprit(&r), "provider-backend");
+    // And answers too slowly for this one: 504.
+    let r = f.call(Method::GET, "/persons/22222222-2", &[]).await;
+    r.problem("peer-timeout", 504);
+    assert_eq!(culprit(&r), "provider-backend");
+    // An unknown person: the backend's 404 passes as a bare problem, nothing else.
+    let r = f.call(Method::GET, "/persons/11111112-K", &[]).await;
+    assert_eq!(r.status.as_u16(), 404, "{:#}", r.body);
+    assert!(
+        r.body.get("detail").is_none(),
+        "backend details do not leave the provider: {:#}",
+        r.body
+    );
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_node_is_a_502() {
+    let f = TestFederation::start().await;
+    let TestFederation {
+        registry,
+        demo: _,
+        provider,
+        consumer,
+        consumer_url,
+        client_token,
+        ..
+    } = f;
+    provider.stop().await;
+    let url = format!("{consumer_url}/r1/{}/v1/persons/12345678-5", demo::PERSONAS);
+    let resp = registry
+        .http
+        .get(url)
+        .bearer_auth(&client_token)
+        .header("enlace-client", demo::CONSUMER_SUBSYSTEM)
+        .header(
+            "enlace-contract",
+            consumer
+                .node
+                .settings
+                .raw
+                .id
+                .as_str()
+                .replace("node/a", "x")
+                .len()
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // (a malformed contract id is refused before anything is sent)
+    assert_eq!(resp.status(), 400);
+    let contract = registry
+        .running
+        .registry
+        .contracts(&enlace_registry::Actor::FederationAdmin)
+        .unwrap()[0]
+        .id
+        .to_string();
+    let url = format!("{consumer_url}/r1/{}/v1/persons/12345678-5", demo::PERSONAS);
+    let resp = registry
+        .http
+        .get(url)
+        .bearer_auth(&client_token)
+        .header("enlace-client", demo::CONSUMER_SUBSYSTEM)
+        .header("enlace-contract", contract)
+        .header("enlace-subject", demo::PERSON)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["enlace-error"], "peer-node");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["type"], "urn:enlace:problem:peer-unreachable");
+    consumer.stop().await;
+    registry.running.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_contract_is_refused_within_a_second() {
+    let f = TestFederation::start().await;
+    f.call(Method::GET, "/persons/12345678-5", &[])
+        .await
+        .ok(200);
+    let revoked_at = Instant::now();
+    f.registry
+        .post(
+            &format!("/v1/contracts/{}/actions", f.demo.contract),
+            Some(&f.demo.registro_civil_token),
+            &json!({"action": "revoke", "reason": "convenio terminado"}),
+        )
+        .await
+        .ok(200);
+    loop {
+        let r = f.call(Method::GET, "/persons/12345678-5", &[]).await;
+        if r.status.as_u16() == 403 {
+            r.problem("contract-revoked", 403);
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "still served {:?} after revocation",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_contract_volume_is_enforced_by_the_provider() {
+    let f = TestFederation::start().await;
+    let terms = json!({
+        "consumer": demo::CONSUMER_SUBSYSTEM,
+        "provider": demo::PERSONAS,
+        "versions": {"min": "v1.0", "max": "v1.9999"},
+        "operations": ["getPerson"],
+        "purpose": "one-check-a-minute",
+        "legal_basis": "test",
+        "allowed_fields": ["/name"],
+        "subject_required": true,
+        "usage": "permanent",
+        "volume_limit": {"max_requests": 2, "period": "minute"},
+        "valid_from": "2026-01-01T00:00:00Z",
+        "valid_until": "2099-01-01T00:00:00Z",
+        "authorisation_required": false
+    });
+    let id = f
+        .registry
+        .post("/v1/contracts", Some(&f.demo.sii_token), &terms)
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    f.registry
+        .post(
+            &format!("/v1/contracts/{id}/actions"),
+            Some(&f.demo.registro_civil_token),
+            &json!({"action": "approve"}),
+        )
+        .await
+        .ok(200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..2 {
+        let r = f
+            .call(
+                Method::GET,
+                "/persons/12345678-5",
+                &[("enlace-contract", &id)],
+            )
+            .await;
+        assert_eq!(r.ok(200), &json!({"name": "María José Pérez Soto"}));
+    }
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("enlace-contract", &id)],
+        )
+        .await;
+    r.problem("volume-exceeded", 429);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn the_configuration_expired_fails_closed() {
+    // Configurations valid for 3 s, reissued only every 10 s: the nodes' copy expires.
+    let f = TestFederation::start_custom(3, |_, _| {}).await;
+    f.call(Method::GET, "/persons/12345678-5", &[])
+        .await
+        .ok(200);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let r = f.call(Method::GET, "/persons/12345678-5", &[]).await;
+    r.problem("configuration-expired", 503);
+    assert_eq!(culprit(&r), "this-node");
+    f.stop().await;
+}
