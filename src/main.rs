@@ -2,6 +2,7 @@
 //! the node, the federation PKI, and the checks an agency runs against the registry.
 #![forbid(unsafe_code)]
 
+mod federation;
 mod up;
 
 use std::path::PathBuf;
@@ -36,6 +37,34 @@ enum Command {
     /// The federation PKI.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// A node's message log: verify the chain, export and check evidence.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Check a message log's hash chain and its signed heads (local and anchored in the
+    /// registry); report the first broken record.
+    Verify {
+        /// The node's configuration file (finds the log, the registry and the node id).
+        #[arg(long, short, conflicts_with = "db")]
+        config: Option<PathBuf>,
+        /// A message log file, checked on its own (without the registry's anchored heads).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Write the evidence bundle of one exchange: records, signatures, certificates, chain
+    /// position.
+    Export {
+        message_id: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Check an evidence bundle offline.
+    Check { bundle: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -68,6 +97,11 @@ enum RegistryCommand {
 
 #[derive(Subcommand)]
 enum NodeCommand {
+    /// Run a node from its configuration file (TOML).
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Make a node's TLS key and signing key, and a CSR for each, in a directory.
     Init {
         /// The node id, e.g. CL-DEV/GOV/61002000-3/node/a.
@@ -180,6 +214,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Node(NodeCommand::Serve { config }) => {
+            let settings = match load_node_settings(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("enlace: {}: {e:#}", config.display());
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let node =
+                enlace_node::relay::start(settings, std::time::Duration::from_secs(30)).await?;
+            eprintln!(
+                "node {} listening: consumer http://{}, provider {}, admin http://{}",
+                node.node.settings.id, node.consumer_addr, node.provider_addr, node.admin_addr
+            );
+            tokio::signal::ctrl_c().await?;
+            eprintln!("stopping: draining exchanges");
+            node.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Log(cmd) => log_command(cmd).await,
         Command::Node(NodeCommand::Init { id, out }) => {
             let node: enlace_core::NodeId = id.parse()?;
             let keys = enlace_certs::node_init(&node)?;
@@ -293,4 +347,130 @@ async fn once_only_check(
         println!("  {}", f.as_str().unwrap_or(""));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn load_node_settings(path: &std::path::Path) -> anyhow::Result<enlace_node::settings::Checked> {
+    let text = std::fs::read_to_string(path)?;
+    enlace_node::settings::NodeSettings::from_toml(&text)
+}
+
+/// The signed configuration as the node last verified it (its cache).
+fn cached_config(
+    settings: &enlace_node::settings::Checked,
+) -> anyhow::Result<std::sync::Arc<enlace_core::GlobalConfig>> {
+    let ca = std::fs::read_to_string(&settings.raw.ca_file)?;
+    let client = enlace_node::ConfigClient::new(enlace_node::ConfigSource {
+        registry_url: settings.raw.registry_url.clone(),
+        instance: settings.instance.clone(),
+        anchors: vec![ca],
+        cache_path: settings.raw.data_dir.join("config.json"),
+    })?;
+    client
+        .last_verified()
+        .ok_or_else(|| anyhow::anyhow!("the node has no verified configuration cached"))
+}
+
+async fn log_command(cmd: LogCommand) -> anyhow::Result<ExitCode> {
+    use enlace_node::msglog;
+    match cmd {
+        LogCommand::Verify { config, db } => {
+            let (db, heads, key) = match (config, db) {
+                (Some(config), _) => {
+                    let settings = load_node_settings(&config)?;
+                    let db = settings.raw.data_dir.join("messages.sqlite");
+                    let node = settings.id.to_string();
+                    let url = format!("{}/v1/log-heads/{node}", settings.raw.registry_url);
+                    let anchored: Vec<enlace_core::loghead::SignedHead> =
+                        reqwest::get(&url).await?.error_for_status()?.json().await?;
+                    println!(
+                        "{} head(s) anchored in the registry for {node}",
+                        anchored.len()
+                    );
+                    let mut heads: Vec<msglog::SignedHead> =
+                        anchored.into_iter().map(msglog::SignedHead::from).collect();
+                    heads.extend(msglog::stored_heads(&db)?);
+                    let cfg = cached_config(&settings)?;
+                    let trust = enlace_certs::TrustStore::new(&cfg.federation_ca, Some(&cfg.crl))?;
+                    let cert = std::fs::read_to_string(&settings.raw.signing_cert_file)?;
+                    let key = enlace_certs::verify_signer(
+                        &trust,
+                        &cert,
+                        &settings.id.uri(),
+                        time::OffsetDateTime::now_utc(),
+                    )?;
+                    (db, heads, Some(key))
+                }
+                (None, Some(db)) => {
+                    let heads = msglog::stored_heads(&db)?;
+                    (db, heads, None)
+                }
+                (None, None) => anyhow::bail!("give --config NODE.toml or --db MESSAGES.sqlite"),
+            };
+            let report = msglog::verify_file(&db, &heads, key.as_deref())?;
+            println!(
+                "{} record(s) from seq {} to {}, head {}; {} signed head(s) checked{}",
+                report.records,
+                report.from_seq,
+                report.head_seq,
+                report.head_hash_hex,
+                report.heads_checked,
+                if key.is_some() {
+                    " with the node's signing key"
+                } else {
+                    " (signatures not checked: no key)"
+                }
+            );
+            for f in &report.head_failures {
+                println!("signed head at seq {}: {}", f.seq, f.reason);
+            }
+            match report.first_broken {
+                Some(seq) => {
+                    println!(
+                        "BROKEN at record {seq}: {}",
+                        report.reason.as_deref().unwrap_or("?")
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                None if !report.head_failures.is_empty() => Ok(ExitCode::FAILURE),
+                None => {
+                    println!("the chain verifies");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        LogCommand::Export {
+            message_id,
+            config,
+            out,
+        } => {
+            let settings = load_node_settings(&config)?;
+            let cfg = cached_config(&settings)?;
+            let db = settings.raw.data_dir.join("messages.sqlite");
+            let bundle =
+                enlace_node::bundle::create(&db, &message_id, &settings.id.to_string(), &cfg)?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&bundle)?)?;
+            println!(
+                "wrote {} record(s) of {message_id} to {}",
+                bundle.evidence.entries.len(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        LogCommand::Check { bundle } => {
+            let b = enlace_node::bundle::read(&bundle)?;
+            match b.verify() {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    println!("the evidence verifies");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("the evidence does NOT verify: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
 }

@@ -100,6 +100,14 @@ pub fn verify(
     Ok(config)
 }
 
+/// The issue time a signed configuration claims, read before verification only to choose the
+/// moment at which to verify an expired copy (the signature is still checked).
+fn claimed_issue_time(signed: &SignedConfig) -> Option<OffsetDateTime> {
+    let payload = B64.decode(&signed.payload).ok()?;
+    let cfg: GlobalConfig = serde_json::from_slice(&payload).ok()?;
+    Some(cfg.issued_at)
+}
+
 /// Where and how a node follows the configuration.
 #[derive(Debug, Clone)]
 pub struct ConfigSource {
@@ -145,6 +153,17 @@ impl ConfigClient {
                 }
                 Err(p) if p.kind == ProblemKind::ConfigurationExpired => {
                     tracing::warn!(problem = %p, "cached configuration has expired");
+                    // Keep it for offline tools; `current()` refuses it.
+                    if let Ok(cfg) = serde_json::from_slice::<SignedConfig>(&bytes)
+                        .map_err(|e| bad_signature(e.to_string()))
+                        .and_then(|s| {
+                            let issued =
+                                claimed_issue_time(&s).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                            client.verify_at(&s, 0, issued)
+                        })
+                    {
+                        client.current.send_replace(Some(Arc::new(cfg)));
+                    }
                 }
                 Err(p) => tracing::warn!(problem = %p, "cached configuration refused"),
             }
@@ -189,6 +208,11 @@ impl ConfigClient {
             ));
         }
         Ok(cfg)
+    }
+
+    /// The last verified configuration, expired or not (for offline tools).
+    pub fn last_verified(&self) -> Option<Arc<GlobalConfig>> {
+        self.current.borrow().clone()
     }
 
     /// A receiver that sees every new configuration.

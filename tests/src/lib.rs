@@ -494,3 +494,33 @@ impl TestFederation {
         )
     }
 }
+
+impl TestFederation {
+    /// A federation whose provider node listens on another port than the one the registry has
+    /// for it. Returns the federation and the registered address, where nothing listens until
+    /// the test puts something there (a proxy, a man in the middle); the real provider node is
+    /// at `provider.provider_addr`.
+    pub async fn start_behind_proxy() -> (TestFederation, std::net::SocketAddr) {
+        let real = free_port();
+        let f = Self::start_with(move |s, provider| {
+            if provider {
+                s.listen.provider = format!("127.0.0.1:{real}").parse().expect("addr");
+            }
+        })
+        .await;
+        let node = f
+            .registry
+            .get(
+                &format!("/v1/nodes/{}", demo::PROVIDER_NODE),
+                Some(f.registry.admin()),
+            )
+            .await;
+        let registered: std::net::SocketAddr = node.ok(200)["address"]
+            .as_str()
+            .expect("the provider node's address")
+            .parse()
+            .expect("a socket address");
+        assert_ne!(registered, f.provider.provider_addr);
+        (f, registered)
+    }
+}

@@ -49,6 +49,12 @@ pub struct Record {
     pub service: String,
     /// The operation (OpenAPI operation id or gRPC method).
     pub operation: String,
+    /// The request's method and target (path and query) as signed, so that the request's
+    /// RFC 9421 signature (and a response's `;req` binding) can be checked from the log alone.
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub target: Option<String>,
     pub contract: Option<String>,
     /// The data subject, for personal data.
     pub subject: Option<String>,

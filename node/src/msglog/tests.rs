@@ -19,6 +19,8 @@ fn record(i: u32, message_id: &str, kind: RecordKind, at: OffsetDateTime) -> Rec
         client: "CL-DEV/GOV/61002000-3/sii".into(),
         service: format!("svc-{i:04}"),
         operation: "getPerson".into(),
+        method: None,
+        target: None,
         contract: Some("c-1".into()),
         subject: Some("12345678-5".into()),
         user: Some("official-9".into()),

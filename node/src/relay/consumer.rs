@@ -101,6 +101,8 @@ pub(crate) fn context_record(kind: RecordKind, status: u16, about: About<'_>) ->
             .unwrap_or_default(),
         service: about.service.to_string(),
         operation: about.operation.to_string(),
+        method: None,
+        target: None,
         contract: ctx.and_then(|c| c.contract.as_ref().map(|x| x.to_string())),
         subject: ctx.and_then(|c| c.subject.as_ref().map(|x| x.to_string())),
         user: ctx.and_then(|c| c.user.clone()),
@@ -165,6 +167,7 @@ async fn run(
     // Log the request; it is durable by the time the response record is (same writer, in order).
     let mut rec = base_record(trace, RecordKind::RequestOut, 0);
     fill_signature(&mut rec, &sent_headers, true);
+    set_target(&mut rec, outbound.method(), outbound.uri());
     rec.body = log_bodies.then(|| body.to_vec());
     let request_logged = node.log.append(rec);
     let sent_method = outbound.method().clone();
@@ -206,6 +209,7 @@ async fn run(
 
     let mut rec = base_record(trace, RecordKind::ResponseIn, rparts.status.as_u16());
     fill_signature(&mut rec, &rparts.headers, false);
+    set_target(&mut rec, &sent_method, &sent_uri);
     rec.request_digest = sent_headers
         .get(signature::CONTENT_DIGEST)
         .and_then(|v| v.to_str().ok())
@@ -240,6 +244,12 @@ fn problem_slug(headers: &HeaderMap, body: &Bytes) -> Option<String> {
     }
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     Problem::from_json(&v).map(|p| p.kind.slug().to_string())
+}
+
+/// Records the method and target (path and query) of the request an exchange is about.
+pub(crate) fn set_target(rec: &mut Record, method: &Method, uri: &Uri) {
+    rec.method = Some(method.to_string());
+    rec.target = uri.path_and_query().map(|p| p.to_string());
 }
 
 pub(crate) fn fill_signature(rec: &mut Record, headers: &HeaderMap, request: bool) {

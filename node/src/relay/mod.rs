@@ -47,7 +47,7 @@ pub struct Snapshot {
 pub struct Node {
     pub settings: Checked,
     pub(crate) signing_key: SigningKey,
-    pub(crate) config: Arc<ConfigClient>,
+    pub config: Arc<ConfigClient>,
     snapshot: watch::Sender<Option<Arc<Snapshot>>>,
     pub(crate) pool: PeerPool,
     pub(crate) log: MessageLog,

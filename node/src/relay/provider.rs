@@ -16,7 +16,9 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::consumer::{About, check_contract, context_record, fill_signature, read_target};
+use super::consumer::{
+    About, check_contract, context_record, fill_signature, read_target, set_target,
+};
 use super::context::{self, Context};
 use super::{Node, Snapshot, problem_parts, problem_response, unix_now};
 use crate::msglog::RecordKind;
@@ -72,6 +74,7 @@ async fn refuse(
         peer: Some(peer.to_string()),
     };
     let mut rec = context_record(RecordKind::Refusal, problem.kind.status(), about);
+    set_target(&mut rec, &parts.method, &parts.uri);
     rec.problem = Some(problem.kind.slug().to_string());
     rec.request_digest = parts
         .headers
@@ -167,6 +170,7 @@ async fn run(
     };
     let mut rec = context_record(RecordKind::RequestIn, 0, about());
     fill_signature(&mut rec, &parts.headers, true);
+    set_target(&mut rec, &parts.method, &parts.uri);
     rec.body = trace.log_bodies.then(|| body.to_vec());
     let logged = node.log.append(rec);
     let forwarded = forward(node, parts, &target, &ctx, &message_id, &backend.0, body);
@@ -204,6 +208,7 @@ async fn run(
     let resp = sign(node, parts, status, headers, out_body.clone())?;
     let mut rec = context_record(RecordKind::ResponseOut, status.as_u16(), about());
     fill_signature(&mut rec, resp.headers(), false);
+    set_target(&mut rec, &parts.method, &parts.uri);
     rec.request_digest = parts
         .headers
         .get(signature::CONTENT_DIGEST)

@@ -1,0 +1,227 @@
+//! A whole demo federation in one process: the registry seeded with the demo federation, the
+//! Registro Civil node in front of the sample `personas` backend, and the SII node. Used by
+//! `enlace up` (fixed ports) and `enlace bench` (ephemeral ports). Each node runs from a
+//! configuration file written next to its keys, exactly as an operator would run it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use enlace_node::relay::RunningNode;
+use enlace_node::settings::NodeSettings;
+use enlace_registry::{RunningRegistry, demo};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// Where each listener goes; 0 picks a free port.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub registry: u16,
+    pub backend: u16,
+    pub rc_provider: u16,
+    pub rc_consumer: u16,
+    pub rc_admin: u16,
+    pub sii_provider: u16,
+    pub sii_consumer: u16,
+    pub sii_admin: u16,
+}
+
+impl Ports {
+    /// The documented ports of `enlace up` (docs/CONFIGURATION.md).
+    pub const UP: Ports = Ports {
+        registry: 7400,
+        backend: 9000,
+        rc_provider: 8443,
+        rc_consumer: 8081,
+        rc_admin: 8082,
+        sii_provider: 8543,
+        sii_consumer: 8080,
+        sii_admin: 8083,
+    };
+}
+
+/// What `enlace up` remembers between runs besides the registry: the demo's tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Secrets {
+    pub demo: demo::Demo,
+    /// Bearer token of SII's `renta` backend at the SII node.
+    pub renta_token: String,
+}
+
+pub struct Federation {
+    pub registry: RunningRegistry,
+    pub provider: RunningNode,
+    pub consumer: RunningNode,
+    pub backend: SocketAddr,
+    pub secrets: Secrets,
+    backend_stop: watch::Sender<bool>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn port_or_free(p: u16) -> anyhow::Result<u16> {
+    if p == 0 { free_port() } else { Ok(p) }
+}
+
+fn random_token() -> String {
+    use std::fmt::Write;
+    let mut bytes = [0u8; 24];
+    rand::fill(&mut bytes);
+    bytes.iter().fold(String::from("renta_"), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Writes a node's configuration file and returns its path.
+#[allow(clippy::too_many_arguments)]
+fn write_node_config(
+    node_dir: &Path,
+    id: &str,
+    registry_url: &str,
+    consumer: u16,
+    provider: u16,
+    admin: u16,
+    clients: &str,
+    services: &str,
+) -> anyhow::Result<PathBuf> {
+    let path = node_dir.join("node.toml");
+    let text = format!(
+        r#"# Enlace node {id} (written by `enlace up`; see docs/CONFIGURATION.md)
+id = "{id}"
+registry_url = "{registry_url}"
+data_dir = "{data}"
+ca_file = "{dir}/ca.pem"
+tls_cert_file = "{dir}/tls.pem"
+tls_key_file = "{dir}/tls-key.pem"
+signing_cert_file = "{dir}/signing.pem"
+signing_key_file = "{dir}/signing-key.pem"
+
+[listen]
+consumer = "127.0.0.1:{consumer}"
+provider = "127.0.0.1:{provider}"
+admin = "127.0.0.1:{admin}"
+
+[log]
+anchor_interval_secs = 30
+{clients}{services}"#,
+        data = node_dir.join("data").display(),
+        dir = node_dir.display(),
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Starts the federation in `dir`: seeds it on first start, reuses it after.
+pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
+    let registry_dir = dir.join("registry");
+    let fresh = !registry_dir.join("registry.sqlite").exists();
+    let cfg = enlace_registry::RegistryConfig {
+        instance: demo::INSTANCE.into(),
+        listen: ([127, 0, 0, 1], ports.registry).into(),
+        data_dir: registry_dir,
+        storage: "sqlite".into(),
+        config_validity_secs: 600,
+        node_cert_validity_hours: 7 * 24,
+    };
+    let registry = enlace_registry::start(&cfg).await?;
+    let registry_url = format!("http://{}", registry.addr);
+    let nodes_dir = dir.join("nodes");
+    let secrets_file = dir.join("demo.json");
+    let (rc_provider, sii_provider) = (
+        port_or_free(ports.rc_provider)?,
+        port_or_free(ports.sii_provider)?,
+    );
+    let secrets: Secrets = if fresh {
+        let d = demo::seed(
+            &registry.registry,
+            &nodes_dir,
+            [
+                &format!("127.0.0.1:{rc_provider}"),
+                &format!("127.0.0.1:{sii_provider}"),
+            ],
+        )
+        .await?;
+        let s = Secrets {
+            demo: d,
+            renta_token: random_token(),
+        };
+        std::fs::write(&secrets_file, serde_json::to_vec_pretty(&s)?)?;
+        s
+    } else {
+        serde_json::from_slice(
+            &std::fs::read(&secrets_file).with_context(|| format!("{}", secrets_file.display()))?,
+        )?
+    };
+
+    let backend_listener = tokio::net::TcpListener::bind(("127.0.0.1", ports.backend))
+        .await
+        .context("sample backend port")?;
+    let backend = backend_listener.local_addr()?;
+    let (backend_stop, rx) = watch::channel(false);
+    tokio::spawn(enlace_node::sample::serve(backend_listener, rx));
+
+    let rc_dir = nodes_dir.join("61002000-3");
+    let services = format!(
+        "\n[[services]]\nservice = \"{}\"\nbackend = \"http://{backend}\"\n",
+        demo::PERSONAS
+    );
+    let rc_cfg = write_node_config(
+        &rc_dir,
+        demo::PROVIDER_NODE,
+        &registry_url,
+        ports.rc_consumer,
+        rc_provider,
+        ports.rc_admin,
+        "",
+        &services,
+    )?;
+    let sii_dir = nodes_dir.join("60803000-K");
+    let token_hash = enlace_description::sha256_hex(secrets.renta_token.as_bytes());
+    let clients = format!(
+        "\n[[clients]]\nsubsystem = \"{}\"\ntoken_sha256 = \"{token_hash}\"\nlog_bodies = false\n",
+        demo::CONSUMER_SUBSYSTEM
+    );
+    let sii_cfg = write_node_config(
+        &sii_dir,
+        demo::CONSUMER_NODE,
+        &registry_url,
+        ports.sii_consumer,
+        sii_provider,
+        ports.sii_admin,
+        &clients,
+        "",
+    )?;
+
+    let wait = Duration::from_secs(10);
+    let provider = enlace_node::relay::start(load(&rc_cfg)?, wait).await?;
+    let consumer = enlace_node::relay::start(load(&sii_cfg)?, wait).await?;
+    Ok(Federation {
+        registry,
+        provider,
+        consumer,
+        backend,
+        secrets,
+        backend_stop,
+    })
+}
+
+fn load(path: &Path) -> anyhow::Result<enlace_node::settings::Checked> {
+    let text = std::fs::read_to_string(path)?;
+    NodeSettings::from_toml(&text).with_context(|| format!("{}", path.display()))
+}
+
+impl Federation {
+    /// Stops the nodes (draining in-flight exchanges), the backend, then the registry.
+    pub async fn stop(self) {
+        self.consumer.stop().await;
+        self.provider.stop().await;
+        let _ = self.backend_stop.send(true);
+        self.registry.stop().await;
+    }
+}
