@@ -61,6 +61,8 @@ pub const REQUEST_COMPONENTS: &[Component] = &[
 /// [`REQUEST_COMPONENTS`]. A verifier requires each one the received message carries, so a
 /// header added in transit is refused rather than silently trusted.
 pub const OPTIONAL_REQUEST_COMPONENTS: &[Component] = &[
+    Component::new("content-type"),
+    Component::new("accept"),
     Component::new("enlace-subject"),
     Component::new("enlace-user"),
     Component::new("enlace-procedure"),
@@ -72,6 +74,7 @@ pub const OPTIONAL_REQUEST_COMPONENTS: &[Component] = &[
 /// id, and (with `;req`) the request's method, path, query, digest and message id.
 pub const RESPONSE_COMPONENTS: &[Component] = &[
     Component::new("@status"),
+    Component::new("content-type"),
     Component::new("content-digest"),
     Component::new("enlace-message-id"),
     Component::from_request("@method"),

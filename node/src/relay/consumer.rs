@@ -214,18 +214,22 @@ async fn run(
         .get(signature::CONTENT_DIGEST)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    rec.problem = problem_slug(&rparts.headers, &rbody);
+    rec.problem = problem_of(&rparts.headers, &rbody).map(|p| p.kind.slug().to_string());
     rec.body = log_bodies.then(|| rbody.to_vec());
     node.log.append(rec).await?;
     let _ = contract;
 
+    // Only what the provider node signed goes back: the status, the content type and the body.
+    // Who caused an error is read from the signed problem body, never from an unsigned header.
+    let culprit = problem_of(&rparts.headers, &rbody).map(|p| p.culprit());
     let mut out = Response::new(Full::new(rbody));
     *out.status_mut() = rparts.status;
     let h = out.headers_mut();
-    for name in [http::header::CONTENT_TYPE.as_str(), context::ERROR] {
-        if let Some(v) = rparts.headers.get(name) {
-            h.insert(http::HeaderName::from_static(name), v.clone());
-        }
+    if let Some(v) = rparts.headers.get(http::header::CONTENT_TYPE) {
+        h.insert(http::header::CONTENT_TYPE, v.clone());
+    }
+    if let Some(c) = culprit {
+        h.insert(context::ERROR, HeaderValue::from_static(c.as_str()));
     }
     if let Ok(v) = HeaderValue::from_str(&trace.message_id) {
         h.insert(context::MESSAGE_ID, v);
@@ -233,8 +237,8 @@ async fn run(
     Ok(out)
 }
 
-/// The problem slug of a problem response, for the log.
-fn problem_slug(headers: &HeaderMap, body: &Bytes) -> Option<String> {
+/// The problem a (signed) problem response carries.
+fn problem_of(headers: &HeaderMap, body: &Bytes) -> Option<Problem> {
     let is_problem = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -243,7 +247,7 @@ fn problem_slug(headers: &HeaderMap, body: &Bytes) -> Option<String> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    Problem::from_json(&v).map(|p| p.kind.slug().to_string())
+    Problem::from_json(&v)
 }
 
 /// Records the method and target (path and query) of the request an exchange is about.
@@ -268,7 +272,11 @@ pub(crate) fn fill_signature(rec: &mut Record, headers: &HeaderMap, request: boo
     }
     rec.headers = headers
         .iter()
-        .filter(|(k, _)| k.as_str().starts_with("enlace-"))
+        .filter(|(k, _)| {
+            k.as_str().starts_with("enlace-")
+                || *k == http::header::CONTENT_TYPE
+                || *k == http::header::ACCEPT
+        })
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
 }

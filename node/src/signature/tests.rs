@@ -375,8 +375,9 @@ fn request_and_bound_response_round_trip() {
         input,
         format!(
             "sig1=(\"@method\" \"@path\" \"@query\" \"content-digest\" \"enlace-message-id\" \
-             \"enlace-client\" \"enlace-service\" \"enlace-contract\" \"enlace-subject\" \
-             \"enlace-user\");created={NOW};keyid=\"{CONSUMER}\";alg=\"ed25519\";tag=\"enlace-request\""
+             \"enlace-client\" \"enlace-service\" \"enlace-contract\" \"content-type\" \
+             \"enlace-subject\" \"enlace-user\");created={NOW};keyid=\"{CONSUMER}\";alg=\"ed25519\";\
+             tag=\"enlace-request\""
         )
     );
     let v = ex.verify_request(&keys).unwrap();
@@ -387,7 +388,7 @@ fn request_and_bound_response_round_trip() {
 
     let input = ex.response_headers[SIGNATURE_INPUT].to_str().unwrap();
     assert!(input.starts_with(
-        "sig1=(\"@status\" \"content-digest\" \"enlace-message-id\" \"@method\";req \"@path\";req \
+        "sig1=(\"@status\" \"content-type\" \"content-digest\" \"enlace-message-id\" \"@method\";req \"@path\";req \
          \"@query\";req \"content-digest\";req \"enlace-message-id\";req);created="
     ));
     let v = ex.verify_response(&keys).unwrap();
@@ -414,11 +415,12 @@ fn request_signature_base_is_as_documented() {
          \"enlace-client\": CL-DEV/GOV/60803000-K/renta\n\
          \"enlace-service\": CL-DEV/GOV/61002000-3/registro-civil/personas/v1\n\
          \"enlace-contract\": 0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\n\
+         \"content-type\": application/json\n\
          \"enlace-subject\": CL-RUN:12345678-5\n\
          \"enlace-user\": CL-RUN:11111111-1\n\
          \"@signature-params\": (\"@method\" \"@path\" \"@query\" \"content-digest\" \
          \"enlace-message-id\" \"enlace-client\" \"enlace-service\" \"enlace-contract\" \
-         \"enlace-subject\" \"enlace-user\");created={NOW};keyid=\"{CONSUMER}\";alg=\"ed25519\";\
+         \"content-type\" \"enlace-subject\" \"enlace-user\");created={NOW};keyid=\"{CONSUMER}\";alg=\"ed25519\";\
          tag=\"enlace-request\""
     );
     assert_eq!(base, expected);
