@@ -456,3 +456,54 @@ async fn the_configuration_expired_fails_closed() {
     assert_eq!(culprit(&r), "this-node");
     f.stop().await;
 }
+
+#[tokio::test]
+async fn stopping_a_node_drains_exchanges_in_flight() {
+    let f = TestFederation::start().await;
+    // This RUN makes the sample backend answer after 3 s (with a 404: nobody has that RUN).
+    let url = format!(
+        "{}/r1/{}/v1/persons/22222222-2",
+        f.consumer_url,
+        demo::PERSONAS
+    );
+    let req = f
+        .registry
+        .http
+        .get(url)
+        .bearer_auth(&f.client_token)
+        .header("enlace-client", demo::CONSUMER_SUBSYSTEM)
+        .header("enlace-contract", &f.demo.contract)
+        .header("enlace-subject", demo::PERSON)
+        .send();
+    let in_flight = tokio::spawn(req);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let TestFederation {
+        registry,
+        provider,
+        consumer,
+        consumer_url,
+        client_token,
+        ..
+    } = f;
+    consumer.stop().await;
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the exchange in flight was answered, not cut");
+    assert_eq!(resp.status(), 404, "the backend's answer came through");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "stop waited for it"
+    );
+    // The stopped node accepts nothing new.
+    let after = registry
+        .http
+        .get(format!("{consumer_url}/meta/allowed"))
+        .bearer_auth(&client_token)
+        .send()
+        .await;
+    assert!(after.is_err(), "the listener is closed");
+    provider.stop().await;
+    registry.running.stop().await;
+}
