@@ -128,6 +128,7 @@ pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
         storage: "sqlite".into(),
         config_validity_secs: 600,
         node_cert_validity_hours: 7 * 24,
+        tls_names: Vec::new(),
     };
     let registry = enlace_registry::start(&cfg).await?;
     let registry_url = format!("http://{}", registry.addr);

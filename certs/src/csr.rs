@@ -99,3 +99,11 @@ pub(crate) fn verify_csr(csr_pem: &str) -> Result<VerifiedCsr> {
         algorithm: KeyAlgorithm::of(spki),
     })
 }
+
+/// A new TLS server key (ECDSA P-256, PKCS#8 PEM) and its CSR with subject CN `cn`, e.g. for
+/// the registry's HTTPS listener.
+pub fn server_key_and_csr(cn: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| internal(format!("generating the TLS key: {e}")))?;
+    Ok((key.serialize_pem(), csr_with(&key, cn)?))
+}

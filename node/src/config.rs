@@ -108,6 +108,24 @@ fn claimed_issue_time(signed: &SignedConfig) -> Option<OffsetDateTime> {
     Some(cfg.issued_at)
 }
 
+/// An HTTP client for the registry. Over `https://` the registry's certificate must chain to the
+/// federation CA (the node's only anchor); no system roots are consulted.
+pub fn registry_client(
+    registry_url: &str,
+    anchors: &TrustStore,
+) -> Result<reqwest::Client, Problem> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none());
+    if registry_url.starts_with("https://") {
+        let tls = enlace_certs::https_client_config(anchors)?;
+        builder = builder.use_preconfigured_tls((*tls).clone());
+    }
+    builder
+        .build()
+        .map_err(|e| Problem::new(ProblemKind::Internal, format!("registry client: {e}")))
+}
+
 /// Where and how a node follows the configuration.
 #[derive(Debug, Clone)]
 pub struct ConfigSource {
@@ -133,10 +151,7 @@ impl ConfigClient {
     /// it is kept to be replaced, and [`ConfigClient::current`] refuses it).
     pub fn new(source: ConfigSource) -> Result<Arc<ConfigClient>, Problem> {
         let anchors = TrustStore::new(&source.anchors, None)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+        let http = registry_client(&source.registry_url, &anchors)?;
         let client = Arc::new(ConfigClient {
             source,
             anchors,

@@ -92,7 +92,7 @@ pub async fn serve_mtls<F, Fut>(
     F: Fn(Request<Incoming>, NodeId) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let graceful = Arc::new(GracefulShutdown::new());
+    let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -100,7 +100,7 @@ pub async fn serve_mtls<F, Fut>(
                 let _ = stream.set_nodelay(true);
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
                 let handler = handler.clone();
-                let graceful = graceful.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let tls_stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
@@ -128,8 +128,7 @@ pub async fn serve_mtls<F, Fut>(
                     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     builder.max_concurrent_streams(1024).max_header_list_size(64 * 1024);
                     let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
-                    let conn = graceful.watch(conn);
-                    if let Err(e) = conn.await {
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "peer connection ended");
                     }
                 });
@@ -138,11 +137,7 @@ pub async fn serve_mtls<F, Fut>(
         }
     }
     drop(listener);
-    if let Ok(g) = Arc::try_unwrap(graceful) {
-        let _ = tokio::time::timeout(Duration::from_secs(10), g.shutdown()).await;
-    } else {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
 /// What a node presents and trusts when it dials a peer.

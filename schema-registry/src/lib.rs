@@ -50,6 +50,11 @@ pub struct RegistryConfig {
     /// Hours a node certificate stays valid.
     #[serde(default = "default_cert_hours")]
     pub node_cert_validity_hours: u64,
+    /// Serve HTTPS with a certificate the registry issues itself from the federation CA, for
+    /// these DNS names or IP addresses (nodes trust it through their CA anchor). Empty: plain
+    /// HTTP, for loopback only.
+    #[serde(default)]
+    pub tls_names: Vec<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -79,6 +84,11 @@ impl RegistryConfig {
         self.instance
             .parse::<Instance>()
             .map_err(|e| anyhow::anyhow!("instance: {e}"))?;
+        anyhow::ensure!(
+            !self.tls_names.is_empty() || self.listen.ip().is_loopback(),
+            "listen: {} is not a loopback address; a registry reachable from the network must serve HTTPS (set tls_names)",
+            self.listen
+        );
         anyhow::ensure!(
             self.storage == "sqlite",
             "storage: only `sqlite` is built in (got `{}`)",
@@ -192,18 +202,21 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         .await
         .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let (shutdown, mut rx) = watch::channel(false);
-    let app = router(registry.clone());
-    let task = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "registry server stopped");
-        }
-    });
+    let tls = if cfg.tls_names.is_empty() {
+        None
+    } else {
+        let (key, csr) =
+            enlace_certs::server_key_and_csr(&format!("Enlace registry {}", cfg.instance))?;
+        let cert = registry
+            .ca
+            .issue_server_tls(&csr, &cfg.tls_names, time::Duration::days(90))
+            .map_err(|p| anyhow::anyhow!("tls_names: {p}"))?;
+        Some(tokio_rustls::TlsAcceptor::from(
+            enlace_certs::https_server_config(&cert.pem, &key)?,
+        ))
+    };
+    let (shutdown, rx) = watch::channel(false);
+    let task = tokio::spawn(serve(listener, tls, router(registry.clone()), rx));
     let refresher = {
         let registry = registry.clone();
         let every = std::time::Duration::from_secs((cfg.config_validity_secs / 3).max(10));
@@ -218,7 +231,7 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
             }
         })
     };
-    tracing::info!(%addr, "registry listening");
+    tracing::info!(%addr, https = !cfg.tls_names.is_empty(), "registry listening");
     Ok(RunningRegistry {
         addr,
         registry,
@@ -227,6 +240,50 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         task,
         refresher,
     })
+}
+
+/// The accept loop: HTTP/1.1 and HTTP/2, over TLS when an acceptor is given (the handshake in
+/// its own task, with a timeout); drains connections on shutdown.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, remote)) = accepted else { continue };
+                let svc = TowerToHyperService::new(app.clone());
+                let tls = tls.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let builder = Builder::new(TokioExecutor::new());
+                    let result = match tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
+                        Some(acceptor) => {
+                            let hs = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+                            let Ok(Ok(tls_stream)) = hs else {
+                                tracing::info!(%remote, "registry: TLS handshake failed or timed out");
+                                return;
+                            };
+                            watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned()).await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%remote, error = %e, "registry connection ended");
+                    }
+                });
+            }
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
 }
 
 #[cfg(test)]
@@ -252,6 +309,11 @@ mod tests {
             RegistryConfig::from_toml("instance = \"CL\"\ndata_dir = \"${NO_SUCH_VAR_ENLACE}\"")
                 .unwrap_err();
         assert!(e.to_string().contains("NO_SUCH_VAR_ENLACE"), "{e}");
+        let e = RegistryConfig::from_toml(
+            "instance = \"CL\"\ndata_dir = \"/x\"\nlisten = \"0.0.0.0:7400\"",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("listen:"), "{e}");
         let e = RegistryConfig::from_toml(
             "instance = \"CL\"\ndata_dir = \"/x\"\nconfig_validity_secs = 1",
         )

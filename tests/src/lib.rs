@@ -23,6 +23,7 @@ pub fn registry_config(dir: &std::path::Path) -> RegistryConfig {
         storage: "sqlite".into(),
         config_validity_secs: 120,
         node_cert_validity_hours: 24,
+        tls_names: Vec::new(),
     }
 }
 

@@ -236,3 +236,38 @@ async fn a_restarted_registry_keeps_everything_and_serials_keep_growing() {
         .await;
     assert_eq!(c.ok(200)["state"], "approved");
 }
+
+#[tokio::test]
+async fn nodes_follow_a_registry_over_https_trusting_only_the_federation_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = enlace_tests::registry_config(dir.path());
+    cfg.tls_names = vec!["127.0.0.1".into(), "localhost".into()];
+    let running = enlace_registry::start(&cfg).await.unwrap();
+    let ca = running.registry.ca_pem().to_string();
+    let https = format!("https://127.0.0.1:{}", running.addr.port());
+    let cache = tempfile::tempdir().unwrap();
+    let client = |url: &str, anchor: String| {
+        ConfigClient::new(ConfigSource {
+            registry_url: url.to_string(),
+            instance: instance(),
+            anchors: vec![anchor],
+            cache_path: cache.path().join("config.json"),
+        })
+        .unwrap()
+    };
+    // With the federation CA as its anchor, a node fetches and verifies over HTTPS.
+    let good = client(&https, ca.clone());
+    assert!(good.fetch(Duration::ZERO).await.unwrap());
+    // Anchored in another federation's CA, the TLS handshake itself is refused.
+    let other = start_registry().await;
+    let _ = std::fs::remove_file(cache.path().join("config.json"));
+    let wrong = client(&https, other.running.registry.ca_pem().to_string());
+    assert_eq!(
+        wrong.fetch(Duration::ZERO).await.unwrap_err().kind,
+        ProblemKind::PeerUnreachable
+    );
+    // Plain HTTP to the HTTPS listener gets nothing.
+    let plain = client(&format!("http://127.0.0.1:{}", running.addr.port()), ca);
+    assert!(plain.fetch(Duration::ZERO).await.is_err());
+    running.stop().await;
+}

@@ -225,6 +225,7 @@ impl Node {
         let resp = self
             .registry_http
             .get(&url)
+            .timeout(Duration::from_secs(30))
             .send()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
@@ -258,6 +259,7 @@ impl Node {
         let resp = self
             .registry_http
             .post(&url)
+            .timeout(Duration::from_secs(30))
             .json(&body)
             .send()
             .await
@@ -392,10 +394,10 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         compiled: Mutex::new(HashMap::new()),
         peer_keys: Mutex::new(HashMap::new()),
         backend,
-        registry_http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()?,
+        registry_http: crate::config::registry_client(
+            &raw.registry_url,
+            &TrustStore::new(std::slice::from_ref(&ca_pem), None)?,
+        )?,
         settings,
     });
 
