@@ -69,6 +69,27 @@ async fn a_person_is_fetched_through_both_nodes_cut_to_the_contract() {
         .await
         .unwrap();
     assert_eq!(services.status(), 200);
+    // The admin listener: alive, and ready with an unexpired configuration.
+    let admin = format!("http://{}", f.consumer.admin_addr);
+    let health = f
+        .registry
+        .http
+        .get(format!("{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready: Value = f
+        .registry
+        .http
+        .get(format!("{admin}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], true);
     let members = f
         .registry
         .http
@@ -454,6 +475,18 @@ async fn the_configuration_expired_fails_closed() {
     let r = f.call(Method::GET, "/persons/12345678-5", &[]).await;
     r.problem("configuration-expired", 503);
     assert_eq!(culprit(&r), "this-node");
+    let ready = f
+        .registry
+        .http
+        .get(format!("http://{}/readyz", f.consumer.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "not ready without an unexpired configuration"
+    );
     f.stop().await;
 }
 
