@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::consumer::{
-    About, check_contract, context_record, fill_signature, read_target, set_target,
+    About, Target, check_contract, context_record, fill_signature, read_target, set_target,
 };
 use super::context::{self, Context};
 use super::{Node, Snapshot, problem_parts, problem_response, unix_now};
@@ -118,12 +118,12 @@ async fn run(
             format!("message {message_id} was already received"),
         ));
     }
-    let (entry, backend) = resolve_service(node, &snap, parts)?;
+    let target = read_target(&parts.uri)?;
+    let (entry, backend) = resolve_service(node, &snap, parts, &target)?;
     trace.service = format!("{}/{}", entry.id, entry.version);
     trace.log_bodies = backend.1;
     let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
     let compiled = node.compiled(entry).await?;
-    let target = read_target(&parts.uri)?;
     let matched = compiled.match_request(parts.method.as_str(), &target.rest)?;
     let operation = compiled
         .operation_id(&matched)
@@ -302,8 +302,8 @@ fn resolve_service<'a>(
     node: &'a Node,
     snap: &'a Snapshot,
     parts: &http::request::Parts,
+    target: &Target,
 ) -> Result<(&'a enlace_core::config::ServiceEntry, &'a (String, bool)), Problem> {
-    let target = read_target(&parts.uri)?;
     let backend = node.settings.services.get(&target.service).ok_or_else(|| {
         Problem::new(
             ProblemKind::UnknownService,
@@ -357,7 +357,7 @@ fn admit(node: &Node, contract: &Contract) -> Result<(), Problem> {
 async fn forward(
     node: &Node,
     parts: &http::request::Parts,
-    target: &super::consumer::Target,
+    target: &Target,
     ctx: &Context,
     message_id: &str,
     backend: &str,
