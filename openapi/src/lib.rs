@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod model;
+pub mod grpc;
 pub mod openapi;
 pub mod protobuf;
 pub mod validate;

@@ -1,0 +1,839 @@
+//! Generic gRPC relaying: message framing, method lookup, strict decoding, minimisation and
+//! stream digests, all driven by the service version's FileDescriptorSet (no generated code).
+//!
+//! The pieces, in the order a relay uses them:
+//! 1. [`FrameDecoder`] cuts HTTP/2 DATA bytes into length-prefixed gRPC messages as they
+//!    arrive; [`encode_frame`] writes one back.
+//! 2. [`CompiledGrpc::method`] finds the method of a request path (`/pkg.Service/Method`).
+//! 3. [`decode_strict`] reads one message and refuses malformed bytes, fields the description
+//!    does not declare (at every nesting level), extensions, undeclared enum numbers and nesting
+//!    deeper than [`MAX_DEPTH`].
+//! 4. [`minimise`] clears everything a contract's allowed field pointers do not cover;
+//!    [`encode`] writes the message again.
+//! 5. [`StreamDigest`] chains the messages of one stream into a digest a signature can cover.
+//!
+//! Compression: compressed messages are refused, never inflated ([`check_encoding`],
+//! [`GrpcMessage::identity`]). Inflating untrusted input needs a bounded decompressor and buys
+//! little between nodes on a private network; a peer must send `grpc-encoding: identity` (or no
+//! `grpc-encoding` at all), and a relay should advertise `grpc-accept-encoding: identity`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use enlace_core::problem::{Culprit, Problem, ProblemKind};
+use prost::Message;
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
+};
+use sha2::{Digest, Sha256};
+
+use crate::model::MAX_DESCRIPTION_BYTES;
+
+#[cfg(test)]
+mod tests;
+
+/// Length of the prefix before every gRPC message: a compressed flag and a big-endian u32.
+pub const PREFIX_LEN: usize = 5;
+/// Deepest nesting of messages [`decode_strict`] accepts (the root message is depth 0).
+pub const MAX_DEPTH: usize = 32;
+/// Domain separator of [`StreamDigest`].
+pub const STREAM_DIGEST_DOMAIN: &[u8] = b"enlace-grpc-stream-v1\0";
+
+/// Which way a message travels; decides the problem a bad message becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// From the consumer towards the provider: a bad message is the caller's fault.
+    Request,
+    /// From the provider's backend: a bad message is the backend's fault.
+    Response,
+}
+
+impl Side {
+    fn violation(self) -> ProblemKind {
+        match self {
+            Side::Request => ProblemKind::RequestSchemaViolation,
+            Side::Response => ProblemKind::ResponseSchemaViolation,
+        }
+    }
+
+    fn problem(self, kind: ProblemKind, detail: impl Into<String>) -> Problem {
+        let problem = Problem::new(kind, detail);
+        match self {
+            Side::Request => problem,
+            Side::Response => problem.caused_by(Culprit::ProviderBackend),
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Side::Request => "request",
+            Side::Response => "response",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framing
+
+/// One gRPC message as framed on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcMessage {
+    /// The compressed flag (the message is encoded with the stream's `grpc-encoding`).
+    pub compressed: bool,
+    /// The message bytes, without the 5-byte prefix.
+    pub payload: Vec<u8>,
+}
+
+impl GrpcMessage {
+    /// The payload of an uncompressed message; a compressed one is refused
+    /// (`UnsupportedMediaType`), since Enlace relays identity encoding only.
+    pub fn identity(self) -> Result<Vec<u8>, Problem> {
+        if self.compressed {
+            return Err(compression_refused());
+        }
+        Ok(self.payload)
+    }
+}
+
+/// Checks a `grpc-encoding` header: absent or `identity` is accepted, anything else is refused
+/// with `UnsupportedMediaType`.
+pub fn check_encoding(grpc_encoding: Option<&str>) -> Result<(), Problem> {
+    match grpc_encoding.map(str::trim) {
+        None | Some("identity") => Ok(()),
+        Some(other) => Err(compression_refused().with("grpc-encoding", other)),
+    }
+}
+
+fn compression_refused() -> Problem {
+    Problem::new(
+        ProblemKind::UnsupportedMediaType,
+        "compressed gRPC messages are not relayed; send identity encoding",
+    )
+}
+
+/// Cuts a byte stream into gRPC messages incrementally, as DATA frames arrive: a message may
+/// be split across chunks and a chunk may hold several messages.
+///
+/// A declared length above `max_message` is refused (`BodyTooLarge`) as soon as its prefix is
+/// read, before any of the message is buffered; so the decoder never holds more than
+/// `max_message + 4` bytes plus the last chunk. A compressed flag other than 0 or 1 is refused.
+/// After an error the decoder refuses everything.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    side: Side,
+    max_message: usize,
+    buf: Vec<u8>,
+    failed: Option<Problem>,
+}
+
+impl FrameDecoder {
+    /// A decoder for messages of at most `max_message` bytes travelling `side`-wards.
+    pub fn new(side: Side, max_message: usize) -> FrameDecoder {
+        FrameDecoder {
+            side,
+            max_message,
+            buf: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Adds the next bytes of the stream and returns the messages they complete, in order.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<GrpcMessage>, Problem> {
+        if let Some(problem) = &self.failed {
+            return Err(problem.clone());
+        }
+        match self.take_messages(bytes) {
+            Ok(messages) => Ok(messages),
+            Err(problem) => {
+                self.buf = Vec::new();
+                self.failed = Some(problem.clone());
+                Err(problem)
+            }
+        }
+    }
+
+    fn take_messages(&mut self, mut bytes: &[u8]) -> Result<Vec<GrpcMessage>, Problem> {
+        let mut messages = Vec::new();
+        loop {
+            // Complete the prefix first, so the declared length is checked before buffering.
+            if self.buf.len() < PREFIX_LEN {
+                let want = (PREFIX_LEN - self.buf.len()).min(bytes.len());
+                self.buf.extend_from_slice(&bytes[..want]);
+                bytes = &bytes[want..];
+                if self.buf.len() < PREFIX_LEN {
+                    return Ok(messages);
+                }
+                self.check_prefix()?;
+            }
+            let total = PREFIX_LEN + self.declared_len();
+            let want = (total - self.buf.len()).min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..want]);
+            bytes = &bytes[want..];
+            if self.buf.len() < total {
+                return Ok(messages);
+            }
+            let mut payload = std::mem::take(&mut self.buf);
+            let compressed = payload[0] == 1;
+            payload.drain(..PREFIX_LEN);
+            messages.push(GrpcMessage {
+                compressed,
+                payload,
+            });
+        }
+    }
+
+    fn declared_len(&self) -> usize {
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        // u32 always fits in usize on the 32- and 64-bit targets Enlace builds for.
+        usize::try_from(len).unwrap_or(usize::MAX - PREFIX_LEN)
+    }
+
+    fn check_prefix(&self) -> Result<(), Problem> {
+        let flag = self.buf[0];
+        if flag > 1 {
+            return Err(self
+                .side
+                .problem(
+                    self.side.violation(),
+                    format!(
+                        "a gRPC {} message has compressed flag {flag}; it must be 0 or 1",
+                        self.side.what()
+                    ),
+                )
+                .with("trick", "grpc-flag"));
+        }
+        let len = self.declared_len();
+        if len > self.max_message {
+            return Err(self
+                .side
+                .problem(
+                    ProblemKind::BodyTooLarge,
+                    format!(
+                        "a gRPC {} message declares {len} bytes; at most {} are accepted",
+                        self.side.what(),
+                        self.max_message
+                    ),
+                )
+                .with("limit", self.max_message));
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: an error if it stopped inside a message (or after an earlier error).
+    pub fn finish(self) -> Result<(), Problem> {
+        if let Some(problem) = self.failed {
+            return Err(problem);
+        }
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let detail = if self.buf.len() < PREFIX_LEN {
+            format!(
+                "the gRPC {} stream ended inside a message prefix ({} of {PREFIX_LEN} bytes)",
+                self.side.what(),
+                self.buf.len()
+            )
+        } else {
+            format!(
+                "the gRPC {} stream ended inside a message ({} of {} bytes received)",
+                self.side.what(),
+                self.buf.len() - PREFIX_LEN,
+                self.declared_len()
+            )
+        };
+        Err(self
+            .side
+            .problem(self.side.violation(), detail)
+            .with("trick", "grpc-truncated"))
+    }
+}
+
+/// Frames one message: the compressed flag, the length as a big-endian u32, the payload.
+/// A payload of 4 GiB or more cannot be framed (`BodyTooLarge`).
+pub fn encode_frame(payload: &[u8], compressed: bool) -> Result<Vec<u8>, Problem> {
+    let Ok(len) = u32::try_from(payload.len()) else {
+        return Err(Problem::new(
+            ProblemKind::BodyTooLarge,
+            format!("a gRPC message of {} bytes cannot be framed", payload.len()),
+        )
+        .caused_by(Culprit::ThisNode));
+    };
+    let mut frame = Vec::with_capacity(PREFIX_LEN + payload.len());
+    frame.push(u8::from(compressed));
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    Ok(frame)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Methods
+
+/// A service version's descriptor set, decoded once, for looking methods up.
+#[derive(Debug, Clone)]
+pub struct CompiledGrpc {
+    pool: DescriptorPool,
+}
+
+/// One method of the service: its message types and streaming.
+#[derive(Debug, Clone)]
+pub struct MethodInfo {
+    /// `package.Service/Method`, the operation id in the description.
+    pub full_name: String,
+    pub input: MessageDescriptor,
+    pub output: MessageDescriptor,
+    pub client_streaming: bool,
+    pub server_streaming: bool,
+}
+
+impl MethodInfo {
+    /// [`decode_strict`] of one request message.
+    pub fn decode_request(&self, payload: &[u8]) -> Result<DynamicMessage, Problem> {
+        decode_strict(&self.input, payload, Side::Request)
+    }
+
+    /// [`decode_strict`] of one response message.
+    pub fn decode_response(&self, payload: &[u8]) -> Result<DynamicMessage, Problem> {
+        decode_strict(&self.output, payload, Side::Response)
+    }
+}
+
+impl CompiledGrpc {
+    /// Decodes the descriptor set the registry stored for a service version (the `stored`
+    /// bytes of a protobuf [`crate::Description`]). A malformed set is refused, including one
+    /// on which the decoder panics.
+    pub fn compile(stored_descriptor_set: &[u8]) -> Result<CompiledGrpc, Problem> {
+        if stored_descriptor_set.len() > MAX_DESCRIPTION_BYTES {
+            return Err(Problem::new(
+                ProblemKind::BodyTooLarge,
+                format!(
+                    "the descriptor set is {} bytes; at most {MAX_DESCRIPTION_BYTES} are accepted",
+                    stored_descriptor_set.len()
+                ),
+            )
+            .with("limit", MAX_DESCRIPTION_BYTES));
+        }
+        // The same guard as `protobuf::decode_pool`: prost-reflect can panic on some malformed
+        // sets while describing the error.
+        let pool = match catch_unwind(|| DescriptorPool::decode(stored_descriptor_set)) {
+            Ok(Ok(pool)) => pool,
+            Ok(Err(err)) => {
+                return Err(invalid_set(format!(
+                    "not a valid, self-contained FileDescriptorSet: {err:?}"
+                )));
+            }
+            Err(_) => {
+                return Err(invalid_set(
+                    "the descriptor set is malformed (the decoder gave up)",
+                ));
+            }
+        };
+        Ok(CompiledGrpc { pool })
+    }
+
+    /// The descriptor pool, for callers that need more than [`CompiledGrpc::method`].
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
+    /// The method of a gRPC request path, exactly `/package.Service/Method`. Anything else
+    /// (a missing leading `/`, extra segments, a query, characters outside identifiers) is
+    /// refused as `InvalidRequest`; a method the set does not define, or one of a service in
+    /// the `google.*`, `grpc.*` or `enlace` packages (never an operation), is `NotFound`.
+    pub fn method(&self, path: &str) -> Result<MethodInfo, Problem> {
+        let (service_name, method_name) = split_method_path(path)?;
+        let not_found = || {
+            Problem::new(
+                ProblemKind::NotFound,
+                format!("the service version has no gRPC method `{service_name}/{method_name}`"),
+            )
+            .with("operation", format!("{service_name}/{method_name}"))
+        };
+        let Some(service) = self.pool.get_service_by_name(service_name) else {
+            return Err(not_found());
+        };
+        if is_infrastructure_package(service.package_name()) {
+            return Err(not_found());
+        }
+        let Some(method) = service.methods().find(|m| m.name() == method_name) else {
+            return Err(not_found());
+        };
+        Ok(MethodInfo {
+            full_name: format!("{}/{}", service.full_name(), method.name()),
+            input: method.input(),
+            output: method.output(),
+            client_streaming: method.is_client_streaming(),
+            server_streaming: method.is_server_streaming(),
+        })
+    }
+}
+
+fn invalid_set(detail: impl Into<String>) -> Problem {
+    Problem::new(ProblemKind::InvalidServiceDescription, detail)
+}
+
+/// Splits `/pkg.Service/Method` into (`pkg.Service`, `Method`), refusing any other shape.
+fn split_method_path(path: &str) -> Result<(&str, &str), Problem> {
+    let refuse = |why: &str| {
+        Err(Problem::new(
+            ProblemKind::InvalidRequest,
+            format!("a gRPC path must be `/package.Service/Method`: {why}"),
+        )
+        .with("trick", "grpc-path"))
+    };
+    if path.len() > 1024 {
+        return refuse("longer than 1024 bytes");
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return refuse("it does not start with `/`");
+    };
+    let Some((service, method)) = rest.split_once('/') else {
+        return refuse("no `/` between the service and the method");
+    };
+    if !service.split('.').all(is_identifier) {
+        return refuse("the service is not a dotted name of identifiers");
+    }
+    if !is_identifier(method) {
+        return refuse("the method is not an identifier");
+    }
+    Ok((service, method))
+}
+
+/// A protobuf identifier: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_identifier(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Services in these packages are never operations (as in `protobuf::describe`).
+fn is_infrastructure_package(package: &str) -> bool {
+    let under = |root: &str| {
+        package == root
+            || package
+                .strip_prefix(root)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    under("google") || under("grpc") || package == "enlace"
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strict decoding
+
+/// Decodes one message and checks it against its descriptor, at every nesting level (message
+/// fields, repeated elements and map values): malformed bytes (bad varints, truncation, wrong
+/// wire types, invalid UTF-8 in strings), fields the descriptor does not declare, extensions,
+/// enum numbers the enum does not declare, and nesting deeper than [`MAX_DEPTH`] are refused
+/// as `RequestSchemaViolation` or `ResponseSchemaViolation` after `side`, with the pointer of
+/// the offending place in `field` (`""` for the root message).
+pub fn decode_strict(
+    desc: &MessageDescriptor,
+    payload: &[u8],
+    side: Side,
+) -> Result<DynamicMessage, Problem> {
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        DynamicMessage::decode(desc.clone(), payload)
+    }));
+    let message = match decoded {
+        Ok(Ok(message)) => message,
+        Ok(Err(err)) => {
+            return Err(side.problem(
+                side.violation(),
+                format!(
+                    "the {} message is not a valid `{}`: {err}",
+                    side.what(),
+                    desc.full_name()
+                ),
+            ));
+        }
+        Err(_) => {
+            return Err(side.problem(
+                side.violation(),
+                format!(
+                    "the {} message is not a valid `{}` (the decoder gave up)",
+                    side.what(),
+                    desc.full_name()
+                ),
+            ));
+        }
+    };
+    let mut path = String::new();
+    check_message(&message, side, &mut path, 0)?;
+    Ok(message)
+}
+
+fn check_message(
+    message: &DynamicMessage,
+    side: Side,
+    path: &mut String,
+    depth: usize,
+) -> Result<(), Problem> {
+    let refuse = |path: &str, detail: String| {
+        Err(side
+            .problem(side.violation(), detail)
+            .with("field", path)
+            .with("message", message.descriptor().full_name()))
+    };
+    if depth > MAX_DEPTH {
+        return refuse(
+            path,
+            format!(
+                "the {} message nests deeper than {MAX_DEPTH} messages at `{path}`",
+                side.what()
+            ),
+        );
+    }
+    if let Some(unknown) = message.unknown_fields().next() {
+        let number = unknown.number();
+        let detail = format!(
+            "the {} message has field number {number} at `{path}`, which `{}` does not declare",
+            side.what(),
+            message.descriptor().full_name()
+        );
+        return refuse(path, detail).map_err(|p| p.with("number", number));
+    }
+    if let Some((extension, _)) = message.extensions().next() {
+        return refuse(
+            path,
+            format!(
+                "the {} message sets extension `{}` at `{path}`; extensions are not relayed",
+                side.what(),
+                extension.full_name()
+            ),
+        );
+    }
+    for (field, value) in message.fields() {
+        let len = path.len();
+        path.push('/');
+        path.push_str(field.name());
+        let result = check_value(&field, value, side, path, depth);
+        path.truncate(len);
+        result?;
+    }
+    Ok(())
+}
+
+fn check_value(
+    field: &FieldDescriptor,
+    value: &Value,
+    side: Side,
+    path: &mut String,
+    depth: usize,
+) -> Result<(), Problem> {
+    match value {
+        Value::Message(child) => check_message(child, side, path, depth + 1),
+        Value::EnumNumber(number) => check_enum(field, *number, side, path),
+        Value::List(items) => {
+            let len = path.len();
+            path.push_str("/*");
+            let result = items
+                .iter()
+                .try_for_each(|item| check_value(field, item, side, path, depth));
+            path.truncate(len);
+            result
+        }
+        Value::Map(entries) => {
+            let value_field = match field.kind() {
+                Kind::Message(entry) if field.is_map() => entry.map_entry_value_field(),
+                _ => return Ok(()),
+            };
+            let len = path.len();
+            path.push_str("/*");
+            let result = entries
+                .values()
+                .try_for_each(|v| check_value(&value_field, v, side, path, depth));
+            path.truncate(len);
+            result
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_enum(field: &FieldDescriptor, number: i32, side: Side, path: &str) -> Result<(), Problem> {
+    let Kind::Enum(declared) = field.kind() else {
+        return Ok(());
+    };
+    if declared.get_value(number).is_some() {
+        return Ok(());
+    }
+    Err(side
+        .problem(
+            side.violation(),
+            format!(
+                "the {} message has value {number} at `{path}`, which enum `{}` does not declare",
+                side.what(),
+                declared.full_name()
+            ),
+        )
+        .with("field", path))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Minimisation
+
+/// The allowed pointers as a tree of field names (`*` for the elements of a repeated field).
+#[derive(Default)]
+struct Allow {
+    /// An allowed pointer ends here: the whole subtree is kept.
+    whole: bool,
+    children: HashMap<String, Allow>,
+}
+
+impl Allow {
+    fn new(allowed: &[String]) -> Allow {
+        let mut root = Allow::default();
+        for pointer in allowed {
+            if pointer.is_empty() {
+                root.whole = true;
+                continue;
+            }
+            let Some(rest) = pointer.strip_prefix('/') else {
+                continue; // not a pointer: covers nothing
+            };
+            let mut node = &mut root;
+            for seg in rest.split('/') {
+                node = node.children.entry(seg.to_owned()).or_default();
+            }
+            node.whole = true;
+        }
+        root
+    }
+}
+
+/// Keeps only the fields the `allowed` pointers cover and clears everything else, in place.
+///
+/// Pointers are those of the registry's field list for protobuf: field names as declared in
+/// the .proto, `/address` keeps the whole `address` message, `/address/street` keeps only
+/// `street` in it, `/documents/*/number` keeps only `number` in every element of the repeated
+/// message field `documents` (and `/documents` whole elements). Maps and repeated scalars are
+/// kept or cleared whole (`/labels`, `/tags`; `/tags/*` also keeps them). It is an allow-list:
+/// fields not named, unknown fields and extensions are cleared, also inside kept subtrees. A
+/// message field left with nothing allowed is cleared (not kept empty), and so is an element
+/// of a repeated field; an empty message kept whole stays. Cleared fields lose their presence,
+/// so they are absent from [`encode`]'s bytes.
+///
+/// Returns the disclosed leaf pointers, sorted and without duplicates: set scalar fields,
+/// maps and repeated scalars by their field pointer, Google's well-known types as one leaf,
+/// elements of repeated messages with `*`, and empty messages kept whole.
+pub fn minimise(msg: &mut DynamicMessage, allowed: &[String]) -> Vec<String> {
+    let allow = Allow::new(allowed);
+    let mut disclosed = BTreeSet::new();
+    let mut path = String::new();
+    if !cut_message(msg, &allow, &mut path, &mut disclosed) {
+        msg.clear();
+    }
+    disclosed.into_iter().collect()
+}
+
+/// Encodes a message (after [`minimise`]) for framing with [`encode_frame`].
+pub fn encode(msg: &DynamicMessage) -> Vec<u8> {
+    msg.encode_to_vec()
+}
+
+/// Cuts a message to what `allow` covers; false when nothing in it is allowed.
+fn cut_message(
+    msg: &mut DynamicMessage,
+    allow: &Allow,
+    path: &mut String,
+    out: &mut BTreeSet<String>,
+) -> bool {
+    if allow.whole {
+        whole_message(msg, path, out);
+        return true;
+    }
+    strip_unknown(msg);
+    if allow.children.is_empty() {
+        return false;
+    }
+    let fields: Vec<FieldDescriptor> = msg.descriptor().fields().collect();
+    let mut kept = false;
+    for field in fields {
+        if !msg.has_field(&field) {
+            continue;
+        }
+        let Some(child) = allow.children.get(field.name()) else {
+            msg.clear_field(&field);
+            continue;
+        };
+        let len = path.len();
+        path.push('/');
+        path.push_str(field.name());
+        let keep = cut_field(&field, msg.get_field_mut(&field), child, path, out);
+        path.truncate(len);
+        if keep {
+            kept = true;
+        } else {
+            msg.clear_field(&field);
+        }
+    }
+    kept
+}
+
+/// Cuts one set field's value; false when the field must be cleared.
+fn cut_field(
+    field: &FieldDescriptor,
+    value: &mut Value,
+    allow: &Allow,
+    path: &mut String,
+    out: &mut BTreeSet<String>,
+) -> bool {
+    if allow.whole {
+        whole_field(field, value, path, out);
+        return true;
+    }
+    if allow.children.is_empty() || field.is_map() {
+        return false;
+    }
+    match value {
+        Value::Message(child) => cut_message(child, allow, path, out),
+        Value::List(items) => {
+            let Some(element) = allow.children.get("*") else {
+                return false;
+            };
+            if !matches!(field.kind(), Kind::Message(_)) {
+                // `/tags/*` on repeated scalars: all or nothing, disclosed as `/tags`.
+                if element.whole {
+                    out.insert(path.clone());
+                }
+                return element.whole;
+            }
+            let len = path.len();
+            path.push_str("/*");
+            items.retain_mut(|item| match item {
+                Value::Message(child) => cut_message(child, element, path, out),
+                _ => false,
+            });
+            path.truncate(len);
+            !items.is_empty()
+        }
+        _ => false,
+    }
+}
+
+/// Records the leaves of a message kept whole, stripping unknown fields and extensions.
+fn whole_message(msg: &mut DynamicMessage, path: &mut String, out: &mut BTreeSet<String>) {
+    strip_unknown(msg);
+    let mut empty = true;
+    for (field, value) in msg.fields_mut() {
+        empty = false;
+        let len = path.len();
+        path.push('/');
+        path.push_str(field.name());
+        whole_field(&field, value, path, out);
+        path.truncate(len);
+    }
+    if empty {
+        out.insert(path.clone());
+    }
+}
+
+/// Records the leaves of a field kept whole, stripping unknown fields below it.
+fn whole_field(
+    field: &FieldDescriptor,
+    value: &mut Value,
+    path: &mut String,
+    out: &mut BTreeSet<String>,
+) {
+    let leaf = field.is_map()
+        || match field.kind() {
+            Kind::Message(m) => m.package_name() == "google.protobuf",
+            _ => true,
+        };
+    if leaf {
+        strip_unknown_below(value);
+        out.insert(path.clone());
+        return;
+    }
+    match value {
+        Value::Message(child) => whole_message(child, path, out),
+        Value::List(items) => {
+            let len = path.len();
+            path.push_str("/*");
+            for item in items {
+                if let Value::Message(child) = item {
+                    whole_message(child, path, out);
+                }
+            }
+            path.truncate(len);
+        }
+        _ => {
+            out.insert(path.clone());
+        }
+    }
+}
+
+fn strip_unknown(msg: &mut DynamicMessage) {
+    msg.take_unknown_fields().for_each(drop);
+    msg.take_extensions().for_each(drop);
+}
+
+/// Strips unknown fields and extensions from every message inside a value.
+fn strip_unknown_below(value: &mut Value) {
+    match value {
+        Value::Message(msg) => {
+            strip_unknown(msg);
+            for (_, v) in msg.fields_mut() {
+                strip_unknown_below(v);
+            }
+        }
+        Value::List(items) => items.iter_mut().for_each(strip_unknown_below),
+        Value::Map(entries) => entries.values_mut().for_each(strip_unknown_below),
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stream digests
+
+/// A hash chain over the messages of one gRPC stream, so one signature at the end of a stream
+/// (in the trailers) covers every message, their order and their number.
+///
+/// `h_0` is 32 zero bytes; for the i-th message (its bytes as framed, without the 5-byte
+/// prefix), `h_i = SHA-256("enlace-grpc-stream-v1\0" || h_{i-1} || u64_be(len) || bytes)`.
+/// [`StreamDigest::finish`] gives the count and `h_n` in lower-case hex; an empty stream gives
+/// `(0, "00…00")`. The length prefix keeps message boundaries unambiguous, the chaining makes
+/// the result depend on order, and the domain separator keeps it apart from every other hash
+/// Enlace signs. Each side computes it over the messages it sends or receives after
+/// minimisation, so the digest covers exactly what was relayed.
+#[derive(Debug, Clone)]
+pub struct StreamDigest {
+    head: [u8; 32],
+    count: u64,
+}
+
+impl Default for StreamDigest {
+    fn default() -> Self {
+        StreamDigest::new()
+    }
+}
+
+impl StreamDigest {
+    pub fn new() -> StreamDigest {
+        StreamDigest {
+            head: [0; 32],
+            count: 0,
+        }
+    }
+
+    /// Chains the next message.
+    pub fn update(&mut self, message_bytes: &[u8]) {
+        let mut hasher = Sha256::new();
+        hasher.update(STREAM_DIGEST_DOMAIN);
+        hasher.update(self.head);
+        hasher.update((message_bytes.len() as u64).to_be_bytes());
+        hasher.update(message_bytes);
+        self.head = hasher.finalize().into();
+        self.count += 1;
+    }
+
+    /// Messages chained so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The number of messages and the last link in lower-case hex.
+    pub fn finish(self) -> (u64, String) {
+        (self.count, hex::encode(self.head))
+    }
+}
