@@ -1,5 +1,6 @@
 //! Compiles the .proto files with protox (no system `protoc`) into one FileDescriptorSet,
-//! imports included, with extension options such as `(enlace.class)` preserved.
+//! imports included, with extension options such as `(enlace.class)` preserved, and generates
+//! the tonic client and server of `personas.v1` from it (tonic-prost-build, no `protoc` either).
 
 use std::path::PathBuf;
 
@@ -34,6 +35,14 @@ fn main() {
         panic!("cannot write {}: {err}", out.display());
     }
 
-    // Room for the tonic code generation to come: it will reuse `compiler.file_descriptor_set()`
-    // with tonic-prost-build's `compile_fds`.
+    // The tonic messages, client and server of `personas.v1`, from the same compilation.
+    // `.enlace` has no messages, only the `(enlace.class)` extension, which prost does not
+    // generate code for; `.google.protobuf` maps to prost-types as usual.
+    if let Err(err) = tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(compiler.file_descriptor_set())
+    {
+        panic!("cannot generate the tonic code: {err}");
+    }
 }

@@ -8,6 +8,7 @@ pub mod msglog;
 pub mod net;
 pub mod relay;
 pub mod sample;
+pub mod sample_grpc;
 pub mod settings;
 pub mod signature;
 

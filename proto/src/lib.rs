@@ -1,5 +1,6 @@
 //! Enlace's .proto files (the `(enlace.class)` field option and the demo `personas.v1` service),
-//! compiled at build time with protox, without a system `protoc`.
+//! compiled at build time with protox, without a system `protoc`, and the tonic client and server
+//! of `personas.v1` generated from them.
 #![forbid(unsafe_code)]
 
 /// The encoded FileDescriptorSet of `personas/v1/personas.proto` and everything it imports
@@ -12,6 +13,16 @@ pub const OPTIONS_PROTO: &str = include_str!("../proto/enlace/options.proto");
 
 /// The source of `personas/v1/personas.proto`, the demo service.
 pub const PERSONAS_PROTO: &str = include_str!("../proto/personas/v1/personas.proto");
+
+/// The generated protobuf messages and tonic code.
+pub mod personas {
+    /// `personas.v1`: the messages, `personas_client::PersonasClient` and
+    /// `personas_server::{Personas, PersonasServer}`.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        include!(concat!(env!("OUT_DIR"), "/personas.v1.rs"));
+    }
+}
 
 #[cfg(test)]
 mod tests {
