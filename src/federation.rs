@@ -117,8 +117,32 @@ anchor_interval_secs = 30
     Ok(path)
 }
 
-/// Starts the federation in `dir`: seeds it on first start, reuses it after.
-pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
+/// A seeded federation whose nodes are not running yet: the registry runs, and each node's
+/// configuration file is written, for a caller that runs the nodes itself (in-process or as
+/// `enlace node serve` child processes, as `enlace bench` does).
+pub struct Prepared {
+    pub registry: RunningRegistry,
+    pub secrets: Secrets,
+    /// Every listener's port, zeros replaced by free ports.
+    pub ports: Ports,
+    /// The Registro Civil node's (provider) and the SII node's (consumer) `node.toml`.
+    pub provider_config: PathBuf,
+    pub consumer_config: PathBuf,
+}
+
+/// Starts the registry in `dir` (seeding it on first start, reusing it after) and writes both
+/// nodes' configuration files, the Registro Civil node forwarding to the backend at `backend`.
+pub async fn prepare(dir: &Path, ports: Ports, backend: SocketAddr) -> anyhow::Result<Prepared> {
+    let ports = Ports {
+        registry: ports.registry,
+        backend: backend.port(),
+        rc_provider: port_or_free(ports.rc_provider)?,
+        rc_consumer: port_or_free(ports.rc_consumer)?,
+        rc_admin: port_or_free(ports.rc_admin)?,
+        sii_provider: port_or_free(ports.sii_provider)?,
+        sii_consumer: port_or_free(ports.sii_consumer)?,
+        sii_admin: port_or_free(ports.sii_admin)?,
+    };
     let registry_dir = dir.join("registry");
     let fresh = !registry_dir.join("registry.sqlite").exists();
     let cfg = enlace_registry::RegistryConfig {
@@ -134,10 +158,7 @@ pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
     let registry_url = format!("http://{}", registry.addr);
     let nodes_dir = dir.join("nodes");
     let secrets_file = dir.join("demo.json");
-    let (rc_provider, sii_provider) = (
-        port_or_free(ports.rc_provider)?,
-        port_or_free(ports.sii_provider)?,
-    );
+    let (rc_provider, sii_provider) = (ports.rc_provider, ports.sii_provider);
     let secrets: Secrets = if fresh {
         let d = demo::seed(
             &registry.registry,
@@ -159,13 +180,6 @@ pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
             &std::fs::read(&secrets_file).with_context(|| format!("{}", secrets_file.display()))?,
         )?
     };
-
-    let backend_listener = tokio::net::TcpListener::bind(("127.0.0.1", ports.backend))
-        .await
-        .context("sample backend port")?;
-    let backend = backend_listener.local_addr()?;
-    let (backend_stop, rx) = watch::channel(false);
-    tokio::spawn(enlace_node::sample::serve(backend_listener, rx));
 
     let rc_dir = nodes_dir.join("61002000-3");
     let services = format!(
@@ -198,16 +212,36 @@ pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
         &clients,
         "",
     )?;
+    Ok(Prepared {
+        registry,
+        secrets,
+        ports,
+        provider_config: rc_cfg,
+        consumer_config: sii_cfg,
+    })
+}
+
+/// Starts the federation in `dir`: seeds it on first start, reuses it after; the sample
+/// backend and both nodes run in this process.
+pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
+    let backend_listener = tokio::net::TcpListener::bind(("127.0.0.1", ports.backend))
+        .await
+        .context("sample backend port")?;
+    let backend = backend_listener.local_addr()?;
+    // Dropping `backend_stop` (on an early return) stops the backend too.
+    let (backend_stop, rx) = watch::channel(false);
+    tokio::spawn(enlace_node::sample::serve(backend_listener, rx));
+    let p = prepare(dir, ports, backend).await?;
 
     let wait = Duration::from_secs(10);
-    let provider = enlace_node::relay::start(load(&rc_cfg)?, wait).await?;
-    let consumer = enlace_node::relay::start(load(&sii_cfg)?, wait).await?;
+    let provider = enlace_node::relay::start(load(&p.provider_config)?, wait).await?;
+    let consumer = enlace_node::relay::start(load(&p.consumer_config)?, wait).await?;
     Ok(Federation {
-        registry,
+        registry: p.registry,
         provider,
         consumer,
         backend,
-        secrets,
+        secrets: p.secrets,
         backend_stop,
     })
 }

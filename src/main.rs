@@ -2,6 +2,7 @@
 //! the node, the federation PKI, and the checks an agency runs against the registry.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod federation;
 mod up;
 
@@ -40,6 +41,15 @@ enum Command {
     /// A node's message log: verify the chain, export and check evidence.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Benchmarks: the relay against a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// The sample `personas` backend on its own (for `enlace bench`).
+    #[command(hide = true)]
+    SampleBackend {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -158,6 +168,8 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => up::run(args).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
+        Command::SampleBackend { listen } => bench::sample_backend(listen).await,
         Command::Registry(RegistryCommand::Serve { config }) => {
             let text = std::fs::read_to_string(&config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
