@@ -6,6 +6,7 @@ pub mod config;
 pub mod contract;
 pub mod id;
 pub mod loghead;
+pub mod merkle;
 pub mod problem;
 pub mod settings;
 

@@ -4,6 +4,7 @@
 
 mod api;
 pub mod demo;
+pub mod merkle_store;
 mod model;
 mod once_only;
 mod publish;
