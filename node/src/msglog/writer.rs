@@ -233,11 +233,8 @@ fn stopped() -> Problem {
 /// The last record's `(seq, hash)`, else the checkpoint's, else genesis.
 fn tail(conn: &Connection) -> rusqlite::Result<(u64, [u8; 32])> {
     let last: Option<(i64, Vec<u8>)> = conn
-        .query_row(
-            "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let last = match last {
         Some(row) => Some(row),

@@ -7,33 +7,41 @@ use std::sync::Mutex;
 use enlace_core::contract::{Period, VolumeLimit};
 use enlace_core::id::ContractId;
 
-/// Remembers message ids for as long as a signature with them could still be fresh.
+/// Remembers message ids for as long as a signature with them could still be fresh. Ids are
+/// kept in one set per second of arrival, so forgetting old ones drops whole sets instead of
+/// scanning every id on every request.
 pub struct ReplayGuard {
-    seen: Mutex<HashMap<String, i64>>,
+    buckets: Mutex<std::collections::VecDeque<(i64, HashSet<String>)>>,
     window_secs: i64,
 }
 
 impl ReplayGuard {
     pub fn new(max_skew_secs: i64) -> ReplayGuard {
         ReplayGuard {
-            seen: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(std::collections::VecDeque::new()),
             window_secs: 2 * max_skew_secs + 5,
         }
     }
 
-    /// Records `id`; false if it was already seen (a replay).
+    /// Records `id`; false if it was already seen within the window (a replay).
     pub fn first_sighting(&self, id: &str, now: i64) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() > 10_000 {
-            seen.retain(|_, expiry| *expiry > now);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        while buckets
+            .front()
+            .is_some_and(|(second, _)| *second <= now - self.window_secs)
+        {
+            buckets.pop_front();
         }
-        match seen.get(id) {
-            Some(expiry) if *expiry > now => false,
-            _ => {
-                seen.insert(id.to_string(), now + self.window_secs);
-                true
+        if buckets.iter().any(|(_, ids)| ids.contains(id)) {
+            return false;
+        }
+        match buckets.back_mut() {
+            Some((second, ids)) if *second >= now => {
+                ids.insert(id.to_string());
             }
+            _ => buckets.push_back((now, HashSet::from([id.to_string()]))),
         }
+        true
     }
 }
 
@@ -91,7 +99,10 @@ mod tests {
         let g = ReplayGuard::new(30);
         assert!(g.first_sighting("a", 1000));
         assert!(!g.first_sighting("a", 1001));
+        assert!(g.first_sighting("b", 1030));
+        assert!(!g.first_sighting("a", 1064));
         assert!(g.first_sighting("a", 1000 + 66));
+        assert!(!g.first_sighting("b", 1094), "b is still remembered");
     }
 
     #[test]
