@@ -3,8 +3,8 @@
 //! versions for breaking changes. Uploaded documents never make Enlace fetch anything.
 #![forbid(unsafe_code)]
 
-mod model;
 pub mod grpc;
+mod model;
 pub mod openapi;
 pub mod protobuf;
 pub mod validate;
