@@ -166,3 +166,36 @@ async fn logs_hold_every_exchange_verify_and_catch_one_altered_byte() {
     assert_eq!(report.first_broken, Some(seq as u64), "{report:?}");
     reg.running.stop().await;
 }
+
+/// The example in docs/PROTOCOL.md is a real capture, and it stays verifiable: the bundle
+/// checks offline, the page shows its exact signature headers, and one changed byte fails.
+#[test]
+fn the_captured_example_in_the_protocol_doc_verifies() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples/captured-exchange.json");
+    let bundle = enlace_node::bundle::read(&path).unwrap();
+    let lines = bundle.verify().unwrap();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("RFC 9421 signature"))
+            .count(),
+        2,
+        "{lines:?}"
+    );
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    for e in &bundle.evidence.entries {
+        let input = e.record.signature_input.as_deref().unwrap();
+        assert!(doc.contains(input), "PROTOCOL.md shows {input}");
+    }
+    let mut tampered = bundle.clone();
+    let sig = tampered.evidence.entries[0]
+        .record
+        .signature
+        .take()
+        .unwrap();
+    tampered.evidence.entries[0].record.signature = Some(sig.replacen('A', "B", 1));
+    tampered.evidence.entries[0].canonical =
+        String::from_utf8(tampered.evidence.entries[0].record.canonical_bytes()).unwrap();
+    assert!(tampered.verify().is_err());
+}
