@@ -540,3 +540,93 @@ async fn stopping_a_node_drains_exchanges_in_flight() {
     provider.stop().await;
     registry.running.stop().await;
 }
+
+#[tokio::test]
+async fn an_expired_contract_is_refused_and_a_stopped_registry_changes_nothing() {
+    let f = TestFederation::start().await;
+    // A contract valid for two more seconds.
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let terms = json!({
+        "consumer": demo::CONSUMER_SUBSYSTEM,
+        "provider": demo::PERSONAS,
+        "versions": {"min": "v1.0", "max": "v1.9999"},
+        "operations": ["getPerson"],
+        "purpose": "short-lived-check",
+        "legal_basis": "test",
+        "allowed_fields": ["/name"],
+        "subject_required": true,
+        "usage": "permanent",
+        "valid_from": fmt(now - time::Duration::minutes(1)),
+        "valid_until": fmt(now + time::Duration::seconds(2)),
+        "authorisation_required": false
+    });
+    let id = f
+        .registry
+        .post("/v1/contracts", Some(&f.demo.sii_token), &terms)
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    f.registry
+        .post(
+            &format!("/v1/contracts/{id}/actions"),
+            Some(&f.demo.registro_civil_token),
+            &json!({"action": "approve"}),
+        )
+        .await
+        .ok(200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("enlace-contract", &id)],
+        )
+        .await;
+    assert_eq!(r.ok(200), &json!({"name": "María José Pérez Soto"}));
+    // With the registry gone, the nodes keep working on their verified configuration...
+    let TestFederation {
+        registry,
+        demo: d,
+        provider,
+        consumer,
+        consumer_url,
+        client_token,
+        ..
+    } = f;
+    let http = registry.http.clone();
+    registry.running.stop().await;
+    let call = |contract: String| {
+        let (http, url, token) = (
+            http.clone(),
+            format!("{consumer_url}/r1/{}/v1/persons/12345678-5", demo::PERSONAS),
+            client_token.clone(),
+        );
+        async move {
+            let resp = http
+                .get(url)
+                .bearer_auth(token)
+                .header("enlace-client", demo::CONSUMER_SUBSYSTEM)
+                .header("enlace-contract", contract)
+                .header("enlace-subject", demo::PERSON)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, _) = call(d.contract.clone()).await;
+    assert_eq!(status, 200, "served from the cached configuration");
+    // ...and the short contract expires on time, without the registry.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let (status, body) = call(id).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["type"], "urn:enlace:problem:contract-expired");
+    consumer.stop().await;
+    provider.stop().await;
+}
