@@ -2,6 +2,7 @@
 //! problems), data contracts and the signed global configuration.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod config;
 pub mod contract;
 pub mod id;

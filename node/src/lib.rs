@@ -2,6 +2,7 @@
 //! configuration client.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod bundle;
 pub mod config;
 pub mod msglog;

@@ -195,6 +195,11 @@ pub fn router(app: App) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/log-heads", post(anchor_log_head))
         .route("/v1/log-heads/{*node}", get(log_heads))
+        .route("/v1/access-records", post(ingest_access_records))
+        .route("/v1/access-log/tree-head", get(tree_head))
+        .route("/v1/access-log/tree-heads", get(tree_head_at))
+        .route("/v1/access-log/proof/inclusion", get(inclusion_proof))
+        .route("/v1/access-log/proof/consistency", get(consistency_proof))
         .fallback(|req: Request| async move { no_route(req.uri().path()) })
         .layer(middleware::from_fn_with_state(app.clone(), audit_refusals))
         .with_state(app)
@@ -691,4 +696,81 @@ async fn anchor_log_head(State(app): State<App>, headers: HeaderMap, body: Body)
 async fn log_heads(State(app): State<App>, Path(node): Path<String>) -> ApiResult {
     let node: NodeId = node.parse()?;
     json_response(StatusCode::OK, app.log_heads(&node)?)
+}
+
+// ---- the access log ----
+
+/// Largest body of `POST /v1/access-records` (1000 records of a few KiB).
+const MAX_ACCESS_BODY: usize = 8 * 1024 * 1024;
+
+/// A provider node ships signed access records; each record's signature is the authentication.
+async fn ingest_access_records(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    if content_type(&headers) != "application/json" {
+        return Err(Problem::new(
+            ProblemKind::UnsupportedMediaType,
+            "send Content-Type: application/json",
+        )
+        .into());
+    }
+    let bytes = read_body(body, MAX_ACCESS_BODY).await?;
+    let records: Vec<enlace_core::access::SignedAccessRecord> = serde_json::from_slice(&bytes)
+        .map_err(|e| Problem::new(ProblemKind::InvalidRequest, format!("body: {e}")))?;
+    json_response(StatusCode::OK, app.ingest_access_records(records).await?)
+}
+
+async fn tree_head(State(app): State<App>) -> ApiResult {
+    json_response(StatusCode::OK, app.sign_tree_head().await?)
+}
+
+#[derive(Deserialize)]
+struct SizeQuery {
+    size: Option<u64>,
+}
+
+fn required<T>(name: &str, v: Option<T>) -> Result<T, Problem> {
+    v.ok_or_else(|| {
+        Problem::new(
+            ProblemKind::InvalidRequest,
+            format!("the query parameter `{name}` is required"),
+        )
+    })
+}
+
+async fn tree_head_at(State(app): State<App>, Query(q): Query<SizeQuery>) -> ApiResult {
+    let size = required("size", q.size)?;
+    json_response(StatusCode::OK, app.tree_head_at(size).await?)
+}
+
+#[derive(Deserialize)]
+struct InclusionQuery {
+    message_id: Option<String>,
+    size: Option<u64>,
+}
+
+async fn inclusion_proof(
+    State(app): State<App>,
+    Query(q): Query<InclusionQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let who = actor(&app, &headers)?;
+    let message_id = required("message_id", q.message_id)?;
+    json_response(
+        StatusCode::OK,
+        app.access_record_proof(&who, message_id, q.size).await?,
+    )
+}
+
+#[derive(Deserialize)]
+struct ConsistencyQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+async fn consistency_proof(State(app): State<App>, Query(q): Query<ConsistencyQuery>) -> ApiResult {
+    let (from, to) = (required("from", q.from)?, required("to", q.to)?);
+    json_response(StatusCode::OK, app.access_log_consistency(from, to).await?)
 }

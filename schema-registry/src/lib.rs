@@ -2,6 +2,7 @@
 //! data concepts, data contracts, the audit trail, and the signed global configuration.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 mod api;
 pub mod demo;
 pub mod merkle_store;
@@ -116,6 +117,7 @@ pub struct RunningRegistry {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     refresher: JoinHandle<()>,
+    tree_heads: JoinHandle<()>,
 }
 
 impl RunningRegistry {
@@ -123,6 +125,7 @@ impl RunningRegistry {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         self.refresher.abort();
+        self.tree_heads.abort();
         let _ = self.task.await;
     }
 }
@@ -194,6 +197,9 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
     };
     let registry = Registry::new(store, ca, signer, settings, &admin_token)
         .map_err(|p| anyhow::anyhow!("{p}"))?;
+    let access_log = access_log::AccessLog::open(&cfg.data_dir.join("access.sqlite"))
+        .context("opening access.sqlite")?;
+    registry.attach_access_log(Arc::new(access_log));
     registry
         .publish()
         .await
@@ -232,6 +238,10 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
             }
         })
     };
+    let tree_heads = tokio::spawn(access_log::sign_tree_heads(
+        registry.clone(),
+        std::time::Duration::from_secs(2),
+    ));
     tracing::info!(%addr, https = !cfg.tls_names.is_empty(), "registry listening");
     Ok(RunningRegistry {
         addr,
@@ -240,6 +250,7 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         shutdown,
         task,
         refresher,
+        tree_heads,
     })
 }
 

@@ -97,46 +97,39 @@ impl MerkleStore {
     /// Appends leaf hashes (`merkle::leaf_hash(entry)` of each entry) in one transaction.
     /// Returns the index of the first appended leaf and the new size.
     pub fn append_batch(&mut self, leaf_hashes: &[Hash]) -> MerkleResult<(u64, u64)> {
+        self.append_with(|_, _| Ok::<_, MerkleStoreError>(leaf_hashes.to_vec()))
+    }
+
+    /// Appends, in one transaction, the leaf hashes `entries` returns. `entries` runs first,
+    /// inside the transaction, with the index the first new leaf will take: it writes the
+    /// caller's own rows (in tables of the same database) and returns their leaf hashes; an
+    /// error from it rolls everything back. Returns the first index and the new size.
+    pub fn append_with<E: From<MerkleStoreError>>(
+        &mut self,
+        entries: impl FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<Vec<Hash>, E>,
+    ) -> Result<(u64, u64), E> {
         let tx = self
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(MerkleStoreError::from)?;
         let mut frontier = if stored_size(&tx)? == self.frontier.size {
             self.frontier.clone()
         } else {
             Frontier::load(&tx)?
         };
         let first = frontier.size;
-        {
-            let mut insert_leaf =
-                tx.prepare_cached("INSERT INTO merkle_leaves (idx, hash) VALUES (?1, ?2)")?;
-            let mut insert_node = tx.prepare_cached(
-                "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)",
-            )?;
-            for leaf in leaf_hashes {
-                let index = frontier.size;
-                insert_leaf.execute(params![to_sql(index)?, &leaf[..]])?;
-                // Each trailing 1 bit of the index completes a perfect subtree one level up.
-                let (mut hash, mut level, mut idx) = (*leaf, 0usize, index);
-                while idx & 1 == 1 {
-                    let left = frontier.pending[level].take().ok_or_else(|| {
-                        MerkleStoreError::Corrupt(format!("no left sibling of leaf {index}"))
-                    })?;
-                    hash = node_hash(&left, &hash);
-                    level += 1;
-                    idx >>= 1;
-                    insert_node.execute(params![level as i64, to_sql(idx)?, &hash[..]])?;
-                }
-                if frontier.pending.len() <= level {
-                    frontier.pending.resize(level + 1, None);
-                }
-                frontier.pending[level] = Some(hash);
-                frontier.size += 1;
-            }
-        }
-        tx.commit()?;
+        let leaf_hashes = entries(&tx, first)?;
+        append_leaves(&tx, &mut frontier, &leaf_hashes)?;
+        tx.commit().map_err(MerkleStoreError::from)?;
         let size = frontier.size;
         self.frontier = frontier;
         Ok((first, size))
+    }
+
+    /// The connection, for the caller's own tables in the same database (reads, and writes
+    /// outside [`MerkleStore::append_with`] that do not touch the tree's tables).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// The hash of leaf `index`.
@@ -207,6 +200,40 @@ impl Frontier {
         }
         Ok(Frontier { size, pending })
     }
+}
+
+/// Writes `leaf_hashes` after the tree's right edge `frontier`, with every perfect subtree they
+/// complete, and advances `frontier`.
+fn append_leaves(
+    tx: &rusqlite::Transaction<'_>,
+    frontier: &mut Frontier,
+    leaf_hashes: &[Hash],
+) -> MerkleResult<()> {
+    let mut insert_leaf =
+        tx.prepare_cached("INSERT INTO merkle_leaves (idx, hash) VALUES (?1, ?2)")?;
+    let mut insert_node =
+        tx.prepare_cached("INSERT INTO merkle_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+    for leaf in leaf_hashes {
+        let index = frontier.size;
+        insert_leaf.execute(params![to_sql(index)?, &leaf[..]])?;
+        // Each trailing 1 bit of the index completes a perfect subtree one level up.
+        let (mut hash, mut level, mut idx) = (*leaf, 0usize, index);
+        while idx & 1 == 1 {
+            let left = frontier.pending[level].take().ok_or_else(|| {
+                MerkleStoreError::Corrupt(format!("no left sibling of leaf {index}"))
+            })?;
+            hash = node_hash(&left, &hash);
+            level += 1;
+            idx >>= 1;
+            insert_node.execute(params![level as i64, to_sql(idx)?, &hash[..]])?;
+        }
+        if frontier.pending.len() <= level {
+            frontier.pending.resize(level + 1, None);
+        }
+        frontier.pending[level] = Some(hash);
+        frontier.size += 1;
+    }
+    Ok(())
 }
 
 fn stored_size(conn: &Connection) -> MerkleResult<u64> {

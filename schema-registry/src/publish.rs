@@ -47,6 +47,12 @@ impl Signer {
         self.not_after - now < self.validity / 3
     }
 
+    /// The Ed25519 signature of arbitrary bytes (a tree head's signed text), with the
+    /// certificate it verifies under.
+    pub fn sign_bytes(&self, msg: &[u8]) -> (Vec<u8>, &str) {
+        (self.key.sign(msg), &self.cert_pem)
+    }
+
     pub fn sign(&self, config: &GlobalConfig) -> Result<SignedConfig, Problem> {
         let payload = serde_json::to_vec(config)
             .map_err(|e| Problem::new(ProblemKind::Internal, format!("configuration: {e}")))?;

@@ -103,6 +103,9 @@ pub struct Registry {
     pub(crate) settings: Settings,
     pub(crate) published: watch::Sender<Arc<Published>>,
     admin_token_hash: String,
+    /// The access log, attached by [`crate::start`] (absent in a registry built for a test of
+    /// other operations).
+    access_log: std::sync::OnceLock<Arc<crate::access_log::AccessLog>>,
 }
 
 pub fn token_hash(token: &str) -> String {
@@ -126,8 +129,21 @@ impl Registry {
             settings,
             published,
             admin_token_hash: token_hash(admin_token),
+            access_log: std::sync::OnceLock::new(),
         });
         Ok(reg)
+    }
+
+    /// Attaches the access log; a second call is ignored.
+    pub fn attach_access_log(&self, log: Arc<crate::access_log::AccessLog>) {
+        let _ = self.access_log.set(log);
+    }
+
+    /// The access log, or a problem when none is attached.
+    pub fn access_log(&self) -> Result<&Arc<crate::access_log::AccessLog>, Problem> {
+        self.access_log
+            .get()
+            .ok_or_else(|| Problem::new(ProblemKind::NotFound, "this registry keeps no access log"))
     }
 
     pub fn instance(&self) -> &Instance {
@@ -1090,18 +1106,7 @@ impl Registry {
                 "hash_hex: 64 hex characters; at: an RFC 3339 time",
             ));
         }
-        let rec = self.node(&node)?;
-        let (Some(cert), false) = (rec.signing_certificate.as_deref(), rec.revoked) else {
-            return Err(Problem::new(
-                ProblemKind::SignatureInvalid,
-                format!("node {node} has no valid signing certificate"),
-            ));
-        };
-        let trust = enlace_certs::TrustStore::new(
-            &[self.ca.cert_pem().to_string()],
-            Some(&self.current_config().crl),
-        )?;
-        let key = enlace_certs::verify_signer(&trust, cert, &node.uri(), now())?;
+        let key = self.node_signing_key(&node)?;
         let sig = base64::engine::general_purpose::STANDARD
             .decode(&head.signature_b64)
             .map_err(|_| {
@@ -1117,7 +1122,9 @@ impl Registry {
         let heads = self.log_heads(&node)?;
         if let Some(same) = heads.iter().find(|h| h.seq == head.seq) {
             if same.hash_hex == head.hash_hex {
-                return Ok(());
+                // Anchored already; its leaf may be missing if appending it failed last time.
+                drop(_w);
+                return self.log_head_leaf(head).await;
             }
             return Err(Problem::new(
                 ProblemKind::AlreadyExists,
@@ -1143,7 +1150,40 @@ impl Registry {
             puts: vec![(kind::LOG_HEAD, key, to_value(&head)?)],
             ..Change::default()
         })?;
-        Ok(())
+        drop(_w);
+        self.log_head_leaf(head).await
+    }
+
+    /// Appends an anchored head to the access log as a leaf (once), so that the nodes' log heads
+    /// are covered by the registry's signed tree heads.
+    async fn log_head_leaf(&self, head: crate::model::LogHeadRecord) -> Result<(), Problem> {
+        let Some(log) = self.access_log.get() else {
+            return Ok(());
+        };
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || log.append_log_head(&head))
+            .await
+            .map_err(internal)?
+    }
+
+    /// The Ed25519 public key of `node`'s signing certificate: the node must be approved and
+    /// unrevoked, and the certificate must chain to the federation CA, not be revoked by the
+    /// current CRL, be valid now and name the node.
+    pub fn node_signing_key(&self, node: &NodeId) -> Result<Vec<u8>, Problem> {
+        let rec = self.node(node)?;
+        let (Some(cert), Approval::Approved, false) =
+            (rec.signing_certificate.as_deref(), &rec.state, rec.revoked)
+        else {
+            return Err(Problem::new(
+                ProblemKind::SignatureInvalid,
+                format!("node {node} has no valid signing certificate"),
+            ));
+        };
+        let trust = enlace_certs::TrustStore::new(
+            &[self.ca.cert_pem().to_string()],
+            Some(&self.current_config().crl),
+        )?;
+        enlace_certs::verify_signer(&trust, cert, &node.uri(), now())
     }
 
     /// A node's anchored heads, oldest first.

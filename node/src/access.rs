@@ -1,0 +1,414 @@
+//! The provider node's outbox of signed access records: a durable SQLite queue (one writer
+//! thread, group commit, `synchronous=FULL`) and a shipper that sends batches to the registry's
+//! `POST /v1/access-records` and deletes them only after a 2xx, retrying with backoff while the
+//! registry is unreachable.
+//!
+//! Delivery is at least once: a batch the registry ingested whose response was lost is sent
+//! again, and the registry, idempotent on message id, does not log it twice. A record the
+//! registry refuses for good (a 4xx other than 408 and 429) is moved to `rejected`, kept for an
+//! operator, so that it does not block the records behind it.
+
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use enlace_certs::SigningKey;
+use enlace_core::access::{AccessRecord, SignedAccessRecord};
+use enlace_core::problem::{Problem, ProblemKind};
+use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+
+/// Most records in one request to the registry.
+pub const MAX_BATCH: usize = 500;
+
+/// Longest wait between two attempts while the registry is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Most records the writer commits in one transaction.
+const MAX_GROUP: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    record BLOB NOT NULL,
+    problem TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+";
+
+fn internal(e: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %e, "access record queue failed");
+    Problem::new(
+        ProblemKind::Internal,
+        format!("the access record queue failed: {e}"),
+    )
+}
+
+/// Signs an access record with the node's signing key.
+pub fn sign_record(record: AccessRecord, key: &SigningKey) -> SignedAccessRecord {
+    SignedAccessRecord::sign(record, |msg| key.sign(msg))
+}
+
+type Job = (Vec<u8>, String, oneshot::Sender<Result<(), Problem>>);
+
+/// The durable queue of signed access records awaiting shipment.
+pub struct AccessQueue {
+    jobs: Mutex<Option<Sender<Job>>>,
+    /// Reads and deletions by the shipper.
+    reader: Mutex<Connection>,
+}
+
+fn open_conn(path: &Path) -> Result<Connection, Problem> {
+    let conn = Connection::open(path).map_err(internal)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(internal)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(internal)?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(internal)?;
+    Ok(conn)
+}
+
+impl AccessQueue {
+    /// Opens (creating if needed) the queue at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Arc<AccessQueue>, Problem> {
+        let writer = open_conn(path)?;
+        writer.execute_batch(SCHEMA).map_err(internal)?;
+        let reader = open_conn(path)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("access-queue-writer".into())
+            .spawn(move || write_loop(writer, rx))
+            .map_err(|e| internal(format!("starting the writer thread: {e}")))?;
+        Ok(Arc::new(AccessQueue {
+            jobs: Mutex::new(Some(tx)),
+            reader: Mutex::new(reader),
+        }))
+    }
+
+    /// Queues a signed record; returns once it is durable on disk.
+    pub async fn enqueue(&self, record: &SignedAccessRecord) -> Result<(), Problem> {
+        let (done, wait) = oneshot::channel();
+        let job = (
+            record.canonical_bytes(),
+            record.record.message_id.clone(),
+            done,
+        );
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = jobs
+                .as_ref()
+                .ok_or_else(|| internal("the queue is closed"))?;
+            sender
+                .send(job)
+                .map_err(|_| internal("the writer thread stopped"))?;
+        }
+        wait.await
+            .map_err(|_| internal("the writer thread stopped"))?
+    }
+
+    /// Records waiting to be shipped.
+    pub fn pending(&self) -> Result<u64, Problem> {
+        self.count("queue")
+    }
+
+    /// Records the registry refused for good (kept in `rejected`).
+    pub fn rejected(&self) -> Result<u64, Problem> {
+        self.count("rejected")
+    }
+
+    fn count(&self, table: &str) -> Result<u64, Problem> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let n: i64 = conn
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .map_err(internal)?;
+        Ok(n as u64)
+    }
+
+    /// The oldest `limit` queued records: (queue id, canonical signed JSON).
+    fn oldest(&self, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, Problem> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare_cached("SELECT id, record FROM queue ORDER BY id LIMIT ?1")
+            .map_err(internal)?;
+        let rows = stmt
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(internal)?;
+        rows.collect::<Result<_, _>>().map_err(internal)
+    }
+
+    /// Deletes shipped records.
+    fn delete(&self, ids: &[i64]) -> Result<(), Problem> {
+        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction().map_err(internal)?;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM queue WHERE id = ?1")
+                .map_err(internal)?;
+            for id in ids {
+                stmt.execute([id]).map_err(internal)?;
+            }
+        }
+        tx.commit().map_err(internal)
+    }
+
+    /// Moves a record the registry refused for good to `rejected`.
+    fn reject(&self, id: i64, problem: &str) -> Result<(), Problem> {
+        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction().map_err(internal)?;
+        let at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        tx.execute(
+            "INSERT INTO rejected (id, message_id, record, problem, at) \
+             SELECT id, message_id, record, ?2, ?3 FROM queue WHERE id = ?1",
+            params![id, problem, at],
+        )
+        .map_err(internal)?;
+        tx.execute("DELETE FROM queue WHERE id = ?1", [id])
+            .map_err(internal)?;
+        tx.commit().map_err(internal)
+    }
+
+    /// Sends the oldest batch (up to [`MAX_BATCH`]) to the registry and deletes what it
+    /// accepted. Returns how many records left the queue; an error when the registry could not
+    /// be reached or failed (the records stay queued).
+    pub async fn ship_once(
+        self: &Arc<Self>,
+        registry_url: &str,
+        http: &reqwest::Client,
+    ) -> Result<usize, Problem> {
+        let queue = self.clone();
+        let batch = tokio::task::spawn_blocking(move || queue.oldest(MAX_BATCH))
+            .await
+            .map_err(internal)??;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let url = format!("{}/v1/access-records", registry_url.trim_end_matches('/'));
+        match post(http, &url, &batch).await? {
+            Sent::Accepted => {
+                let ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+                self.run_blocking(move |q| q.delete(&ids)).await?;
+                Ok(batch.len())
+            }
+            Sent::Refused(problem) if batch.len() == 1 => {
+                tracing::error!(problem = %problem, "the registry refused an access record; kept in `rejected`");
+                let id = batch[0].0;
+                self.run_blocking(move |q| q.reject(id, &problem)).await?;
+                Ok(1)
+            }
+            Sent::Refused(_) => {
+                // Find the refused record(s): send one at a time.
+                let mut moved = 0;
+                for one in batch {
+                    let id = one.0;
+                    match post(http, &url, std::slice::from_ref(&one)).await? {
+                        Sent::Accepted => self.run_blocking(move |q| q.delete(&[id])).await?,
+                        Sent::Refused(problem) => {
+                            tracing::error!(problem = %problem, "the registry refused an access record; kept in `rejected`");
+                            self.run_blocking(move |q| q.reject(id, &problem)).await?
+                        }
+                    }
+                    moved += 1;
+                }
+                Ok(moved)
+            }
+        }
+    }
+
+    async fn run_blocking(
+        self: &Arc<Self>,
+        f: impl FnOnce(&AccessQueue) -> Result<(), Problem> + Send + 'static,
+    ) -> Result<(), Problem> {
+        let queue = self.clone();
+        tokio::task::spawn_blocking(move || f(&queue))
+            .await
+            .map_err(internal)?
+    }
+
+    /// Stops the writer thread once queued jobs are written; later enqueues fail.
+    pub fn close(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+enum Sent {
+    Accepted,
+    /// Refused for good: a 4xx other than 408 and 429, with the problem's text.
+    Refused(String),
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    batch: &[(i64, Vec<u8>)],
+) -> Result<Sent, Problem> {
+    let mut body = Vec::with_capacity(batch.iter().map(|(_, r)| r.len() + 1).sum::<usize>() + 2);
+    body.push(b'[');
+    for (i, (_, record)) in batch.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(record);
+    }
+    body.push(b']');
+    let resp = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .map_err(|e| {
+            Problem::new(
+                ProblemKind::PeerUnreachable,
+                format!("the registry is unreachable: {e}"),
+            )
+        })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(Sent::Accepted);
+    }
+    let text = resp.text().await.unwrap_or_default();
+    if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+        return Ok(Sent::Refused(format!("{status}: {text}")));
+    }
+    Err(Problem::new(
+        ProblemKind::PeerUnreachable,
+        format!("the registry answered {status}: {text}"),
+    ))
+}
+
+/// The single writer: takes queued records, commits as many as are waiting in one
+/// transaction, then answers each caller.
+fn write_loop(mut conn: Connection, rx: Receiver<Job>) {
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(3600)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("INSERT INTO queue (message_id, record) VALUES (?1, ?2)")?;
+                for (record, message_id, _) in &group {
+                    stmt.execute(params![message_id, record])?;
+                }
+            }
+            tx.commit()
+        })();
+        for (_, _, done) in group {
+            let _ = done.send(result.as_ref().map(|_| ()).map_err(internal));
+        }
+    }
+}
+
+/// Ships queued records every `interval` (at once while a full batch waits), backing off up
+/// to a minute while the registry is unreachable. Runs until aborted.
+pub fn spawn_shipper(
+    queue: Arc<AccessQueue>,
+    registry_url: String,
+    http: reqwest::Client,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = interval;
+        loop {
+            match queue.ship_once(&registry_url, &http).await {
+                Ok(n) if n >= MAX_BATCH => {
+                    backoff = interval;
+                    continue;
+                }
+                Ok(_) => {
+                    backoff = interval;
+                    tokio::time::sleep(interval).await;
+                }
+                Err(p) => {
+                    tracing::warn!(problem = %p, retry_in_ms = backoff.as_millis() as u64, "could not ship access records");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF.max(interval));
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u32) -> SignedAccessRecord {
+        let r = AccessRecord {
+            message_id: format!("m-{n}"),
+            at: "2026-01-02T03:04:05Z".into(),
+            consumer_member: "CL-DEV/GOV/60803000-K".into(),
+            consumer_subsystem: "CL-DEV/GOV/60803000-K/renta".into(),
+            provider_service: "CL-DEV/GOV/61002000-3/registro-civil/personas".into(),
+            provider_version: "v1.0".into(),
+            operation: "GET /persons/{run}".into(),
+            subject: "CL-RUN:12345678-5".into(),
+            fields: vec!["name".into()],
+            purpose: "p".into(),
+            legal_basis: "l".into(),
+            contract: "ctr_01JAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            procedure: None,
+            step: None,
+            user: None,
+            authorisation: None,
+            result: "served".into(),
+            status: 200,
+            request_digest: None,
+            response_digest: None,
+            node: "CL-DEV/GOV/61002000-3/node/a".into(),
+        };
+        let key = SigningKey::generate().unwrap();
+        sign_record(r, &key)
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening_and_stay_until_shipped() {
+        enlace_certs::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access-queue.sqlite");
+        let q = AccessQueue::open(&path).unwrap();
+        let writes: Vec<_> = (0..50)
+            .map(|n| {
+                let q = q.clone();
+                tokio::spawn(async move { q.enqueue(&record(n)).await })
+            })
+            .collect();
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(q.pending().unwrap(), 50);
+        q.close();
+        drop(q);
+        let q = AccessQueue::open(&path).unwrap();
+        assert_eq!(q.pending().unwrap(), 50);
+        // Nobody listens on this port: shipping fails and nothing leaves the queue.
+        let http = reqwest::Client::new();
+        assert!(q.ship_once("http://127.0.0.1:9", &http).await.is_err());
+        assert_eq!(q.pending().unwrap(), 50);
+        let oldest = q.oldest(MAX_BATCH).unwrap();
+        assert_eq!(oldest.len(), 50);
+        let first: SignedAccessRecord = serde_json::from_slice(&oldest[0].1).unwrap();
+        assert!(first.record.message_id.starts_with("m-"));
+    }
+}
