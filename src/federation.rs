@@ -58,10 +58,18 @@ pub struct Federation {
     backend_stop: watch::Sender<bool>,
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), so that no outgoing
+/// connection takes it before the node binds it.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    for _ in 0..1000 {
+        let mut b = [0u8; 2];
+        rand::fill(&mut b);
+        let port = 20_000 + u16::from_le_bytes(b) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port between 20000 and 32000")
 }
 
 fn port_or_free(p: u16) -> anyhow::Result<u16> {

@@ -44,14 +44,17 @@ where
     }
 }
 
-/// Serves plain HTTP/1.1 and h2c on `listener` until `shutdown` turns true, then drains.
-pub async fn serve_plain<F, Fut>(
+/// Serves plain HTTP/1.1 and h2c on `listener` until `shutdown` turns true, then drains. The
+/// response body may stream (gRPC responses carry trailers).
+pub async fn serve_plain<F, Fut, B>(
     listener: TcpListener,
     handler: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
     loop {
@@ -82,7 +85,7 @@ pub async fn serve_plain<F, Fut>(
 
 /// Serves mutual-TLS HTTP/2 on `listener`: each handshake runs in its own task with a timeout;
 /// the handler learns the peer's node id from its certificate.
-pub async fn serve_mtls<F, Fut>(
+pub async fn serve_mtls<F, Fut, B>(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     handshake_timeout: Duration,
@@ -90,7 +93,9 @@ pub async fn serve_mtls<F, Fut>(
     mut shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>, NodeId) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
     loop {

@@ -89,6 +89,9 @@ pub struct Limits {
     /// TLS handshake timeout, milliseconds.
     #[serde(default = "default_handshake")]
     pub handshake_timeout_ms: u64,
+    /// Largest single gRPC message relayed (either direction), bytes.
+    #[serde(default = "default_max_grpc_message")]
+    pub max_grpc_message_bytes: usize,
 }
 
 fn default_max_body() -> usize {
@@ -106,6 +109,9 @@ fn default_timeout() -> u64 {
 fn default_handshake() -> u64 {
     5_000
 }
+fn default_max_grpc_message() -> usize {
+    4 * 1024 * 1024
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -115,6 +121,7 @@ impl Default for Limits {
             clock_skew_secs: default_skew(),
             upstream_timeout_ms: default_timeout(),
             handshake_timeout_ms: default_handshake(),
+            max_grpc_message_bytes: default_max_grpc_message(),
         }
     }
 }
@@ -130,7 +137,8 @@ pub struct Client {
     pub log_bodies: bool,
 }
 
-/// A service this node provides: its id, and the base URL of the backend answering it.
+/// A service this node provides: its id, and the base URL of the backend answering it:
+/// `http://…` for REST, `h2c://host:port` for a gRPC backend (HTTP/2 with prior knowledge).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provided {
@@ -172,7 +180,7 @@ pub struct Checked {
     pub instance: Instance,
     /// token SHA-256 hex → (subsystem, log bodies)
     pub clients: BTreeMap<String, (SubsystemId, bool)>,
-    /// service → (backend base URL, log bodies)
+    /// service → (backend base URL, log bodies); an `h2c://` URL is a gRPC backend
     pub services: BTreeMap<ServiceId, (String, bool)>,
 }
 
@@ -194,6 +202,10 @@ impl NodeSettings {
         anyhow::ensure!(
             (1024..=256 * 1024 * 1024).contains(&self.limits.max_body_bytes),
             "limits.max_body_bytes: must be between 1 KiB and 256 MiB"
+        );
+        anyhow::ensure!(
+            (16..=256 * 1024 * 1024).contains(&self.limits.max_grpc_message_bytes),
+            "limits.max_grpc_message_bytes: must be between 16 bytes and 256 MiB"
         );
         anyhow::ensure!(
             (1..=600).contains(&self.limits.clock_skew_secs),
@@ -227,8 +239,8 @@ impl NodeSettings {
                 "services[{i}].service: {svc} is not of this node's member"
             );
             anyhow::ensure!(
-                s.backend.starts_with("http://"),
-                "services[{i}].backend: must be an http:// URL"
+                s.backend.starts_with("http://") || s.backend.starts_with("h2c://"),
+                "services[{i}].backend: must be an http:// URL (REST) or h2c://host:port (gRPC)"
             );
             services.insert(
                 svc,

@@ -32,6 +32,10 @@ pub struct Demo {
     pub registro_civil_token: String,
     pub sii_token: String,
     pub contract: String,
+    /// The contract for `personas-grpc` (GetPerson and ListDocuments: names, addresses,
+    /// document types and numbers); empty unless seeded by [`seed_with_grpc`].
+    #[serde(default)]
+    pub grpc_contract: String,
 }
 
 fn id<T: std::str::FromStr<Err = enlace_core::IdError>>(s: &str) -> T {
@@ -153,7 +157,57 @@ pub async fn seed(reg: &Registry, nodes_dir: &Path, addresses: [&str; 2]) -> Res
         registro_civil_token: rc_token,
         sii_token,
         contract: contract.id.to_string(),
+        grpc_contract: String::new(),
     })
+}
+
+/// [`seed`], then a second contract for SII's `renta` on `personas-grpc` v1: `GetPerson` and
+/// `ListDocuments`, disclosing names, addresses, and document types and numbers. Kept apart
+/// from [`seed`] so that the federation `seed` builds stays the one DESIGN.md describes.
+pub async fn seed_with_grpc(
+    reg: &Registry,
+    nodes_dir: &Path,
+    addresses: [&str; 2],
+) -> Result<Demo, Problem> {
+    let mut demo = seed(reg, nodes_dir, addresses).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let terms = ContractTerms {
+        consumer: id(CONSUMER_SUBSYSTEM),
+        provider: id(PERSONAS_GRPC),
+        versions: VersionRange {
+            min: id("v1.0"),
+            max: id("v1.9999"),
+        },
+        operations: vec![
+            "personas.v1.Personas/GetPerson".into(),
+            "personas.v1.Personas/ListDocuments".into(),
+        ],
+        purpose: "tax-refund-eligibility".into(),
+        legal_basis: "Decreto Ley 824 (Ley sobre Impuesto a la Renta), devolución de impuestos"
+            .into(),
+        allowed_fields: vec![
+            "/name".into(),
+            "/address".into(),
+            "/type".into(),
+            "/number".into(),
+        ],
+        subject_required: true,
+        usage: Usage::Permanent,
+        volume_limit: Some(VolumeLimit {
+            max_requests: 1_000_000,
+            period: Period::Day,
+        }),
+        valid_from: now - time::Duration::minutes(5),
+        valid_until: now + time::Duration::days(365),
+        authorisation_required: false,
+    };
+    let sii_admin = Actor::MemberAdmin(id(SII));
+    let rc_admin = Actor::MemberAdmin(id(REGISTRO_CIVIL));
+    let contract = reg.propose_contract(&sii_admin, terms).await?;
+    reg.act_on_contract(&rc_admin, &contract.id, ContractAction::Approve)
+        .await?;
+    demo.grpc_contract = contract.id.to_string();
+    Ok(demo)
 }
 
 fn write_node_files(

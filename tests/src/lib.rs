@@ -173,14 +173,30 @@ pub struct TestFederation {
     pub client_token: String,
     /// Base URL of the SII node's consumer listener.
     pub consumer_url: String,
+    /// The sample gRPC backend, when started by [`TestFederation::start_grpc`].
+    pub grpc: Option<GrpcBackend>,
+}
+
+/// The sample `personas.v1.Personas` gRPC backend behind the provider node.
+pub struct GrpcBackend {
+    pub addr: std::net::SocketAddr,
+    /// The served instance: counts its open document streams.
+    pub service: enlace_node::sample_grpc::SamplePersonas,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// A free loopback port (bound, then released).
+///
+/// Picked below the kernel's ephemeral range (32768 and up), so that the outgoing connections
+/// of tests running in parallel cannot take it between now and the node binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    for _ in 0..1000 {
+        let port = 20_000 + (rand_u16() % 12_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
 }
 
 /// The node settings of a demo member, as `enlace up` writes them.
@@ -236,20 +252,56 @@ impl TestFederation {
         validity_secs: u64,
         adjust: impl Fn(&mut enlace_node::settings::NodeSettings, bool),
     ) -> TestFederation {
+        Self::start_inner(validity_secs, adjust, false).await
+    }
+
+    /// The federation with the `personas-grpc` contract, and the sample gRPC backend behind
+    /// the provider node (`h2c://`), besides the REST one.
+    pub async fn start_grpc(
+        adjust: impl Fn(&mut enlace_node::settings::NodeSettings, bool),
+    ) -> TestFederation {
+        Self::start_inner(120, adjust, true).await
+    }
+
+    async fn start_inner(
+        validity_secs: u64,
+        adjust: impl Fn(&mut enlace_node::settings::NodeSettings, bool),
+        with_grpc: bool,
+    ) -> TestFederation {
         let registry =
             start_registry_with(tempfile::tempdir().expect("tempdir"), validity_secs).await;
         let (p_port, c_port) = (free_port(), free_port());
         let nodes_dir = registry.dir.path().join("nodes");
-        let demo = demo::seed(
-            &registry.running.registry,
-            &nodes_dir,
-            [
-                &format!("127.0.0.1:{p_port}"),
-                &format!("127.0.0.1:{c_port}"),
-            ],
-        )
-        .await
+        let addresses = [
+            &format!("127.0.0.1:{p_port}") as &str,
+            &format!("127.0.0.1:{c_port}"),
+        ];
+        let demo = if with_grpc {
+            demo::seed_with_grpc(&registry.running.registry, &nodes_dir, addresses).await
+        } else {
+            demo::seed(&registry.running.registry, &nodes_dir, addresses).await
+        }
         .expect("demo seeds");
+        let grpc = if with_grpc {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let service = enlace_node::sample_grpc::SamplePersonas::default();
+            tokio::spawn(enlace_node::sample_grpc::serve_service(
+                listener,
+                rx,
+                service.clone(),
+            ));
+            Some(GrpcBackend {
+                addr,
+                service,
+                stop,
+            })
+        } else {
+            None
+        };
         let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -270,6 +322,13 @@ impl TestFederation {
                 log_bodies: false,
             }],
         );
+        if let Some(g) = &grpc {
+            p.services.push(enlace_node::settings::Provided {
+                service: demo::PERSONAS_GRPC.into(),
+                backend: format!("h2c://{}", g.addr),
+                log_bodies: false,
+            });
+        }
         adjust(&mut p, true);
         let client_token = "test-renta-token-0123456789".to_string();
         let mut c = node_settings(
@@ -303,6 +362,7 @@ impl TestFederation {
             backend_stop,
             client_token,
             consumer_url,
+            grpc,
         }
     }
 
@@ -357,7 +417,60 @@ impl TestFederation {
         self.consumer.stop().await;
         self.provider.stop().await;
         let _ = self.backend_stop.send(true);
+        if let Some(g) = &self.grpc {
+            let _ = g.stop.send(true);
+        }
         self.registry.running.stop().await;
+    }
+}
+
+impl TestFederation {
+    /// A tonic client of `personas.v1.Personas` pointed at the SII node's consumer listener.
+    pub async fn grpc_client(
+        &self,
+    ) -> enlace_proto::personas::v1::personas_client::PersonasClient<tonic::transport::Channel>
+    {
+        enlace_proto::personas::v1::personas_client::PersonasClient::connect(
+            self.consumer_url.clone(),
+        )
+        .await
+        .expect("the consumer node accepts h2c")
+    }
+
+    /// `message` with the metadata SII's `renta` backend sends: token, client, the gRPC
+    /// contract, subject, official and procedure, then `extra` (an empty value removes one).
+    pub fn grpc_request<T>(&self, message: T, extra: &[(&str, &str)]) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        let md = req.metadata_mut();
+        let mut pairs = vec![
+            ("authorization", format!("Bearer {}", self.client_token)),
+            ("enlace-client", demo::CONSUMER_SUBSYSTEM.to_string()),
+            ("enlace-contract", self.demo.grpc_contract.clone()),
+            ("enlace-subject", demo::PERSON.to_string()),
+            ("enlace-user", "funcionaria-42".to_string()),
+            ("enlace-procedure", "devolucion-renta-2026".to_string()),
+        ];
+        for (k, v) in extra {
+            pairs.retain(|(name, _)| name != k);
+            if !v.is_empty() {
+                pairs.push((k, v.to_string()));
+            }
+        }
+        for (k, v) in pairs {
+            let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes()).expect("metadata key");
+            md.insert(key, v.parse().expect("metadata value"));
+        }
+        req
+    }
+
+    /// The message-log database of the consumer (`false`) or provider (`true`) node.
+    pub fn log_db(&self, provider: bool) -> std::path::PathBuf {
+        let node = if provider {
+            &self.provider
+        } else {
+            &self.consumer
+        };
+        node.node.settings.raw.data_dir.join("messages.sqlite")
     }
 }
 
@@ -524,4 +637,13 @@ impl TestFederation {
         assert_ne!(registered, f.provider.provider_addr);
         (f, registered)
     }
+}
+
+fn rand_u16() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let id = uuid::Uuid::now_v7().as_u128();
+    ((id as u32) ^ nanos ^ ((id >> 64) as u32)) as u16
 }

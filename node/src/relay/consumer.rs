@@ -284,7 +284,10 @@ pub(crate) fn fill_signature(rec: &mut Record, headers: &HeaderMap, request: boo
 // ---- phases ----
 
 /// The backend's bearer token must be one bound to a subsystem of this node's member.
-fn authenticate_backend(node: &Node, headers: &HeaderMap) -> Result<(SubsystemId, bool), Problem> {
+pub(crate) fn authenticate_backend(
+    node: &Node,
+    headers: &HeaderMap,
+) -> Result<(SubsystemId, bool), Problem> {
     let token = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -348,7 +351,7 @@ pub(crate) fn read_target(uri: &Uri) -> Result<Target, Problem> {
 }
 
 /// The context headers; `Enlace-Client` must be the authenticated subsystem.
-fn read_context(headers: &HeaderMap, client: &SubsystemId) -> Result<Context, Problem> {
+pub(crate) fn read_context(headers: &HeaderMap, client: &SubsystemId) -> Result<Context, Problem> {
     let ctx = Context::read(headers)?;
     if &ctx.client != client {
         return Err(Problem::new(

@@ -1,10 +1,12 @@
 //! The node's relay: the state an exchange needs (identity, configuration snapshot, peer pool,
 //! message log, guards, compiled service descriptions), the listeners, and the start-up.
 //! The exchange itself is in `consumer.rs` (a local backend calls out) and `provider.rs` (a
-//! peer node calls in), each a sequence of named phases.
+//! peer node calls in), each a sequence of named phases; `grpc.rs` relays gRPC calls (any
+//! request whose content type starts with `application/grpc`) on both sides.
 
 mod consumer;
 pub mod context;
+mod grpc;
 mod guard;
 mod meta;
 mod provider;
@@ -55,9 +57,13 @@ pub struct Node {
     pub(crate) volume: VolumeGuard,
     /// Compiled OpenAPI descriptions by digest.
     compiled: Mutex<HashMap<String, Arc<CompiledService>>>,
+    /// Decoded protobuf descriptor sets by digest.
+    grpc_compiled: Mutex<HashMap<String, Arc<enlace_description::grpc::CompiledGrpc>>>,
     /// Verified signing keys of peers: (node, certificate PEM) → Ed25519 public key.
     peer_keys: Mutex<HashMap<(NodeId, String), Vec<u8>>>,
     pub(crate) backend: HttpClient<HttpConnector, Body>,
+    /// HTTP/2 with prior knowledge (h2c), for gRPC backends.
+    pub(crate) grpc_backend: HttpClient<HttpConnector, Body>,
     registry_http: reqwest::Client,
 }
 
@@ -205,6 +211,37 @@ impl Node {
         let desc = Description::load(entry.kind, &bytes)?;
         let compiled = Arc::new(CompiledService::compile(&desc)?);
         self.compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(entry.digest.clone(), compiled.clone());
+        Ok(compiled)
+    }
+
+    /// The decoded descriptor set of a protobuf service version, decoded once per digest.
+    pub(crate) async fn compiled_grpc(
+        &self,
+        entry: &ServiceEntry,
+    ) -> Result<Arc<enlace_description::grpc::CompiledGrpc>, Problem> {
+        if let Some(c) = self
+            .grpc_compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&entry.digest)
+        {
+            return Ok(c.clone());
+        }
+        if entry.kind != enlace_core::config::DescriptionKind::Protobuf {
+            return Err(Problem::new(
+                ProblemKind::UnknownService,
+                format!(
+                    "{} {} is not described by protobuf",
+                    entry.id, entry.version
+                ),
+            ));
+        }
+        let bytes = self.description_bytes(entry).await?;
+        let compiled = Arc::new(enlace_description::grpc::CompiledGrpc::compile(&bytes)?);
+        self.grpc_compiled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(entry.digest.clone(), compiled.clone());
@@ -382,6 +419,10 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
     http.set_connect_timeout(Some(Duration::from_millis(limits.upstream_timeout_ms)));
     let backend = HttpClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
+        .build(http.clone());
+    let grpc_backend = HttpClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .http2_only(true)
         .build(http);
     let node = Arc::new(Node {
         signing_key,
@@ -392,8 +433,10 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         replay: ReplayGuard::new(limits.clock_skew_secs),
         volume: VolumeGuard::default(),
         compiled: Mutex::new(HashMap::new()),
+        grpc_compiled: Mutex::new(HashMap::new()),
         peer_keys: Mutex::new(HashMap::new()),
         backend,
+        grpc_backend,
         registry_http: crate::config::registry_client(
             &raw.registry_url,
             &TrustStore::new(std::slice::from_ref(&ca_pem), None)?,
@@ -422,7 +465,18 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
     let n = node.clone();
     tasks.push(tokio::spawn(serve_plain(
         consumer_l,
-        move |req, _remote| consumer::handle(n.clone(), req),
+        move |req, _remote| {
+            let n = n.clone();
+            async move {
+                if grpc::is_grpc(req.headers()) {
+                    grpc::consumer(n, req).await
+                } else {
+                    consumer::handle(n, req)
+                        .await
+                        .map(http_body_util::Either::Left)
+                }
+            }
+        },
         shutdown_rx.clone(),
     )));
     let n = node.clone();
@@ -430,7 +484,18 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         provider_l,
         tls_rx,
         Duration::from_millis(raw.limits.handshake_timeout_ms),
-        move |req, peer| provider::handle(n.clone(), req, peer),
+        move |req, peer| {
+            let n = n.clone();
+            async move {
+                if grpc::is_grpc(req.headers()) {
+                    grpc::provider(n, req, peer).await
+                } else {
+                    provider::handle(n, req, peer)
+                        .await
+                        .map(http_body_util::Either::Left)
+                }
+            }
+        },
         shutdown_rx.clone(),
     )));
     let n = node.clone();

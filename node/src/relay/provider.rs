@@ -221,7 +221,7 @@ async fn run(
     Ok(resp)
 }
 
-fn read_message_id(headers: &HeaderMap) -> Result<String, Problem> {
+pub(crate) fn read_message_id(headers: &HeaderMap) -> Result<String, Problem> {
     let id = context::single(headers, context::MESSAGE_ID, 64)?.ok_or_else(|| {
         Problem::new(
             ProblemKind::SignatureInvalid,
@@ -248,7 +248,7 @@ fn read_message_id(headers: &HeaderMap) -> Result<String, Problem> {
 
 /// The TLS peer must be an approved, unrevoked node of the member the client belongs to: a
 /// node never speaks for another member's subsystems.
-fn verify_peer(snap: &Snapshot, peer: &NodeId, ctx: &Context) -> Result<(), Problem> {
+pub(crate) fn verify_peer(snap: &Snapshot, peer: &NodeId, ctx: &Context) -> Result<(), Problem> {
     if !snap.nodes.contains_key(peer) {
         return Err(Problem::new(
             ProblemKind::Forbidden,
@@ -271,7 +271,7 @@ fn verify_peer(snap: &Snapshot, peer: &NodeId, ctx: &Context) -> Result<(), Prob
 
 /// RFC 9421: signed by the TLS peer's signing key, covering everything Enlace requires,
 /// fresh, and with a body matching its `Content-Digest`.
-fn verify_signature(
+pub(crate) fn verify_signature(
     node: &Node,
     snap: &Snapshot,
     parts: &http::request::Parts,
@@ -298,7 +298,7 @@ fn verify_signature(
 }
 
 /// The service this node provides that the path names, and its backend.
-fn resolve_service<'a>(
+pub(crate) fn resolve_service<'a>(
     node: &'a Node,
     snap: &'a Snapshot,
     parts: &http::request::Parts,
@@ -326,7 +326,7 @@ fn resolve_service<'a>(
 }
 
 /// Volume and single use, counted only once every other check has passed.
-fn admit(node: &Node, contract: &Contract) -> Result<(), Problem> {
+pub(crate) fn admit(node: &Node, contract: &Contract) -> Result<(), Problem> {
     let now = time::OffsetDateTime::now_utc();
     if !node
         .volume
