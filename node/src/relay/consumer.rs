@@ -151,7 +151,7 @@ async fn run(
     let (entry, provider) = resolve_provider(&snap, &target)?;
     trace.service = format!("{}/{}", entry.id, entry.version);
     trace.peer = Some(provider.id.to_string());
-    let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
+    check_contract(&snap, &ctx, &entry.id, entry.version)?;
     let (outbound, sent_headers) = sign_request(
         node,
         &parts,
@@ -217,7 +217,6 @@ async fn run(
     rec.problem = problem_of(&rparts.headers, &rbody).map(|p| p.kind.slug().to_string());
     rec.body = log_bodies.then(|| rbody.to_vec());
     node.log.append(rec).await?;
-    let _ = contract;
 
     // Only what the provider node signed goes back: the status, the content type and the body.
     // Who caused an error is read from the signed problem body, never from an unsigned header.
