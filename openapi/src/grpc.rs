@@ -312,21 +312,11 @@ impl CompiledGrpc {
             )
             .with("limit", MAX_DESCRIPTION_BYTES));
         }
-        // The same guard as `protobuf::decode_pool`: prost-reflect can panic on some malformed
-        // sets while describing the error.
-        let pool = match catch_unwind(|| DescriptorPool::decode(stored_descriptor_set)) {
-            Ok(Ok(pool)) => pool,
-            Ok(Err(err)) => {
-                return Err(invalid_set(format!(
-                    "not a valid, self-contained FileDescriptorSet: {err:?}"
-                )));
-            }
-            Err(_) => {
-                return Err(invalid_set(
-                    "the descriptor set is malformed (the decoder gave up)",
-                ));
-            }
-        };
+        let pool = crate::protobuf::decode_pool(stored_descriptor_set).map_err(|err| {
+            invalid_set(format!(
+                "not a valid, self-contained FileDescriptorSet: {err}"
+            ))
+        })?;
         Ok(CompiledGrpc { pool })
     }
 

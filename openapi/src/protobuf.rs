@@ -73,7 +73,7 @@ pub fn from_descriptor_set(bytes: &[u8]) -> Result<Description, Problem> {
 /// Decodes a descriptor set. prost-reflect can panic while describing an error in some
 /// malformed sets (an index out of bounds found by the property tests); an uploaded set is
 /// untrusted, so such a panic is caught and reported as an invalid set.
-fn decode_pool(bytes: &[u8]) -> Result<DescriptorPool, String> {
+pub(crate) fn decode_pool(bytes: &[u8]) -> Result<DescriptorPool, String> {
     match std::panic::catch_unwind(|| DescriptorPool::decode(bytes)) {
         Ok(Ok(pool)) => Ok(pool),
         Ok(Err(err)) => Err(format!("{err:?}")),
