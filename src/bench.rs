@@ -1,11 +1,14 @@
-//! `enlace bench`: measures the REST relay against the sample backend called directly, in the
-//! same run, and prints ratios, the latency the two nodes add, and the nodes' memory.
+//! `enlace bench`: measures the REST or the gRPC relay against the sample backend called
+//! directly, in the same run, and prints ratios, the latency the two nodes add, and the nodes'
+//! memory.
 //!
 //! The registry runs in this process (it is idle during the load); the sample backend and the
-//! two nodes run as child processes of this executable (`enlace sample-backend`, `enlace node
-//! serve`), so their memory and CPU are measured on their own. The load generator is a pooled
-//! HTTP/1.1 keep-alive hyper client in this process. Every process shares the same machine:
-//! on a small one the generator, the backend and both nodes compete for the same cores.
+//! two nodes run as child processes of this executable (`enlace sample-backend` or `enlace
+//! sample-grpc-backend`, `enlace node serve`), so their memory and CPU are measured on their
+//! own. The load generator runs in this process: a pooled HTTP/1.1 keep-alive hyper client
+//! (REST), or a tonic client multiplexing its calls on one HTTP/2 connection (gRPC). Every
+//! process shares the same machine: on a small one the generator, the backend and both nodes
+//! compete for the same cores.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use enlace_proto::personas::v1::GetPersonRequest;
+use enlace_proto::personas::v1::personas_client::PersonasClient;
 use enlace_registry::demo;
 use http_body_util::{BodyExt, Empty};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
@@ -22,24 +27,39 @@ use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Channel, Endpoint};
 
-use crate::federation::{self, Ports};
+use crate::federation::{self, Backends, Ports};
 
 /// Warm-up before every measured run (connections, caches, the nodes' compiled descriptions).
 const WARMUP: Duration = Duration::from_secs(2);
 /// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 on Linux).
 const CLK_TCK: f64 = 100.0;
 /// The person every call fetches.
+const RUN: &str = "12345678-5";
 const PATH: &str = "/persons/12345678-5";
+/// The gRPC method every call makes.
+const METHOD: &str = "personas.v1.Personas/GetPerson";
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
     /// REST exchanges through both nodes, against the sample backend called directly.
-    Rest(RestArgs),
+    Rest(LoadArgs),
+    /// Unary gRPC calls (GetPerson) through both nodes, against the sample gRPC backend
+    /// called directly.
+    Grpc(LoadArgs),
+}
+
+/// Which relay a benchmark measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Rest,
+    Grpc,
 }
 
 #[derive(clap::Args)]
-pub struct RestArgs {
+pub struct LoadArgs {
     /// Requests in flight in the closed-loop runs.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -53,7 +73,8 @@ pub struct RestArgs {
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        BenchCommand::Rest(args) => rest(args).await,
+        BenchCommand::Rest(args) => bench(args, Protocol::Rest).await,
+        BenchCommand::Grpc(args) => bench(args, Protocol::Grpc).await,
     }
 }
 
@@ -62,6 +83,18 @@ pub async fn sample_backend(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(enlace_node::sample::serve(listener, rx));
+    tokio::signal::ctrl_c().await?;
+    let _ = stop.send(true);
+    let _ = serving.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `enlace sample-grpc-backend`: the sample `personas.v1.Personas` gRPC backend (h2c) on its
+/// own, until Ctrl-C (SIGINT).
+pub async fn sample_grpc_backend(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(enlace_node::sample_grpc::serve(listener, rx));
     tokio::signal::ctrl_c().await?;
     let _ = stop.send(true);
     let _ = serving.await;
@@ -159,30 +192,110 @@ fn client(pool: usize) -> HttpClient {
         .build(http)
 }
 
+/// How a target is called, over which connections.
+#[derive(Clone)]
+enum Caller {
+    /// A GET with these headers.
+    Http {
+        client: Box<HttpClient>,
+        uri: Uri,
+        headers: HeaderMap,
+    },
+    /// A unary GetPerson with this metadata, to the h2c endpoint.
+    Grpc {
+        client: PersonasClient<Channel>,
+        endpoint: Box<Endpoint>,
+        metadata: MetadataMap,
+    },
+}
+
 /// Where a run sends its requests, and how many it has sent (warm-up included).
 #[derive(Clone)]
 struct Target {
-    uri: Uri,
-    headers: HeaderMap,
+    caller: Caller,
     sent: Arc<AtomicU64>,
 }
 
+fn grpc_client(endpoint: &Endpoint) -> PersonasClient<Channel> {
+    PersonasClient::new(endpoint.connect_lazy())
+}
+
 impl Target {
-    fn new(uri: &str, headers: HeaderMap) -> anyhow::Result<Target> {
+    fn http(uri: &str, headers: HeaderMap) -> anyhow::Result<Target> {
         Ok(Target {
-            uri: uri.parse()?,
-            headers,
+            caller: Caller::Http {
+                client: Box::new(client(1)),
+                uri: uri.parse()?,
+                headers,
+            },
             sent: Arc::new(AtomicU64::new(0)),
         })
     }
+
+    fn grpc(url: &str, metadata: MetadataMap) -> anyhow::Result<Target> {
+        let endpoint = Endpoint::from_shared(url.to_string())?.tcp_nodelay(true);
+        Ok(Target {
+            caller: Caller::Grpc {
+                client: grpc_client(&endpoint),
+                endpoint: Box::new(endpoint),
+                metadata,
+            },
+            sent: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The same target over new connections (up to `pool` kept for HTTP/1.1; one HTTP/2
+    /// connection for gRPC), counting into the same total.
+    fn fresh(&self, pool: usize) -> Target {
+        let caller = match &self.caller {
+            Caller::Http { uri, headers, .. } => Caller::Http {
+                client: Box::new(client(pool)),
+                uri: uri.clone(),
+                headers: headers.clone(),
+            },
+            Caller::Grpc {
+                endpoint, metadata, ..
+            } => Caller::Grpc {
+                client: grpc_client(endpoint),
+                endpoint: endpoint.clone(),
+                metadata: metadata.clone(),
+            },
+        };
+        Target {
+            caller,
+            sent: self.sent.clone(),
+        }
+    }
 }
 
-/// One GET, body read to the end; anything but 200 is an error.
-async fn call(client: &HttpClient, target: &Target) -> Result<(), String> {
+/// One call: a GET, body read to the end, anything but 200 an error; or a unary GetPerson,
+/// anything but OK an error.
+async fn call(target: &Target) -> Result<(), String> {
     target.sent.fetch_add(1, Ordering::Relaxed);
+    match &target.caller {
+        Caller::Http {
+            client,
+            uri,
+            headers,
+        } => get(client, uri, headers).await,
+        Caller::Grpc {
+            client, metadata, ..
+        } => {
+            let mut req = tonic::Request::new(GetPersonRequest { run: RUN.into() });
+            *req.metadata_mut() = metadata.clone();
+            let mut client = client.clone();
+            match client.get_person(req).await {
+                Ok(_) => Ok(()),
+                Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+            }
+        }
+    }
+}
+
+async fn get(client: &HttpClient, uri: &Uri, headers: &HeaderMap) -> Result<(), String> {
     let mut req = Request::new(Empty::new());
-    *req.uri_mut() = target.uri.clone();
-    *req.headers_mut() = target.headers.clone();
+    *req.uri_mut() = uri.clone();
+    *req.headers_mut() = headers.clone();
     let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
     let status = resp.status();
     let body = resp
@@ -245,17 +358,13 @@ impl Measured {
 /// Closed loop: `concurrency` workers, each sending its next request when the last is
 /// answered, for the warm-up then `measure`. Only requests started and answered inside the
 /// measured window count (errors count whenever they happen).
-async fn closed_loop(
-    client: &HttpClient,
-    target: &Target,
-    concurrency: usize,
-    measure: Duration,
-) -> Measured {
+async fn closed_loop(target: &Target, concurrency: usize, measure: Duration) -> Measured {
+    let target = target.fresh(concurrency);
     let from = Instant::now() + WARMUP;
     let until = from + measure;
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let (client, target) = (client.clone(), target.clone());
+        let target = target.clone();
         workers.push(tokio::spawn(async move {
             let mut m = Measured::default();
             loop {
@@ -263,7 +372,7 @@ async fn closed_loop(
                 if start >= until {
                     break;
                 }
-                let result = call(&client, &target).await;
+                let result = call(&target).await;
                 let end = Instant::now();
                 m.record(result, end - start, start >= from && end <= until);
             }
@@ -288,7 +397,8 @@ async fn closed_loop(
 /// time: tokio's timer has a 1 ms granularity, as long as the interval at 1,000 req/s, and the
 /// scheduling lag would hide the latency the nodes add. A generator that falls behind still
 /// sends at the rate on average (late requests go at once).
-async fn open_loop(client: &HttpClient, target: &Target, rate: u32, measure: Duration) -> Measured {
+async fn open_loop(target: &Target, pool: usize, rate: u32, measure: Duration) -> Measured {
+    let target = target.fresh(pool);
     let start = Instant::now();
     let from = start + WARMUP;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
@@ -297,10 +407,10 @@ async fn open_loop(client: &HttpClient, target: &Target, rate: u32, measure: Dur
     for i in 0..total {
         let at = start + interval * i;
         tokio::time::sleep_until(at.into()).await;
-        let (client, target) = (client.clone(), target.clone());
+        let target = target.clone();
         pending.push(tokio::spawn(async move {
             let sent = Instant::now();
-            let result = call(&client, &target).await;
+            let result = call(&target).await;
             (result, sent.elapsed(), at >= from)
         }));
     }
@@ -318,10 +428,10 @@ async fn open_loop(client: &HttpClient, target: &Target, rate: u32, measure: Dur
 }
 
 /// Calls `target` until it answers 200, for up to 30 s.
-async fn wait_ready(client: &HttpClient, target: &Target, what: &str) -> anyhow::Result<()> {
+async fn wait_ready(target: &Target, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let last = call(client, target).await;
+        let last = call(target).await;
         match last {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() > deadline => anyhow::bail!("{what} not ready: {e}"),
@@ -367,11 +477,11 @@ struct Processes {
     consumer: Proc,
 }
 
-async fn rest(args: RestArgs) -> anyhow::Result<ExitCode> {
+async fn bench(args: LoadArgs, protocol: Protocol) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("enlace-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let result = rest_in(&dir, &args).await;
+    let result = bench_in(&dir, &args, protocol).await;
     if result.is_ok() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
@@ -380,19 +490,36 @@ async fn rest(args: RestArgs) -> anyhow::Result<ExitCode> {
     result
 }
 
-async fn rest_in(dir: &Path, args: &RestArgs) -> anyhow::Result<ExitCode> {
+async fn bench_in(dir: &Path, args: &LoadArgs, protocol: Protocol) -> anyhow::Result<ExitCode> {
     let measure = Duration::from_secs(args.seconds.max(1));
     let n = args.concurrency.max(1);
     let backend_addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let backend_arg = backend_addr.to_string();
+    let (command, backends) = match protocol {
+        Protocol::Rest => (
+            "sample-backend",
+            Backends {
+                rest: Some(backend_addr),
+                grpc: None,
+            },
+        ),
+        Protocol::Grpc => (
+            "sample-grpc-backend",
+            Backends {
+                rest: None,
+                grpc: Some(backend_addr),
+            },
+        ),
+    };
     let backend = Proc::spawn(
         "sample backend",
-        &["sample-backend", "--listen", &backend_arg],
+        &[command, "--listen", &backend_arg],
         &dir.join("backend.log"),
     )?;
     let zero = Ports {
         registry: 0,
         backend: 0,
+        grpc_backend: 0,
         rc_provider: 0,
         rc_consumer: 0,
         rc_admin: 0,
@@ -400,7 +527,7 @@ async fn rest_in(dir: &Path, args: &RestArgs) -> anyhow::Result<ExitCode> {
         sii_consumer: 0,
         sii_admin: 0,
     };
-    let fed = federation::prepare(&dir.join("federation"), zero, backend_addr).await?;
+    let fed = federation::prepare(&dir.join("federation"), zero, backends).await?;
     let node = |name, config: &PathBuf, log: &str| {
         let config = config.display().to_string();
         Proc::spawn(
@@ -415,31 +542,37 @@ async fn rest_in(dir: &Path, args: &RestArgs) -> anyhow::Result<ExitCode> {
         consumer: node("SII node", &fed.consumer_config, "consumer.log")?,
     };
 
-    let direct = Target::new(&format!("http://{backend_addr}{PATH}"), HeaderMap::new())?;
     let s = &fed.secrets;
+    let contract = match protocol {
+        Protocol::Rest => &s.demo.contract,
+        Protocol::Grpc => &s.demo.grpc_contract,
+    };
     let headers: HeaderMap = [
         header("authorization", &format!("Bearer {}", s.renta_token))?,
         header("enlace-client", demo::CONSUMER_SUBSYSTEM)?,
-        header("enlace-contract", &s.demo.contract)?,
+        header("enlace-contract", contract)?,
         header("enlace-subject", demo::PERSON)?,
     ]
     .into_iter()
     .collect();
-    let nodes = Target::new(
-        &format!(
-            "http://127.0.0.1:{}/r1/{}/v1{PATH}",
-            fed.ports.sii_consumer,
-            demo::PERSONAS
+    let sii = format!("http://127.0.0.1:{}", fed.ports.sii_consumer);
+    let (direct, nodes, what) = match protocol {
+        Protocol::Rest => (
+            Target::http(&format!("http://{backend_addr}{PATH}"), HeaderMap::new())?,
+            Target::http(&format!("{sii}/r1/{}/v1{PATH}", demo::PERSONAS), headers)?,
+            format!("rest: GET {PATH}"),
         ),
-        headers,
-    )?;
-    let probe = client(1);
-    wait_ready(&probe, &direct, "the sample backend").await?;
-    wait_ready(&probe, &nodes, "the nodes").await?;
-    drop(probe);
+        Protocol::Grpc => (
+            Target::grpc(&format!("http://{backend_addr}"), MetadataMap::new())?,
+            Target::grpc(&sii, MetadataMap::from_headers(headers))?,
+            format!("grpc: unary {METHOD} {{run: {RUN}}}"),
+        ),
+    };
+    wait_ready(&direct, "the sample backend").await?;
+    wait_ready(&nodes, "the nodes").await?;
 
     println!(
-        "enlace bench rest: GET {PATH}, {} core(s), closed loop at concurrency {n}, open loop at {} req/s, {} s per run after a {} s warm-up",
+        "enlace bench {what}, {} core(s), closed loop at concurrency {n}, open loop at {} req/s, {} s per run after a {} s warm-up",
         std::thread::available_parallelism().map_or(0, |c| c.get()),
         args.rate,
         measure.as_secs(),
@@ -456,7 +589,7 @@ async fn rest_in(dir: &Path, args: &RestArgs) -> anyhow::Result<ExitCode> {
     // (a) and (b): closed loop, directly and through both nodes.
     println!();
     println!("closed loop, {n} in flight:");
-    let c_direct = closed_loop(&client(n), &direct, n, measure).await;
+    let c_direct = closed_loop(&direct, n, measure).await;
     check("closed loop, direct", &c_direct)?;
     line("direct", &c_direct);
     let pids = [
@@ -468,7 +601,7 @@ async fn rest_in(dir: &Path, args: &RestArgs) -> anyhow::Result<ExitCode> {
     let cpu_before: Vec<f64> = pids.iter().map(|(_, p)| cpu_seconds(p)).collect();
     let sent_before = nodes.sent.load(Ordering::Relaxed);
     let wall = Instant::now();
-    let c_nodes = closed_loop(&client(n), &nodes, n, measure).await;
+    let c_nodes = closed_loop(&nodes, n, measure).await;
     let wall = wall.elapsed().as_secs_f64();
     let cpu: Vec<f64> = pids
         .iter()
@@ -503,9 +636,9 @@ async fn rest_in(dir: &Path, args: &RestArgs) -> anyhow::Result<ExitCode> {
     // (c): open loop at a fixed rate, through both nodes and directly.
     println!();
     println!("open loop, {} req/s:", args.rate);
-    let o_nodes = open_loop(&client(n), &nodes, args.rate, measure).await;
+    let o_nodes = open_loop(&nodes, n, args.rate, measure).await;
     check("open loop, through both nodes", &o_nodes)?;
-    let o_direct = open_loop(&client(n), &direct, args.rate, measure).await;
+    let o_direct = open_loop(&direct, n, args.rate, measure).await;
     check("open loop, direct", &o_direct)?;
     line("direct", &o_direct);
     line("through nodes", &o_nodes);

@@ -1,5 +1,6 @@
-//! A whole demo federation in one process: the registry seeded with the demo federation, the
-//! Registro Civil node in front of the sample `personas` backend, and the SII node. Used by
+//! A whole demo federation in one process: the registry seeded with the demo federation (with
+//! the `personas-grpc` contract), the Registro Civil node in front of the sample `personas`
+//! REST and gRPC backends, and the SII node. Used by
 //! `enlace up` (fixed ports) and `enlace bench` (ephemeral ports). Each node runs from a
 //! configuration file written next to its keys, exactly as an operator would run it.
 
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 pub struct Ports {
     pub registry: u16,
     pub backend: u16,
+    pub grpc_backend: u16,
     pub rc_provider: u16,
     pub rc_consumer: u16,
     pub rc_admin: u16,
@@ -32,6 +34,7 @@ impl Ports {
     pub const UP: Ports = Ports {
         registry: 7400,
         backend: 9000,
+        grpc_backend: 9001,
         rc_provider: 8443,
         rc_consumer: 8081,
         rc_admin: 8082,
@@ -54,6 +57,7 @@ pub struct Federation {
     pub provider: RunningNode,
     pub consumer: RunningNode,
     pub backend: SocketAddr,
+    pub grpc_backend: SocketAddr,
     pub secrets: Secrets,
     backend_stop: watch::Sender<bool>,
 }
@@ -138,12 +142,24 @@ pub struct Prepared {
     pub consumer_config: PathBuf,
 }
 
-/// Starts the registry in `dir` (seeding it on first start, reusing it after) and writes both
-/// nodes' configuration files, the Registro Civil node forwarding to the backend at `backend`.
-pub async fn prepare(dir: &Path, ports: Ports, backend: SocketAddr) -> anyhow::Result<Prepared> {
+/// The sample backends the Registro Civil node forwards to; a service without one gets no
+/// `[[services]]` entry (its calls are refused at the provider node).
+#[derive(Debug, Clone, Copy)]
+pub struct Backends {
+    /// `personas` (REST, HTTP/1.1).
+    pub rest: Option<SocketAddr>,
+    /// `personas-grpc` (gRPC, h2c).
+    pub grpc: Option<SocketAddr>,
+}
+
+/// Starts the registry in `dir` (seeding it on first start, reusing it after; a federation
+/// seeded without the `personas-grpc` contract gets it) and writes both nodes' configuration
+/// files, the Registro Civil node forwarding to `backends`.
+pub async fn prepare(dir: &Path, ports: Ports, backends: Backends) -> anyhow::Result<Prepared> {
     let ports = Ports {
         registry: ports.registry,
-        backend: backend.port(),
+        backend: backends.rest.map_or(0, |a| a.port()),
+        grpc_backend: backends.grpc.map_or(0, |a| a.port()),
         rc_provider: port_or_free(ports.rc_provider)?,
         rc_consumer: port_or_free(ports.rc_consumer)?,
         rc_admin: port_or_free(ports.rc_admin)?,
@@ -161,14 +177,19 @@ pub async fn prepare(dir: &Path, ports: Ports, backend: SocketAddr) -> anyhow::R
         config_validity_secs: 600,
         node_cert_validity_hours: 7 * 24,
         tls_names: Vec::new(),
+        // The local demo signs people in with the registry's development issuer.
+        oidc: enlace_registry::oidc::OidcConfig {
+            dev_issuer: true,
+            ..Default::default()
+        },
     };
     let registry = enlace_registry::start(&cfg).await?;
     let registry_url = format!("http://{}", registry.addr);
     let nodes_dir = dir.join("nodes");
     let secrets_file = dir.join("demo.json");
     let (rc_provider, sii_provider) = (ports.rc_provider, ports.sii_provider);
-    let secrets: Secrets = if fresh {
-        let d = demo::seed(
+    let mut secrets: Secrets = if fresh {
+        let d = demo::seed_with_grpc(
             &registry.registry,
             &nodes_dir,
             [
@@ -188,12 +209,28 @@ pub async fn prepare(dir: &Path, ports: Ports, backend: SocketAddr) -> anyhow::R
             &std::fs::read(&secrets_file).with_context(|| format!("{}", secrets_file.display()))?,
         )?
     };
+    if secrets.demo.grpc_contract.is_empty() {
+        // Seeded before `enlace up` served gRPC: add the contract once, and remember it.
+        secrets.demo.grpc_contract = demo::seed_grpc_contract(&registry.registry)
+            .await
+            .context("adding the personas-grpc contract to an existing federation")?;
+        std::fs::write(&secrets_file, serde_json::to_vec_pretty(&secrets)?)?;
+    }
 
     let rc_dir = nodes_dir.join("61002000-3");
-    let services = format!(
-        "\n[[services]]\nservice = \"{}\"\nbackend = \"http://{backend}\"\n",
-        demo::PERSONAS
-    );
+    let mut services = String::new();
+    if let Some(rest) = backends.rest {
+        services.push_str(&format!(
+            "\n[[services]]\nservice = \"{}\"\nbackend = \"http://{rest}\"\n",
+            demo::PERSONAS
+        ));
+    }
+    if let Some(grpc) = backends.grpc {
+        services.push_str(&format!(
+            "\n[[services]]\nservice = \"{}\"\nbackend = \"h2c://{grpc}\"\n",
+            demo::PERSONAS_GRPC
+        ));
+    }
     let rc_cfg = write_node_config(
         &rc_dir,
         demo::PROVIDER_NODE,
@@ -230,16 +267,25 @@ pub async fn prepare(dir: &Path, ports: Ports, backend: SocketAddr) -> anyhow::R
 }
 
 /// Starts the federation in `dir`: seeds it on first start, reuses it after; the sample
-/// backend and both nodes run in this process.
+/// backends and both nodes run in this process.
 pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
     let backend_listener = tokio::net::TcpListener::bind(("127.0.0.1", ports.backend))
         .await
         .context("sample backend port")?;
+    let grpc_listener = tokio::net::TcpListener::bind(("127.0.0.1", ports.grpc_backend))
+        .await
+        .context("sample gRPC backend port")?;
     let backend = backend_listener.local_addr()?;
-    // Dropping `backend_stop` (on an early return) stops the backend too.
+    let grpc_backend = grpc_listener.local_addr()?;
+    // Dropping `backend_stop` (on an early return) stops the backends too.
     let (backend_stop, rx) = watch::channel(false);
-    tokio::spawn(enlace_node::sample::serve(backend_listener, rx));
-    let p = prepare(dir, ports, backend).await?;
+    tokio::spawn(enlace_node::sample::serve(backend_listener, rx.clone()));
+    tokio::spawn(enlace_node::sample_grpc::serve(grpc_listener, rx));
+    let backends = Backends {
+        rest: Some(backend),
+        grpc: Some(grpc_backend),
+    };
+    let p = prepare(dir, ports, backends).await?;
 
     let wait = Duration::from_secs(10);
     let provider = enlace_node::relay::start(load(&p.provider_config)?, wait).await?;
@@ -249,6 +295,7 @@ pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
         provider,
         consumer,
         backend,
+        grpc_backend,
         secrets: p.secrets,
         backend_stop,
     })
@@ -260,11 +307,87 @@ fn load(path: &Path) -> anyhow::Result<enlace_node::settings::Checked> {
 }
 
 impl Federation {
-    /// Stops the nodes (draining in-flight exchanges), the backend, then the registry.
+    /// Stops the nodes (draining in-flight exchanges), the backends, then the registry.
     pub async fn stop(self) {
         self.consumer.stop().await;
         self.provider.stop().await;
         let _ = self.backend_stop.send(true);
         self.registry.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enlace_proto::personas::v1::GetPersonRequest;
+    use enlace_proto::personas::v1::personas_client::PersonasClient;
+
+    /// GetPerson for the demo person through both nodes, as `enlace up` prints it.
+    async fn get_person(f: &Federation) -> Result<String, tonic::Status> {
+        let mut client = PersonasClient::connect(format!("http://{}", f.consumer.consumer_addr))
+            .await
+            .expect("the SII node accepts h2c");
+        let mut req = tonic::Request::new(GetPersonRequest {
+            run: "12345678-5".into(),
+        });
+        let s = &f.secrets;
+        for (k, v) in [
+            ("authorization", format!("Bearer {}", s.renta_token)),
+            ("enlace-client", demo::CONSUMER_SUBSYSTEM.to_string()),
+            ("enlace-contract", s.demo.grpc_contract.clone()),
+            ("enlace-subject", demo::PERSON.to_string()),
+        ] {
+            req.metadata_mut()
+                .insert(k, v.parse().expect("metadata value"));
+        }
+        Ok(client.get_person(req).await?.into_inner().name)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn up_serves_grpc_through_both_nodes_and_upgrades_an_old_directory() {
+        let dir = std::env::temp_dir().join(format!("enlace-up-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Fixed for both starts: the registry remembers the nodes' provider addresses.
+        let ports = Ports {
+            registry: free_port().unwrap(),
+            backend: 0,
+            grpc_backend: 0,
+            rc_provider: free_port().unwrap(),
+            rc_consumer: 0,
+            rc_admin: 0,
+            sii_provider: free_port().unwrap(),
+            sii_consumer: 0,
+            sii_admin: 0,
+        };
+        let f = start(&dir, ports).await.expect("the federation starts");
+        assert!(!f.secrets.demo.grpc_contract.is_empty());
+        let rc = std::fs::read_to_string(dir.join("nodes/61002000-3/node.toml")).unwrap();
+        assert!(
+            rc.contains(&format!("backend = \"h2c://{}\"", f.grpc_backend)),
+            "{rc}"
+        );
+        assert_eq!(get_person(&f).await.unwrap(), "María José Pérez Soto");
+        f.stop().await;
+
+        // A directory seeded before `enlace up` served gRPC: no gRPC contract remembered.
+        let secrets_file = dir.join("demo.json");
+        let mut old: Secrets =
+            serde_json::from_slice(&std::fs::read(&secrets_file).unwrap()).unwrap();
+        old.demo.grpc_contract.clear();
+        std::fs::write(&secrets_file, serde_json::to_vec(&old).unwrap()).unwrap();
+        let f = start(&dir, ports).await.expect("the federation restarts");
+        assert!(!f.secrets.demo.grpc_contract.is_empty());
+        // The nodes follow the registry: the new contract reaches them shortly.
+        let mut answer = get_person(&f).await;
+        for _ in 0..50 {
+            if answer.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            answer = get_person(&f).await;
+        }
+        assert_eq!(answer.unwrap(), "María José Pérez Soto");
+        f.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

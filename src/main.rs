@@ -44,11 +44,47 @@ enum Command {
     /// Benchmarks: the relay against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The access log, checked from outside the registry.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// The sample `personas` backend on its own (for `enlace bench`).
     #[command(hide = true)]
     SampleBackend {
         #[arg(long)]
         listen: std::net::SocketAddr,
+    },
+    /// The sample `personas.v1.Personas` gRPC backend on its own (for `enlace bench grpc`).
+    #[command(hide = true)]
+    SampleGrpcBackend {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the registry's signed tree head (signature, certificate chain to the CA, CRL), then
+    /// an access record's inclusion proof or the consistency of two tree heads. Exit 1 if any
+    /// check fails.
+    Verify {
+        /// The registry's base URL.
+        #[arg(long)]
+        registry: String,
+        /// The federation CA certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The access record's message id (with --token).
+        #[arg(long, requires = "token", conflicts_with_all = ["from", "to"])]
+        message_id: Option<String>,
+        /// A token that may read the record (an admin token, or the person's ID token).
+        #[arg(long)]
+        token: Option<String>,
+        /// The earlier tree size (with --to).
+        #[arg(long, requires = "to")]
+        from: Option<u64>,
+        /// The later tree size.
+        #[arg(long, requires = "from")]
+        to: Option<u64>,
     },
 }
 
@@ -170,6 +206,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::SampleBackend { listen } => bench::sample_backend(listen).await,
+        Command::SampleGrpcBackend { listen } => bench::sample_grpc_backend(listen).await,
         Command::Registry(RegistryCommand::Serve { config }) => {
             let text = std::fs::read_to_string(&config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
@@ -246,6 +283,39 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Log(cmd) => log_command(cmd).await,
+        Command::Audit(AuditCommand::Verify {
+            registry,
+            ca,
+            message_id,
+            token,
+            from,
+            to,
+        }) => {
+            let ca = std::fs::read_to_string(&ca)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+            let auditor =
+                enlace_node::access::audit::Auditor::new(&registry, &ca, reqwest::Client::new());
+            let result = match (message_id, token, from, to) {
+                (Some(id), Some(token), None, None) => auditor.verify_inclusion(&id, &token).await,
+                (None, None, Some(from), Some(to)) => auditor.verify_consistency(from, to).await,
+                _ => {
+                    eprintln!("enlace: give --message-id and --token, or --from and --to");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            match result {
+                Ok(report) => {
+                    for line in report.lines {
+                        println!("verified: {line}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(p) => {
+                    eprintln!("enlace: NOT verified: {}", p.detail);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Node(NodeCommand::Init { id, out }) => {
             let node: enlace_core::NodeId = id.parse()?;
             let keys = enlace_certs::node_init(&node)?;

@@ -32,6 +32,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         f.consumer.provider_addr, f.consumer.admin_addr
     );
     println!("  sample personas backend       http://{}", f.backend);
+    println!(
+        "  sample personas gRPC backend  h2c://{}  (personas.v1.Personas)",
+        f.grpc_backend
+    );
     println!("  data                          {}", args.dir.display());
     println!();
     println!("  federation admin token        {}", f.registry.admin_token);
@@ -45,6 +49,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         "  contract                      {} (renta may read name and address for tax-refund-eligibility)",
         s.demo.contract
     );
+    println!(
+        "  gRPC contract                 {} (renta may call GetPerson and ListDocuments of personas-grpc)",
+        s.demo.grpc_contract
+    );
     println!();
     println!(
         "Fetch a person through both nodes (you get name and address only: the contract's fields):"
@@ -57,6 +65,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         demo::CONSUMER_SUBSYSTEM,
         s.demo.contract,
         demo::PERSON
+    );
+    println!();
+    println!(
+        "The same person over gRPC, through both nodes (grpcurl finds the method by reflection on the SII node):"
+    );
+    println!();
+    let sii_grpc = f.consumer.consumer_addr;
+    println!(
+        "  grpcurl -plaintext \\\n    -H 'authorization: Bearer {}' \\\n    -H 'enlace-client: {}' -H 'enlace-contract: {}' \\\n    -H 'enlace-subject: {}' \\\n    -d '{{\"run\":\"12345678-5\"}}' {sii_grpc} personas.v1.Personas/GetPerson",
+        s.renta_token,
+        demo::CONSUMER_SUBSYSTEM,
+        s.demo.grpc_contract,
+        demo::PERSON
+    );
+    println!(
+        "  grpcurl -plaintext -H 'authorization: Bearer {}' {sii_grpc} describe personas.v1.Personas",
+        s.renta_token
     );
     println!();
     println!("More to try:");

@@ -8,6 +8,8 @@
 //! registry refuses for good (a 4xx other than 408 and 429) is moved to `rejected`, kept for an
 //! operator, so that it does not block the records behind it.
 
+pub mod audit;
+
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};

@@ -316,6 +316,67 @@ impl AccessLog {
         ))
     }
 
+    /// A page of the records about `subject` within the tree of `size` leaves, oldest first,
+    /// filtered (each filter `None` for all), with each record's inclusion proof; and how many
+    /// records match in all.
+    pub(crate) fn subject_page(
+        &self,
+        subject: &str,
+        filter: &crate::citizen::Filter,
+        size: u64,
+    ) -> Result<(Vec<RecordProof>, u64), Problem> {
+        let store = self.lock();
+        let conn = store.connection();
+        let cond = "subject = ?1 AND idx < ?2 AND (?3 IS NULL OR at >= ?3) \
+                    AND (?4 IS NULL OR at < ?4) AND (?5 IS NULL OR consumer_member = ?5) \
+                    AND (?6 IS NULL OR purpose = ?6)";
+        let args = params![
+            subject,
+            size as i64,
+            filter.from,
+            filter.to,
+            filter.institution,
+            filter.purpose
+        ];
+        let total: i64 = conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM access_records WHERE {cond}"),
+                args,
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT idx, record FROM access_records WHERE {cond} ORDER BY idx LIMIT ?7 OFFSET ?8"
+            ))
+            .map_err(db)?;
+        let rows: Vec<(i64, Vec<u8>)> = stmt
+            .query_map(
+                params![
+                    subject,
+                    size as i64,
+                    filter.from,
+                    filter.to,
+                    filter.institution,
+                    filter.purpose,
+                    filter.limit as i64,
+                    filter.offset as i64
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (idx, bytes) in rows {
+            out.push(RecordProof {
+                record: serde_json::from_slice(&bytes).map_err(db)?,
+                proof: store.inclusion_proof(idx as u64, size)?,
+            });
+        }
+        Ok((out, total as u64))
+    }
+
     /// The consistency proof between the trees of `from` and `to` leaves.
     pub fn consistency(&self, from: u64, to: u64) -> Result<ConsistencyProof, Problem> {
         if from > to {

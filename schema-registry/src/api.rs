@@ -200,6 +200,10 @@ pub fn router(app: App) -> Router {
         .route("/v1/access-log/tree-heads", get(tree_head_at))
         .route("/v1/access-log/proof/inclusion", get(inclusion_proof))
         .route("/v1/access-log/proof/consistency", get(consistency_proof))
+        .route("/v1/citizen/access-records", get(citizen_records))
+        .route("/.well-known/openid-configuration", get(oidc_discovery))
+        .route("/oidc/jwks", get(oidc_jwks))
+        .route("/oidc/dev/token", post(oidc_dev_token))
         .fallback(|req: Request| async move { no_route(req.uri().path()) })
         .layer(middleware::from_fn_with_state(app.clone(), audit_refusals))
         .with_state(app)
@@ -756,11 +760,80 @@ async fn inclusion_proof(
     Query(q): Query<InclusionQuery>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let who = actor(&app, &headers)?;
     let message_id = required("message_id", q.message_id)?;
+    let who = match actor(&app, &headers) {
+        Ok(who) => who,
+        // An ID token: the person reads the records about them, and only those.
+        Err(_) if bearer(&headers).is_some_and(|t| t.contains('.')) && app.oidc().is_ok() => {
+            let person = app.citizen(bearer(&headers)).await?;
+            return json_response(
+                StatusCode::OK,
+                app.citizen_record_proof(&person, message_id, q.size)
+                    .await?,
+            );
+        }
+        Err(p) => return Err(p.into()),
+    };
     json_response(
         StatusCode::OK,
         app.access_record_proof(&who, message_id, q.size).await?,
+    )
+}
+
+// ---- the citizen API and the development OpenID Connect issuer ----
+
+async fn citizen_records(
+    State(app): State<App>,
+    Query(q): Query<crate::citizen::CitizenQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let person = app.citizen(bearer(&headers)).await?;
+    json_response(StatusCode::OK, app.citizen_records(&person, &q).await?)
+}
+
+/// The development issuer, or not-found when it is off.
+fn dev_issuer(app: &Registry) -> Result<&crate::oidc::Oidc, Problem> {
+    match app.oidc() {
+        Ok(o) if o.dev.is_some() => Ok(o),
+        _ => Err(Problem::new(
+            ProblemKind::NotFound,
+            "the development OpenID Connect issuer is off (oidc.dev_issuer)",
+        )),
+    }
+}
+
+async fn oidc_discovery(State(app): State<App>) -> ApiResult {
+    json_response(StatusCode::OK, dev_issuer(&app)?.discovery())
+}
+
+async fn oidc_jwks(State(app): State<App>) -> ApiResult {
+    json_response(StatusCode::OK, dev_issuer(&app)?.jwks())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevLogin {
+    sub: String,
+}
+
+/// DEVELOPMENT ONLY: an ID token for any subject asked for.
+async fn oidc_dev_token(State(app): State<App>, headers: HeaderMap, body: Body) -> ApiResult {
+    let oidc = dev_issuer(&app)?;
+    let login: DevLogin = json_body(&headers, body).await?;
+    let sub: enlace_core::id::SubjectId = login.sub.parse()?;
+    let dev = oidc
+        .dev
+        .as_ref()
+        .ok_or_else(|| Problem::new(ProblemKind::NotFound, "off"))?;
+    let token = dev.token(&oidc.issuer, &oidc.audience, &sub);
+    json_response(
+        StatusCode::OK,
+        json!({
+            "id_token": token,
+            "token_type": "Bearer",
+            "expires_in": 600,
+            "warning": "development issuer: anyone can sign in as anyone",
+        }),
     )
 }
 

@@ -170,6 +170,13 @@ pub async fn seed_with_grpc(
     addresses: [&str; 2],
 ) -> Result<Demo, Problem> {
     let mut demo = seed(reg, nodes_dir, addresses).await?;
+    demo.grpc_contract = seed_grpc_contract(reg).await?;
+    Ok(demo)
+}
+
+/// The `personas-grpc` contract of [`seed_with_grpc`] alone, for a federation [`seed`]ed
+/// before: proposed by SII, approved by the Registro Civil; returns its id.
+pub async fn seed_grpc_contract(reg: &Registry) -> Result<String, Problem> {
     let now = time::OffsetDateTime::now_utc();
     let terms = ContractTerms {
         consumer: id(CONSUMER_SUBSYSTEM),
@@ -206,8 +213,7 @@ pub async fn seed_with_grpc(
     let contract = reg.propose_contract(&sii_admin, terms).await?;
     reg.act_on_contract(&rc_admin, &contract.id, ContractAction::Approve)
         .await?;
-    demo.grpc_contract = contract.id.to_string();
-    Ok(demo)
+    Ok(contract.id.to_string())
 }
 
 fn write_node_files(

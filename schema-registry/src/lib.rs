@@ -4,9 +4,11 @@
 
 pub mod access_log;
 mod api;
+pub mod citizen;
 pub mod demo;
 pub mod merkle_store;
 mod model;
+pub mod oidc;
 mod once_only;
 mod publish;
 mod registry;
@@ -57,6 +59,9 @@ pub struct RegistryConfig {
     /// HTTP, for loopback only.
     #[serde(default)]
     pub tls_names: Vec<String>,
+    /// OpenID Connect for the citizen API (`[oidc]`: `dev_issuer`, `issuer`, `audience`).
+    #[serde(default)]
+    pub oidc: oidc::OidcConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -104,6 +109,7 @@ impl RegistryConfig {
             (1..=24 * 90).contains(&self.node_cert_validity_hours),
             "node_cert_validity_hours: must be between 1 and 2160"
         );
+        self.oidc.validate()?;
         Ok(())
     }
 }
@@ -222,6 +228,14 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
             enlace_certs::https_server_config(&cert.pem, &key)?,
         ))
     };
+    let own_url = match cfg.tls_names.first() {
+        None => format!("http://{addr}"),
+        Some(name) => format!("https://{name}:{}", addr.port()),
+    };
+    let oidc = oidc::Oidc::new(&cfg.oidc, &own_url).map_err(|p| anyhow::anyhow!("oidc: {p}"))?;
+    if let Some(oidc) = oidc {
+        registry.attach_oidc(Arc::new(oidc));
+    }
     let (shutdown, rx) = watch::channel(false);
     let task = tokio::spawn(serve(listener, tls, router(registry.clone()), rx));
     let refresher = {

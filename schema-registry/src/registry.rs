@@ -106,6 +106,8 @@ pub struct Registry {
     /// The access log, attached by [`crate::start`] (absent in a registry built for a test of
     /// other operations).
     access_log: std::sync::OnceLock<Arc<crate::access_log::AccessLog>>,
+    /// OpenID Connect for the citizen API, attached by [`crate::start`] when configured.
+    pub(crate) oidc: std::sync::OnceLock<Arc<crate::oidc::Oidc>>,
 }
 
 pub fn token_hash(token: &str) -> String {
@@ -130,6 +132,7 @@ impl Registry {
             published,
             admin_token_hash: token_hash(admin_token),
             access_log: std::sync::OnceLock::new(),
+            oidc: std::sync::OnceLock::new(),
         });
         Ok(reg)
     }

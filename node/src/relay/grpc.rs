@@ -33,6 +33,7 @@ use hyper::body::{Frame, Incoming};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::access_emit;
 use super::consumer::{self, About, context_record, fill_signature, set_target};
 use super::context::{self, Context};
 use super::{Node, Snapshot, provider, unix_now};
@@ -71,7 +72,7 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
 /// A response body fed frame by frame (data, then trailers) by a relay task. When the receiver
 /// goes (the caller cancelled), the task sees its sender closed.
 pub(crate) struct ChannelBody {
-    rx: mpsc::Receiver<Frame<Bytes>>,
+    pub(super) rx: mpsc::Receiver<Frame<Bytes>>,
 }
 
 impl hyper::body::Body for ChannelBody {
@@ -946,6 +947,8 @@ struct ProviderTrace {
     context: Option<Context>,
     service: String,
     operation: String,
+    /// The service version resolved, for the access record of a refusal.
+    entry: Option<ServiceEntry>,
 }
 
 impl ProviderTrace {
@@ -978,6 +981,7 @@ pub(crate) async fn provider(
         context: None,
         service: String::new(),
         operation: String::new(),
+        entry: None,
     };
     let result = match read_body(body, node.settings.raw.limits.max_body_bytes).await {
         Ok(body) => provider_run(&node, &bound, body, &peer, &mut trace).await,
@@ -1009,11 +1013,50 @@ pub(crate) async fn provider(
     fill_signature(&mut rec, &trailers, false);
     rec.request_digest = bound.digest();
     rec.problem = Some(problem.kind.slug().to_string());
-    if let Err(p) = node.log.append(rec).await {
+    let access = grpc_refusal_record(&node, &trace, &problem, &bound);
+    let (logged, queued) = tokio::join!(node.log.append(rec), access_emit::enqueue(&node, access));
+    if let Err(p) = logged.and(queued) {
         tracing::error!(problem = %p, "could not log a refusal");
         return trailers_only(problem_trailers(&p, trace.message_id.as_deref()));
     }
     trailers_only(trailers)
+}
+
+/// The access record of a refused call, once the subject, the service and the contract are
+/// known.
+fn grpc_refusal_record(
+    node: &Node,
+    trace: &ProviderTrace,
+    problem: &Problem,
+    request: &Bound,
+) -> Option<enlace_core::access::SignedAccessRecord> {
+    let (ctx, entry, message_id) = (
+        trace.context.as_ref()?,
+        trace.entry.as_ref()?,
+        trace.message_id.as_deref()?,
+    );
+    let snap = node.snapshot().ok()?;
+    let contract = access_emit::named_contract(&snap, ctx)?;
+    let operation = if trace.operation.is_empty() {
+        request.uri.path().to_string()
+    } else {
+        trace.operation.clone()
+    };
+    access_emit::record(
+        node,
+        access_emit::Exchange {
+            message_id,
+            context: ctx,
+            service: entry,
+            contract,
+            operation: &operation,
+            fields: Vec::new(),
+            refused: Some(problem.kind),
+            status: problem.kind.status(),
+            request_digest: request.digest(),
+            response_digest: None,
+        },
+    )
 }
 
 /// `/g1/SERVICE-ID/vMAJOR/package.Service/Method`, read like a REST target.
@@ -1064,6 +1107,7 @@ async fn provider_run(
     let target = read_grpc_target(&req.uri)?;
     let (entry, backend) = provider::resolve_service(node, &snap, &parts, &target)?;
     trace.service = format!("{}/{}", entry.id, entry.version);
+    trace.entry = Some(entry.clone());
     let log_bodies = backend.1;
     let backend_addr = backend.0.strip_prefix("h2c://").ok_or_else(|| {
         Problem::new(
@@ -1129,7 +1173,25 @@ async fn provider_run(
             None,
             None,
         );
-        node.log.append(rec).await?;
+        let access = access_emit::record(
+            node,
+            access_emit::Exchange {
+                message_id: &message_id,
+                context: &ctx,
+                service: entry,
+                contract,
+                operation: &trace.operation,
+                fields: Vec::new(),
+                refused: None,
+                status: StatusCode::OK.as_u16(),
+                request_digest: req.digest(),
+                response_digest: None,
+            },
+        );
+        let (logged, queued) =
+            tokio::join!(node.log.append(rec), access_emit::enqueue(node, access));
+        logged?;
+        queued?;
         return Ok(trailers_only(trailers));
     }
     let (tx, rx) = mpsc::channel(16);
@@ -1138,6 +1200,8 @@ async fn provider_run(
         request: req.clone(),
         method,
         allowed: contract.terms.allowed_fields.clone(),
+        entry: entry.clone(),
+        contract: contract.clone(),
         deadline,
         message_id: message_id.clone(),
         context: ctx,
@@ -1215,6 +1279,9 @@ struct ProviderStream {
     request: Bound,
     method: MethodInfo,
     allowed: Vec<String>,
+    /// The service version and contract, for the access record.
+    entry: ServiceEntry,
+    contract: Contract,
     deadline: Option<Instant>,
     message_id: String,
     context: Context,
@@ -1236,6 +1303,7 @@ impl ProviderStream {
         })
         .await;
         let id = &self.message_id;
+        let mut failure = None;
         let (trailers, problem) = match relayed.ending {
             Ending::Trailers(t) => (Some(pass_status(&t, id)), None),
             Ending::Cancelled => {
@@ -1243,6 +1311,7 @@ impl ProviderStream {
                 (None, Some(CANCELLED.to_string()))
             }
             Ending::Failed(p) => {
+                failure = Some(p.kind);
                 let p = if p.kind == ProblemKind::PeerUnreachable {
                     p.caused_by(Culprit::ProviderBackend)
                 } else {
@@ -1279,11 +1348,29 @@ impl ProviderStream {
             problem,
             relayed.body,
         );
-        rec.headers.push((
-            "enlace-disclosed".into(),
-            disclosed.into_iter().collect::<Vec<_>>().join(","),
-        ));
-        if let Err(p) = self.node.log.append(rec).await {
+        let disclosed: Vec<String> = disclosed.into_iter().collect();
+        rec.headers
+            .push(("enlace-disclosed".into(), disclosed.join(",")));
+        let access = access_emit::record(
+            &self.node,
+            access_emit::Exchange {
+                message_id: id,
+                context: &self.context,
+                service: &self.entry,
+                contract: &self.contract,
+                operation: &self.operation,
+                fields: disclosed,
+                refused: failure,
+                status: StatusCode::OK.as_u16(),
+                request_digest: self.request.digest(),
+                response_digest: Some(chain_value(&relayed.chain)),
+            },
+        );
+        let (logged, queued) = tokio::join!(
+            self.node.log.append(rec),
+            access_emit::enqueue(&self.node, access)
+        );
+        if let Err(p) = logged.and(queued) {
             tracing::error!(problem = %p, "could not log a grpc response");
             let _ = tx
                 .send(Frame::trailers(problem_trailers(&p, Some(id))))

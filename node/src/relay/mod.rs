@@ -2,14 +2,17 @@
 //! message log, guards, compiled service descriptions), the listeners, and the start-up.
 //! The exchange itself is in `consumer.rs` (a local backend calls out) and `provider.rs` (a
 //! peer node calls in), each a sequence of named phases; `grpc.rs` relays gRPC calls (any
-//! request whose content type starts with `application/grpc`) on both sides.
+//! request whose content type starts with `application/grpc`) on both sides; `reflection.rs`
+//! answers gRPC server reflection on the consumer listener.
 
+mod access_emit;
 mod consumer;
 pub mod context;
 mod grpc;
 mod guard;
 mod meta;
 mod provider;
+mod reflection;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,6 +68,8 @@ pub struct Node {
     /// HTTP/2 with prior knowledge (h2c), for gRPC backends.
     pub(crate) grpc_backend: HttpClient<HttpConnector, Body>,
     registry_http: reqwest::Client,
+    /// Signed access records awaiting shipment to the registry (`access-queue.sqlite`).
+    pub access: Arc<crate::access::AccessQueue>,
 }
 
 /// A problem with the message id it concerns: status, headers and body.
@@ -347,6 +352,14 @@ impl RunningNode {
         for t in self.background {
             t.abort();
         }
+        // One last shipment of the access records, best effort: what stays is shipped at the
+        // next start.
+        let (queue, url) = (&self.node.access, &self.node.settings.raw.registry_url);
+        let last = queue.ship_once(url, &self.node.registry_http);
+        if let Ok(Err(p)) = tokio::time::timeout(Duration::from_secs(2), last).await {
+            tracing::warn!(problem = %p, "could not ship the last access records");
+        }
+        self.node.access.close();
         if let Err(p) = self.node.anchor_log_head().await {
             tracing::warn!(problem = %p, "could not anchor the final log head");
         }
@@ -414,6 +427,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
             max_batch: 512,
         },
     )?;
+    let access = crate::access::AccessQueue::open(&raw.data_dir.join("access-queue.sqlite"))?;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_millis(limits.upstream_timeout_ms)));
@@ -441,6 +455,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
             &raw.registry_url,
             &TrustStore::new(std::slice::from_ref(&ca_pem), None)?,
         )?,
+        access,
         settings,
     });
 
@@ -468,7 +483,9 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         move |req, _remote| {
             let n = n.clone();
             async move {
-                if grpc::is_grpc(req.headers()) {
+                if grpc::is_grpc(req.headers()) && reflection::is_reflection(req.uri().path()) {
+                    reflection::serve(n, req).await
+                } else if grpc::is_grpc(req.headers()) {
                     grpc::consumer(n, req).await
                 } else {
                     consumer::handle(n, req)
@@ -533,6 +550,13 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
             }
         }
     }));
+    // Ship access records to the registry.
+    background.push(crate::access::spawn_shipper(
+        node.access.clone(),
+        raw.registry_url.clone(),
+        node.registry_http.clone(),
+        Duration::from_millis(500),
+    ));
     // Anchor the log head periodically.
     let n = node.clone();
     let every = Duration::from_secs(raw.log.anchor_interval_secs.max(1));

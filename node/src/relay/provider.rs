@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::access_emit;
 use super::consumer::{
     About, Target, check_contract, context_record, fill_signature, read_target, set_target,
 };
@@ -32,6 +33,8 @@ struct Trace {
     service: String,
     operation: String,
     log_bodies: bool,
+    /// The service version resolved, for the access record of a refusal.
+    entry: Option<enlace_core::config::ServiceEntry>,
 }
 
 pub async fn handle(node: Arc<Node>, req: Request<Incoming>, peer: NodeId) -> Response<Body> {
@@ -42,6 +45,7 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>, peer: NodeId) -> Re
         service: String::new(),
         operation: String::new(),
         log_bodies: false,
+        entry: None,
     };
     let body = read_body(body, node.settings.raw.limits.max_body_bytes).await;
     let result = match body {
@@ -89,11 +93,57 @@ async fn refuse(
         None => problem_response(&problem, None),
     };
     fill_signature(&mut rec, resp.headers(), false);
-    if let Err(p) = node.log.append(rec).await {
+    let access = refusal_record(node, parts, trace, &problem, resp.headers());
+    let (logged, queued) = tokio::join!(node.log.append(rec), access_emit::enqueue(node, access));
+    if let Err(p) = logged.and(queued) {
         tracing::error!(problem = %p, "could not log a refusal");
         return problem_response(&p, trace.message_id.as_deref());
     }
     resp
+}
+
+/// The access record of a refusal, once the subject, the service and the contract are known.
+fn refusal_record(
+    node: &Node,
+    parts: &http::request::Parts,
+    trace: &Trace,
+    problem: &Problem,
+    response: &HeaderMap,
+) -> Option<enlace_core::access::SignedAccessRecord> {
+    let (ctx, entry, message_id) = (
+        trace.context.as_ref()?,
+        trace.entry.as_ref()?,
+        trace.message_id.as_deref()?,
+    );
+    let snap = node.snapshot().ok()?;
+    let contract = access_emit::named_contract(&snap, ctx)?;
+    let operation = if trace.operation.is_empty() {
+        format!("{} {}", parts.method, parts.uri.path())
+    } else {
+        trace.operation.clone()
+    };
+    access_emit::record(
+        node,
+        access_emit::Exchange {
+            message_id,
+            context: ctx,
+            service: entry,
+            contract,
+            operation: &operation,
+            fields: Vec::new(),
+            refused: Some(problem.kind),
+            status: problem.kind.status(),
+            request_digest: header(&parts.headers, signature::CONTENT_DIGEST),
+            response_digest: header(response, signature::CONTENT_DIGEST),
+        },
+    )
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
 }
 
 async fn run(
@@ -122,6 +172,7 @@ async fn run(
     let (entry, backend) = resolve_service(node, &snap, parts, &target)?;
     trace.service = format!("{}/{}", entry.id, entry.version);
     trace.log_bodies = backend.1;
+    trace.entry = Some(entry.clone());
     let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
     let compiled = node.compiled(entry).await?;
     let matched = compiled.match_request(parts.method.as_str(), &target.rest)?;
@@ -217,7 +268,24 @@ async fn run(
     rec.headers
         .push(("enlace-disclosed".into(), disclosed.join(",")));
     rec.body = trace.log_bodies.then(|| out_body.to_vec());
-    node.log.append(rec).await?;
+    let access = access_emit::record(
+        node,
+        access_emit::Exchange {
+            message_id: &message_id,
+            context: &ctx,
+            service: entry,
+            contract,
+            operation: &operation,
+            fields: disclosed,
+            refused: None,
+            status: status.as_u16(),
+            request_digest: rec.request_digest.clone(),
+            response_digest: header(resp.headers(), signature::CONTENT_DIGEST),
+        },
+    );
+    let (logged, queued) = tokio::join!(node.log.append(rec), access_emit::enqueue(node, access));
+    logged?;
+    queued?;
     Ok(resp)
 }
 

@@ -1,0 +1,101 @@
+//! The provider node's access records: one per exchange that names a data subject, served or
+//! refused once the contract it named is known, signed by the node and queued durably before the
+//! response leaves (the shipper in `access.rs` takes it to the registry).
+
+use enlace_core::access::AccessRecord;
+use enlace_core::config::ServiceEntry;
+use enlace_core::contract::Contract;
+use enlace_core::problem::{Problem, ProblemKind};
+
+use super::context::Context;
+use super::{Node, Snapshot};
+use crate::access::sign_record;
+
+/// Longest `Enlace-Authorization` value copied as is; a longer one is recorded by its digest.
+const MAX_AUTHORISATION: usize = 200;
+
+/// What an access record says about one exchange.
+pub(crate) struct Exchange<'a> {
+    pub message_id: &'a str,
+    pub context: &'a Context,
+    pub service: &'a ServiceEntry,
+    pub contract: &'a Contract,
+    pub operation: &'a str,
+    /// Fields disclosed after minimisation.
+    pub fields: Vec<String>,
+    /// `None` when served.
+    pub refused: Option<ProblemKind>,
+    pub status: u16,
+    pub request_digest: Option<String>,
+    pub response_digest: Option<String>,
+}
+
+/// The contract a refused exchange named, as the configuration holds it (whatever its state):
+/// a refusal is recorded only when the contract, and so the purpose, is known.
+pub(crate) fn named_contract<'a>(snap: &'a Snapshot, ctx: &Context) -> Option<&'a Contract> {
+    let id = ctx.contract.as_ref()?;
+    snap.config.contracts.iter().find(|c| &c.id == id)
+}
+
+fn authorisation(value: &Option<String>) -> Option<String> {
+    value.as_ref().map(|v| {
+        if v.len() <= MAX_AUTHORISATION {
+            v.clone()
+        } else {
+            format!("sha-256:{}", enlace_description::sha256_hex(v.as_bytes()))
+        }
+    })
+}
+
+/// The signed record of an exchange; `None` when it names no data subject.
+pub(crate) fn record(
+    node: &Node,
+    ex: Exchange<'_>,
+) -> Option<enlace_core::access::SignedAccessRecord> {
+    let subject = ex.context.subject.as_ref()?;
+    let ctx = ex.context;
+    let at = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let record = AccessRecord {
+        message_id: ex.message_id.to_string(),
+        at,
+        consumer_member: ctx.client.member.to_string(),
+        consumer_subsystem: ctx.client.to_string(),
+        provider_service: ex.service.id.to_string(),
+        provider_version: ex.service.version.to_string(),
+        operation: if ex.operation.is_empty() {
+            "unknown".to_string()
+        } else {
+            ex.operation.to_string()
+        },
+        subject: subject.to_string(),
+        fields: ex.fields,
+        purpose: ex.contract.terms.purpose.clone(),
+        legal_basis: ex.contract.terms.legal_basis.clone(),
+        contract: ex.contract.id.as_str().to_string(),
+        procedure: ctx.procedure.clone(),
+        step: ctx.step.clone(),
+        user: ctx.user.clone(),
+        authorisation: authorisation(&ctx.authorization),
+        result: AccessRecord::result_for(ex.refused),
+        status: ex.status,
+        request_digest: ex.request_digest,
+        response_digest: ex.response_digest,
+        node: node.settings.id.to_string(),
+    };
+    Some(sign_record(record, &node.signing_key))
+}
+
+/// Queues the record durably (a no-op without one); the response waits for this.
+pub(crate) async fn enqueue(
+    node: &Node,
+    record: Option<enlace_core::access::SignedAccessRecord>,
+) -> Result<(), Problem> {
+    match record {
+        Some(r) => node.access.enqueue(&r).await,
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,278 @@
+//! The citizen API: a person, signed in by OpenID Connect, reads the access records about them
+//! (and only those), filtered and paginated, each with its inclusion proof against the latest
+//! signed tree head and a sentence saying in plain words who looked at what, when and why.
+
+use std::sync::Arc;
+
+use enlace_core::access::{REFUSED_PREFIX, SignedAccessRecord};
+use enlace_core::id::{MemberId, SubjectId};
+use enlace_core::problem::{Problem, ProblemKind};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
+
+use crate::access_log::RecordProof;
+use crate::oidc::Oidc;
+use crate::registry::Registry;
+
+/// Largest page of records.
+pub const MAX_PAGE_SIZE: u64 = 100;
+const DEFAULT_PAGE_SIZE: u64 = 20;
+
+/// `GET /v1/citizen/access-records` query parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CitizenQuery {
+    /// RFC 3339 times: records at or after `from`, before `to`.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// The consumer member (`CL-DEV/GOV/60803000-K`).
+    pub institution: Option<String>,
+    pub purpose: Option<String>,
+    /// From 1.
+    pub page: Option<u64>,
+    pub page_size: Option<u64>,
+}
+
+/// The filter the access log applies.
+pub(crate) struct Filter {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub institution: Option<String>,
+    pub purpose: Option<String>,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+fn invalid(detail: String) -> Problem {
+    Problem::new(ProblemKind::InvalidRequest, detail)
+}
+
+/// An RFC 3339 time, normalised to the records' form (UTC, whole seconds, `Z`).
+fn time_param(name: &str, v: &Option<String>) -> Result<Option<String>, Problem> {
+    let Some(v) = v else { return Ok(None) };
+    let t = time::OffsetDateTime::parse(v, &Rfc3339)
+        .map_err(|_| invalid(format!("{name}: `{v}` is not an RFC 3339 time")))?;
+    let t = t.to_offset(time::UtcOffset::UTC);
+    Ok(Some(
+        t.format(&Rfc3339).map_err(|e| invalid(e.to_string()))?,
+    ))
+}
+
+impl CitizenQuery {
+    fn filter(&self) -> Result<(Filter, u64, u64), Problem> {
+        let page = self.page.unwrap_or(1);
+        let size = self.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
+        if page == 0 || page > 1_000_000 {
+            return Err(invalid("page: counts from 1".into()));
+        }
+        if size == 0 || size > MAX_PAGE_SIZE {
+            return Err(invalid(format!("page_size: 1 to {MAX_PAGE_SIZE}")));
+        }
+        if let Some(i) = &self.institution {
+            i.parse::<MemberId>()?;
+        }
+        if self.purpose.as_ref().is_some_and(|p| p.len() > 64) {
+            return Err(invalid("purpose: at most 64 characters".into()));
+        }
+        Ok((
+            Filter {
+                from: time_param("from", &self.from)?,
+                to: time_param("to", &self.to)?,
+                institution: self.institution.clone(),
+                purpose: self.purpose.clone(),
+                limit: size,
+                offset: (page - 1) * size,
+            },
+            page,
+            size,
+        ))
+    }
+}
+
+/// `birthDate` → `birth date`.
+fn words(field: &str) -> String {
+    let mut out = String::new();
+    for c in field.chars() {
+        if c.is_uppercase() {
+            out.push(' ');
+            out.extend(c.to_lowercase());
+        } else if c == '_' || c == '-' {
+            out.push(' ');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The fields disclosed, by their top-level name: `name and address`.
+fn field_list(fields: &[String]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for f in fields {
+        let top = f.trim_start_matches('/').split('/').next().unwrap_or("");
+        let w = words(top);
+        if !w.is_empty() && !names.contains(&w) {
+            names.push(w);
+        }
+    }
+    match names.len() {
+        0 => "no data".into(),
+        1 => names.remove(0),
+        n => format!("{} and {}", names[..n - 1].join(", "), names[n - 1]),
+    }
+}
+
+/// "The Servicio de Impuestos Internos consulted your name and address on 22 Nov 2026 at
+/// 14:03 UTC for tax-refund-eligibility, under contract ctr_…".
+pub fn sentence(record: &SignedAccessRecord, institution: &str) -> String {
+    let r = &record.record;
+    let when = time::OffsetDateTime::parse(&r.at, &Rfc3339)
+        .ok()
+        .map(|t| {
+            let t = t.to_offset(time::UtcOffset::UTC);
+            let month = format!("{}", t.month());
+            format!(
+                "{} {} {} at {:02}:{:02} UTC",
+                t.day(),
+                &month[..3],
+                t.year(),
+                t.hour(),
+                t.minute()
+            )
+        })
+        .unwrap_or_else(|| r.at.clone());
+    match r.result.strip_prefix(REFUSED_PREFIX) {
+        None => format!(
+            "The {institution} consulted your {} on {when} for {}, under contract {}.",
+            field_list(&r.fields),
+            r.purpose,
+            r.contract
+        ),
+        Some(cause) => format!(
+            "The {institution} asked for your data on {when} for {}, under contract {}; it was refused ({cause}) and nothing was disclosed.",
+            r.purpose, r.contract
+        ),
+    }
+}
+
+impl Registry {
+    /// Attaches the OpenID Connect state; a second call is ignored.
+    pub fn attach_oidc(&self, oidc: Arc<Oidc>) {
+        let _ = self.oidc.set(oidc);
+    }
+
+    /// The OpenID Connect state, or not-found when the citizen API is off.
+    pub fn oidc(&self) -> Result<&Arc<Oidc>, Problem> {
+        self.oidc.get().ok_or_else(|| {
+            Problem::new(
+                ProblemKind::NotFound,
+                "this registry has no citizen API (no OpenID Connect issuer configured)",
+            )
+        })
+    }
+
+    /// The person an ID token (`Authorization: Bearer`) speaks for.
+    pub async fn citizen(&self, token: Option<&str>) -> Result<SubjectId, Problem> {
+        let oidc = self.oidc()?;
+        let token = token.ok_or_else(|| {
+            Problem::new(
+                ProblemKind::Unauthenticated,
+                "sign in: send Authorization: Bearer <ID token>",
+            )
+        })?;
+        oidc.verify(token).await
+    }
+
+    fn institution_name(&self, member: &str) -> String {
+        member
+            .parse::<MemberId>()
+            .ok()
+            .and_then(|m| self.member(&m).ok())
+            .map(|m| m.name)
+            .unwrap_or_else(|| member.to_string())
+    }
+
+    /// A page of the records about `subject`, each with its inclusion proof against the latest
+    /// signed tree head and its sentence.
+    pub async fn citizen_records(
+        &self,
+        subject: &SubjectId,
+        q: &CitizenQuery,
+    ) -> Result<Value, Problem> {
+        let (filter, page, page_size) = q.filter()?;
+        let head = self.sign_tree_head().await?;
+        let log = self.access_log()?.clone();
+        let size = head.tree_head.tree_size;
+        let who = subject.to_string();
+        let (rows, total) =
+            tokio::task::spawn_blocking(move || log.subject_page(&who, &filter, size))
+                .await
+                .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))??;
+        let mut records = Vec::with_capacity(rows.len());
+        for RecordProof { record, proof } in rows {
+            let parsed: SignedAccessRecord = serde_json::from_value(record.clone())
+                .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+            let name = self.institution_name(&parsed.record.consumer_member);
+            records.push(json!({
+                "sentence": sentence(&parsed, &name),
+                "institution": name,
+                "record": record,
+                "proof": proof,
+            }));
+        }
+        Ok(json!({
+            "subject": subject.to_string(),
+            "page": page,
+            "page_size": page_size,
+            "total": total,
+            "tree_head": head,
+            "records": records,
+        }))
+    }
+
+    /// A record about `subject` and its inclusion proof; another person's record is not found.
+    pub async fn citizen_record_proof(
+        &self,
+        subject: &SubjectId,
+        message_id: String,
+        size: Option<u64>,
+    ) -> Result<RecordProof, Problem> {
+        let log = self.access_log()?.clone();
+        let size = match size {
+            Some(s) => s,
+            None => self.sign_tree_head().await?.tree_head.tree_size,
+        };
+        let id = message_id.clone();
+        let (proof, record) = tokio::task::spawn_blocking(move || log.inclusion(&id, size))
+            .await
+            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))??;
+        if record.record.subject != subject.to_string() {
+            return Err(Problem::new(
+                ProblemKind::NotFound,
+                format!("no access record with message id {message_id}"),
+            )
+            .with("message_id", message_id));
+        }
+        Ok(proof)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_read_as_words() {
+        let f = |v: &[&str]| field_list(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            f(&["/name", "/address/street", "/address/commune"]),
+            "name and address"
+        );
+        assert_eq!(
+            f(&["/name", "/birthDate", "/address"]),
+            "name, birth date and address"
+        );
+        assert_eq!(f(&[]), "no data");
+    }
+}
