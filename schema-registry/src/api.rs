@@ -204,6 +204,7 @@ pub fn router(app: App) -> Router {
         .route("/.well-known/openid-configuration", get(oidc_discovery))
         .route("/oidc/jwks", get(oidc_jwks))
         .route("/oidc/dev/token", post(oidc_dev_token))
+        .merge(crate::citizen_page::routes())
         .fallback(|req: Request| async move { no_route(req.uri().path()) })
         .layer(middleware::from_fn_with_state(app.clone(), audit_refusals))
         .with_state(app)

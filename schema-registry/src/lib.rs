@@ -5,6 +5,7 @@
 pub mod access_log;
 mod api;
 pub mod citizen;
+pub mod citizen_page;
 pub mod demo;
 pub mod merkle_store;
 mod model;

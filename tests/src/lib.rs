@@ -651,3 +651,37 @@ fn rand_u16() -> u16 {
     let id = uuid::Uuid::now_v7().as_u128();
     ((id as u32) ^ nanos ^ ((id >> 64) as u32)) as u16
 }
+
+impl TestFederation {
+    /// Stops the provider node and starts it again with the same settings and data (its
+    /// message log and caches survive; its memory does not).
+    pub async fn restart_provider(self) -> TestFederation {
+        let TestFederation {
+            registry,
+            demo,
+            provider,
+            consumer,
+            backend_addr,
+            backend_stop,
+            client_token,
+            consumer_url,
+            grpc,
+        } = self;
+        let settings = provider.node.settings.clone();
+        provider.stop().await;
+        let provider = enlace_node::relay::start(settings, std::time::Duration::from_secs(10))
+            .await
+            .expect("provider node restarts");
+        TestFederation {
+            registry,
+            demo,
+            provider,
+            consumer,
+            backend_addr,
+            backend_stop,
+            client_token,
+            consumer_url,
+            grpc,
+        }
+    }
+}

@@ -630,3 +630,26 @@ async fn an_expired_contract_is_refused_and_a_stopped_registry_changes_nothing()
     consumer.stop().await;
     provider.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_captured_before_a_provider_restart_cannot_be_replayed_after_it() {
+    let f = TestFederation::start().await;
+    let sii = f.node_keys("60803000-K", demo::CONSUMER_NODE);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let req = f.signed_request(&sii, "GET", "/persons/12345678-5", b"", &[], now);
+    let copy = {
+        let mut c = http::Request::new(req.body().clone());
+        *c.method_mut() = req.method().clone();
+        *c.uri_mut() = req.uri().clone();
+        *c.headers_mut() = req.headers().clone();
+        c
+    };
+    let (status, _, _) = f.send_to_provider(&sii, req).await;
+    assert_eq!(status, 200);
+    // Restart the provider node: its in-memory replay memory starts empty.
+    let f = f.restart_provider().await;
+    let (status, _, body) = f.send_to_provider(&sii, copy).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["type"], "urn:enlace:problem:replay");
+    f.stop().await;
+}

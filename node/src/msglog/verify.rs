@@ -298,3 +298,23 @@ fn check_head(
         ))
     }
 }
+
+/// Whether the log at `path` holds a record of `kind` for `message_id` (an index lookup). A
+/// provider node asks this for the first minutes after it starts, when its in-memory replay
+/// memory is still empty.
+pub fn contains(
+    path: &Path,
+    message_id: &str,
+    kind: crate::msglog::RecordKind,
+) -> Result<bool, Problem> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let conn = open_read_only(path)?;
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM records WHERE message_id = ?1 AND kind = ?2)",
+        rusqlite::params![message_id, kind.as_str()],
+        |r| r.get::<_, bool>(0),
+    )
+    .map_err(internal)
+}

@@ -1098,12 +1098,7 @@ async fn provider_run(
         r.into_parts().0
     };
     provider::verify_signature(node, &snap, &parts, &body, peer)?;
-    if !node.replay.first_sighting(&message_id, unix_now()) {
-        return Err(Problem::new(
-            ProblemKind::Replay,
-            format!("message {message_id} was already received"),
-        ));
-    }
+    node.check_replay(&message_id)?;
     let target = read_grpc_target(&req.uri)?;
     let (entry, backend) = provider::resolve_service(node, &snap, &parts, &target)?;
     trace.service = format!("{}/{}", entry.id, entry.version);

@@ -13,6 +13,9 @@ use enlace_core::id::ContractId;
 pub struct ReplayGuard {
     buckets: Mutex<std::collections::VecDeque<(i64, HashSet<String>)>>,
     window_secs: i64,
+    /// When this guard started remembering: before `started + window`, an id it has not seen
+    /// may still have arrived before a restart.
+    started: i64,
 }
 
 impl ReplayGuard {
@@ -20,7 +23,13 @@ impl ReplayGuard {
         ReplayGuard {
             buckets: Mutex::new(std::collections::VecDeque::new()),
             window_secs: 2 * max_skew_secs + 5,
+            started: time::OffsetDateTime::now_utc().unix_timestamp(),
         }
+    }
+
+    /// Whether the guard may have missed ids that arrived before it started (a restart).
+    pub fn still_warming_up(&self, now: i64) -> bool {
+        now < self.started + self.window_secs
     }
 
     /// Records `id`; false if it was already seen within the window (a replay).

@@ -121,6 +121,27 @@ impl Node {
         }
     }
 
+    /// Refuses a message id seen before: in memory within the freshness window, and, while the
+    /// node has been up for less than that window, in the message log too (a request captured
+    /// before a restart must not be replayable after it).
+    pub(crate) fn check_replay(&self, message_id: &str) -> Result<(), Problem> {
+        let now = unix_now();
+        let replayed = !self.replay.first_sighting(message_id, now)
+            || (self.replay.still_warming_up(now)
+                && crate::msglog::contains(
+                    &self.settings.raw.data_dir.join("messages.sqlite"),
+                    message_id,
+                    crate::msglog::RecordKind::RequestIn,
+                )?);
+        if replayed {
+            return Err(Problem::new(
+                ProblemKind::Replay,
+                format!("message {message_id} was already received"),
+            ));
+        }
+        Ok(())
+    }
+
     /// A peer's Ed25519 key for `keyid`, verified against the federation CA and CRL.
     pub(crate) fn peer_key(&self, snap: &Snapshot, keyid: &str) -> Result<Vec<u8>, Problem> {
         let node: NodeId = keyid

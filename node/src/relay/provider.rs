@@ -162,12 +162,7 @@ async fn run(
     verify_peer(&snap, peer, &ctx)?;
     verify_signature(node, &snap, parts, &body, peer)?;
     let message_id = trace.message_id.clone().unwrap_or_default();
-    if !node.replay.first_sighting(&message_id, unix_now()) {
-        return Err(Problem::new(
-            ProblemKind::Replay,
-            format!("message {message_id} was already received"),
-        ));
-    }
+    node.check_replay(&message_id)?;
     let target = read_target(&parts.uri)?;
     let (entry, backend) = resolve_service(node, &snap, parts, &target)?;
     trace.service = format!("{}/{}", entry.id, entry.version);
