@@ -25,8 +25,14 @@ const APP_CSS: &str = include_str!("../static/citizen/app.css");
 /// The page's routes, merged into the registry's router.
 pub(crate) fn routes() -> Router<Arc<Registry>> {
     Router::new()
-        .route("/citizen", get(|| async { Redirect::permanent("/citizen/") }))
-        .route("/citizen/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/citizen",
+            get(|| async { Redirect::permanent("/citizen/") }),
+        )
+        .route(
+            "/citizen/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route(
             "/citizen/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
@@ -51,7 +57,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
