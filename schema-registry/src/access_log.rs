@@ -329,14 +329,18 @@ impl AccessLog {
         let conn = store.connection();
         let cond = "subject = ?1 AND idx < ?2 AND (?3 IS NULL OR at >= ?3) \
                     AND (?4 IS NULL OR at < ?4) AND (?5 IS NULL OR consumer_member = ?5) \
-                    AND (?6 IS NULL OR purpose = ?6)";
+                    AND (?6 IS NULL OR purpose = ?6) \
+                    AND NOT EXISTS (SELECT 1 FROM json_each(?7) h \
+                        WHERE json_extract(h.value, '$[0]') = json_extract(CAST(record AS TEXT), '$.record.contract') \
+                        AND at < json_extract(h.value, '$[1]'))";
         let args = params![
             subject,
             size as i64,
             filter.from,
             filter.to,
             filter.institution,
-            filter.purpose
+            filter.purpose,
+            filter.hidden
         ];
         let total: i64 = conn
             .query_row(
@@ -347,7 +351,7 @@ impl AccessLog {
             .map_err(db)?;
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT idx, record FROM access_records WHERE {cond} ORDER BY idx LIMIT ?7 OFFSET ?8"
+                "SELECT idx, record FROM access_records WHERE {cond} ORDER BY idx LIMIT ?8 OFFSET ?9"
             ))
             .map_err(db)?;
         let rows: Vec<(i64, Vec<u8>)> = stmt
@@ -359,6 +363,7 @@ impl AccessLog {
                     filter.to,
                     filter.institution,
                     filter.purpose,
+                    filter.hidden,
                     filter.limit as i64,
                     filter.offset as i64
                 ],

@@ -200,6 +200,10 @@ pub fn router(app: App) -> Router {
         .route("/v1/access-log/tree-heads", get(tree_head_at))
         .route("/v1/access-log/proof/inclusion", get(inclusion_proof))
         .route("/v1/access-log/proof/consistency", get(consistency_proof))
+        .route(
+            "/v1/access-log/hidings",
+            post(create_hiding).get(list_hidings),
+        )
         .route("/v1/citizen/access-records", get(citizen_records))
         .route("/.well-known/openid-configuration", get(oidc_discovery))
         .route("/oidc/jwks", get(oidc_jwks))
@@ -779,6 +783,19 @@ async fn inclusion_proof(
         StatusCode::OK,
         app.access_record_proof(&who, message_id, q.size).await?,
     )
+}
+
+/// The federation admin hides a person's records of one contract from the citizen view until a
+/// date, for a stated legal reason (see [`crate::hiding`]).
+async fn create_hiding(State(app): State<App>, headers: HeaderMap, body: Body) -> ApiResult {
+    let who = actor(&app, &headers)?;
+    let req: crate::hiding::NewHiding = json_body(&headers, body).await?;
+    json_response(StatusCode::CREATED, app.create_hiding(&who, req).await?)
+}
+
+async fn list_hidings(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+    let who = actor(&app, &headers)?;
+    json_response(StatusCode::OK, app.hidings(&who)?)
 }
 
 // ---- the citizen API and the development OpenID Connect issuer ----

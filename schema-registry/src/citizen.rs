@@ -40,6 +40,9 @@ pub(crate) struct Filter {
     pub to: Option<String>,
     pub institution: Option<String>,
     pub purpose: Option<String>,
+    /// Hidings in force, as a JSON array of `[contract, until]`: the records of `contract` made
+    /// before `until` are left out (see [`crate::hiding`]).
+    pub hidden: String,
     pub limit: u64,
     pub offset: u64,
 }
@@ -81,6 +84,7 @@ impl CitizenQuery {
                 to: time_param("to", &self.to)?,
                 institution: self.institution.clone(),
                 purpose: self.purpose.clone(),
+                hidden: "[]".into(),
                 limit: size,
                 offset: (page - 1) * size,
             },
@@ -200,7 +204,16 @@ impl Registry {
         subject: &SubjectId,
         q: &CitizenQuery,
     ) -> Result<Value, Problem> {
-        let (filter, page, page_size) = q.filter()?;
+        let (mut filter, page, page_size) = q.filter()?;
+        let hidings = self.hidings_of(&subject.to_string())?;
+        let now = crate::hiding::now_utc_seconds();
+        let in_force: Vec<(&str, &str)> = hidings
+            .iter()
+            .filter(|h| h.active_at(&now))
+            .map(|h| (h.contract.as_str(), h.until.as_str()))
+            .collect();
+        filter.hidden = serde_json::to_string(&in_force)
+            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
         let head = self.sign_tree_head().await?;
         let log = self.access_log()?.clone();
         let size = head.tree_head.tree_size;
@@ -214,12 +227,26 @@ impl Registry {
             let parsed: SignedAccessRecord = serde_json::from_value(record.clone())
                 .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
             let name = self.institution_name(&parsed.record.consumer_member);
-            records.push(json!({
+            let mut item = json!({
                 "sentence": sentence(&parsed, &name),
                 "institution": name,
                 "record": record,
                 "proof": proof,
-            }));
+            });
+            // A record that was hidden, now disclosed: why, on whose request, and until when.
+            if let Some(h) = hidings
+                .iter()
+                .filter(|h| {
+                    !h.active_at(&now) && h.covers(&parsed.record.contract, &parsed.record.at)
+                })
+                .max_by(|a, b| a.until.cmp(&b.until))
+            {
+                item["hidden_from"] = json!(h.created_at.as_str().max(parsed.record.at.as_str()));
+                item["hidden_until"] = json!(h.until);
+                item["hidden_reason"] = json!(h.legal_reason);
+                item["hidden_authority"] = json!(h.authority);
+            }
+            records.push(item);
         }
         Ok(json!({
             "subject": subject.to_string(),
@@ -247,7 +274,12 @@ impl Registry {
         let (proof, record) = tokio::task::spawn_blocking(move || log.inclusion(&id, size))
             .await
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))??;
-        if record.record.subject != subject.to_string() {
+        let now = crate::hiding::now_utc_seconds();
+        let hidden = self
+            .hidings_of(&subject.to_string())?
+            .iter()
+            .any(|h| h.active_at(&now) && h.covers(&record.record.contract, &record.record.at));
+        if hidden || record.record.subject != subject.to_string() {
             return Err(Problem::new(
                 ProblemKind::NotFound,
                 format!("no access record with message id {message_id}"),

@@ -7,6 +7,7 @@ mod api;
 pub mod citizen;
 pub mod citizen_page;
 pub mod demo;
+pub mod hiding;
 pub mod merkle_store;
 mod model;
 pub mod oidc;

@@ -97,7 +97,7 @@ fn not_found(what: &str, id: &str) -> Problem {
 pub struct Registry {
     pub(crate) store: Arc<dyn Store>,
     /// Serialises changes so that check-then-commit is consistent.
-    write: Mutex<()>,
+    pub(crate) write: Mutex<()>,
     pub(crate) ca: FederationCa,
     pub(crate) signer: Mutex<publish::Signer>,
     pub(crate) settings: Settings,
@@ -198,7 +198,7 @@ impl Registry {
     }
 
     /// Commits `puts` with one audit entry per put (before/after), then reissues the configuration.
-    async fn commit(
+    pub(crate) async fn commit(
         &self,
         actor: &Actor,
         action: &str,
@@ -287,7 +287,7 @@ impl Registry {
         })
     }
 
-    fn require_federation_admin(actor: &Actor) -> Result<(), Problem> {
+    pub(crate) fn require_federation_admin(actor: &Actor) -> Result<(), Problem> {
         match actor {
             Actor::FederationAdmin => Ok(()),
             _ => Err(forbidden("only the federation admin may do this")),
