@@ -37,6 +37,44 @@ pub(crate) fn named_contract<'a>(snap: &'a Snapshot, ctx: &Context) -> Option<&'
     snap.config.contracts.iter().find(|c| &c.id == id)
 }
 
+/// What is known of a refused exchange when it is refused.
+pub(crate) struct Refused<'a> {
+    pub context: Option<&'a Context>,
+    pub service: Option<&'a ServiceEntry>,
+    pub message_id: Option<&'a str>,
+    /// The operation, or what names it when no operation was matched (the method and path).
+    pub operation: String,
+    pub request_digest: Option<String>,
+    pub response_digest: Option<String>,
+}
+
+/// The signed record of a refusal: only once the subject, the service, the message id and the
+/// contract named are known (the contract gives the purpose and legal basis).
+pub(crate) fn refusal(
+    node: &Node,
+    problem: &Problem,
+    r: Refused<'_>,
+) -> Option<enlace_core::access::SignedAccessRecord> {
+    let (context, service, message_id) = (r.context?, r.service?, r.message_id?);
+    let snap = node.snapshot().ok()?;
+    let contract = named_contract(&snap, context)?;
+    record(
+        node,
+        Exchange {
+            message_id,
+            context,
+            service,
+            contract,
+            operation: &r.operation,
+            fields: Vec::new(),
+            refused: Some(problem.kind),
+            status: problem.kind.status(),
+            request_digest: r.request_digest,
+            response_digest: r.response_digest,
+        },
+    )
+}
+
 fn authorisation(value: &Option<String>) -> Option<String> {
     value.as_ref().map(|v| {
         if v.len() <= MAX_AUTHORISATION {

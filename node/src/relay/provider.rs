@@ -110,29 +110,19 @@ fn refusal_record(
     problem: &Problem,
     response: &HeaderMap,
 ) -> Option<enlace_core::access::SignedAccessRecord> {
-    let (ctx, entry, message_id) = (
-        trace.context.as_ref()?,
-        trace.entry.as_ref()?,
-        trace.message_id.as_deref()?,
-    );
-    let snap = node.snapshot().ok()?;
-    let contract = access_emit::named_contract(&snap, ctx)?;
     let operation = if trace.operation.is_empty() {
         format!("{} {}", parts.method, parts.uri.path())
     } else {
         trace.operation.clone()
     };
-    access_emit::record(
+    access_emit::refusal(
         node,
-        access_emit::Exchange {
-            message_id,
-            context: ctx,
-            service: entry,
-            contract,
-            operation: &operation,
-            fields: Vec::new(),
-            refused: Some(problem.kind),
-            status: problem.kind.status(),
+        problem,
+        access_emit::Refused {
+            context: trace.context.as_ref(),
+            service: trace.entry.as_ref(),
+            message_id: trace.message_id.as_deref(),
+            operation,
             request_digest: header(&parts.headers, signature::CONTENT_DIGEST),
             response_digest: header(response, signature::CONTENT_DIGEST),
         },
