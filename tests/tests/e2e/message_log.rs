@@ -183,7 +183,7 @@ fn the_captured_example_in_the_protocol_doc_verifies() {
         2,
         "{lines:?}"
     );
-    let doc = include_str!("../../docs/PROTOCOL.md");
+    let doc = include_str!("../../../docs/PROTOCOL.md");
     for e in &bundle.evidence.entries {
         let input = e.record.signature_input.as_deref().unwrap();
         assert!(doc.contains(input), "PROTOCOL.md shows {input}");

@@ -1,0 +1,15 @@
+//! Enlace end to end, in one test binary: a registry and nodes on ephemeral loopback ports,
+//! real mutual TLS, real signatures. One binary rather than one per file keeps the build
+//! small enough for a CI disk (each binary links aws-lc, SQLite, tonic and hyper).
+
+mod access_log;
+mod attacks;
+mod citizen;
+mod citizen_page;
+mod config;
+mod grpc;
+mod grpc_reflection;
+mod hidden_records;
+mod message_log;
+mod registry;
+mod relay;
