@@ -56,7 +56,7 @@ pub use evidence::{
     EVIDENCE_FORMAT, Evidence, EvidenceEntry, HeadProof, MAX_PROOF_RECORDS, export,
 };
 pub use record::{Record, RecordKind};
-pub use verify::{HeadFailure, VerifyReport, contains, stored_heads, verify_file};
+pub use verify::{HeadFailure, VerifyReport, received_since, stored_heads, verify_file};
 pub use writer::{Appended, LogOptions, MessageLog, Pruned};
 
 use enlace_core::problem::{Problem, ProblemKind};

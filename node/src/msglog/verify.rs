@@ -299,22 +299,34 @@ fn check_head(
     }
 }
 
-/// Whether the log at `path` holds a record of `kind` for `message_id` (an index lookup). A
-/// provider node asks this for the first minutes after it starts, when its in-memory replay
-/// memory is still empty.
-pub fn contains(
-    path: &Path,
-    message_id: &str,
-    kind: crate::msglog::RecordKind,
-) -> Result<bool, Problem> {
+/// The message ids (UUIDv7, as `u128`) of requests received (`request-in` and refusals)
+/// whose UUIDv7 time is at or after `since_secs`: an index range scan, since a lower-case
+/// hyphenated UUIDv7 sorts by its time. A provider node reads them at start so that its replay
+/// memory covers requests received before a restart.
+pub fn received_since(path: &Path, since_secs: i64) -> Result<Vec<u128>, Problem> {
     if !path.exists() {
-        return Ok(false);
+        return Ok(Vec::new());
     }
+    let ms = u64::try_from(since_secs.max(0))
+        .unwrap_or(0)
+        .saturating_mul(1000);
+    let lower = uuid::Uuid::from_u128(u128::from(ms) << 80)
+        .hyphenated()
+        .to_string();
     let conn = open_read_only(path)?;
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM records WHERE message_id = ?1 AND kind = ?2)",
-        rusqlite::params![message_id, kind.as_str()],
-        |r| r.get::<_, bool>(0),
-    )
-    .map_err(internal)
+    let mut stmt = conn
+        .prepare(
+            "SELECT DISTINCT message_id FROM records WHERE message_id >= ?1 AND kind IN ('request-in', 'refusal')",
+        )
+        .map_err(internal)?;
+    let rows = stmt
+        .query_map(rusqlite::params![lower], |r| r.get::<_, String>(0))
+        .map_err(internal)?;
+    let mut ids = Vec::new();
+    for row in rows {
+        if let Ok(id) = uuid::Uuid::parse_str(&row.map_err(internal)?) {
+            ids.push(id.as_u128());
+        }
+    }
+    Ok(ids)
 }

@@ -1,56 +1,60 @@
 //! Replay and volume guards: message ids seen within the freshness window, and per-contract
 //! request counts per period.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use enlace_core::contract::{Period, VolumeLimit};
 use enlace_core::id::ContractId;
 
-/// Remembers message ids for as long as a signature with them could still be fresh. Ids are
-/// kept in one set per second of arrival, so forgetting old ones drops whole sets instead of
-/// scanning every id on every request.
+/// Remembers message ids for as long as a signature with them could still be fresh.
+///
+/// A message id is a UUIDv7, whose first 48 bits are its creation time in milliseconds; an id
+/// whose time is further than the clock-skew bound from ours is refused as stale before this
+/// guard is asked, so the guard only has to remember ids from the window around now. Ids are
+/// kept as `u128` in one set per second of their own timestamp: a lookup touches one set, and
+/// forgetting drops whole sets.
 pub struct ReplayGuard {
-    buckets: Mutex<std::collections::VecDeque<(i64, HashSet<String>)>>,
-    window_secs: i64,
-    /// When this guard started remembering: before `started + window`, an id it has not seen
-    /// may still have arrived before a restart.
-    started: i64,
+    buckets: Mutex<BTreeMap<i64, HashSet<u128>>>,
+    skew_secs: i64,
+}
+
+/// The creation time of a UUIDv7 message id, in whole seconds since the Unix epoch.
+pub fn uuid_v7_secs(id: u128) -> i64 {
+    ((id >> 80) as i64) / 1000
 }
 
 impl ReplayGuard {
     pub fn new(max_skew_secs: i64) -> ReplayGuard {
         ReplayGuard {
-            buckets: Mutex::new(std::collections::VecDeque::new()),
-            window_secs: 2 * max_skew_secs + 5,
-            started: time::OffsetDateTime::now_utc().unix_timestamp(),
+            buckets: Mutex::new(BTreeMap::new()),
+            skew_secs: max_skew_secs,
         }
     }
 
-    /// Whether the guard may have missed ids that arrived before it started (a restart).
-    pub fn still_warming_up(&self, now: i64) -> bool {
-        now < self.started + self.window_secs
+    /// Whether an id created at `id_secs` is within the window around `now`.
+    pub fn fresh(&self, id_secs: i64, now: i64) -> bool {
+        (id_secs - now).abs() <= self.skew_secs
     }
 
-    /// Records `id`; false if it was already seen within the window (a replay).
-    pub fn first_sighting(&self, id: &str, now: i64) -> bool {
+    /// Records `id` (a fresh UUIDv7 as `u128`); false if it was already seen (a replay).
+    pub fn first_sighting(&self, id: u128, now: i64) -> bool {
+        let second = uuid_v7_secs(id);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        while buckets
-            .front()
-            .is_some_and(|(second, _)| *second <= now - self.window_secs)
-        {
-            buckets.pop_front();
-        }
-        if buckets.iter().any(|(_, ids)| ids.contains(id)) {
-            return false;
-        }
-        match buckets.back_mut() {
-            Some((second, ids)) if *second >= now => {
-                ids.insert(id.to_string());
+        // Forget ids that can no longer pass the freshness check.
+        while let Some(entry) = buckets.first_entry() {
+            if *entry.key() >= now - self.skew_secs - 1 {
+                break;
             }
-            _ => buckets.push_back((now, HashSet::from([id.to_string()]))),
+            entry.remove();
         }
-        true
+        buckets.entry(second).or_default().insert(id)
+    }
+
+    /// How many ids are remembered (for tests and metrics).
+    pub fn len(&self) -> usize {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets.values().map(HashSet::len).sum()
     }
 }
 
@@ -103,15 +107,34 @@ impl VolumeGuard {
 mod tests {
     use super::*;
 
+    /// A UUIDv7-shaped id created at `secs` (plus `n` to tell ids apart).
+    fn id(secs: i64, n: u128) -> u128 {
+        ((secs as u128 * 1000) << 80) | (7 << 76) | n
+    }
+
     #[test]
-    fn replays_are_caught_within_the_window_only() {
+    fn replays_are_caught_and_old_ids_forgotten() {
         let g = ReplayGuard::new(30);
-        assert!(g.first_sighting("a", 1000));
-        assert!(!g.first_sighting("a", 1001));
-        assert!(g.first_sighting("b", 1030));
-        assert!(!g.first_sighting("a", 1064));
-        assert!(g.first_sighting("a", 1000 + 66));
-        assert!(!g.first_sighting("b", 1094), "b is still remembered");
+        assert_eq!(uuid_v7_secs(id(1000, 1)), 1000);
+        assert!(g.first_sighting(id(1000, 1), 1000));
+        assert!(!g.first_sighting(id(1000, 1), 1001), "the same id again");
+        assert!(
+            g.first_sighting(id(1000, 2), 1001),
+            "another id of the same second"
+        );
+        assert!(g.first_sighting(id(1025, 1), 1025));
+        assert!(
+            !g.first_sighting(id(1000, 1), 1030),
+            "still within the window"
+        );
+        // At 1032 ids of second 1000 can no longer be fresh, so they are forgotten...
+        assert!(g.first_sighting(id(1040, 1), 1032));
+        assert_eq!(g.len(), 2, "second 1000 dropped");
+        // ...and the freshness check is what refuses them from then on.
+        assert!(!g.fresh(1000, 1032));
+        assert!(g.fresh(1002, 1032));
+        assert!(g.fresh(1062, 1032));
+        assert!(!g.fresh(1063, 1032), "too far in the future");
     }
 
     #[test]

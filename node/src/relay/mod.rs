@@ -121,19 +121,25 @@ impl Node {
         }
     }
 
-    /// Refuses a message id seen before: in memory within the freshness window, and, while the
-    /// node has been up for less than that window, in the message log too (a request captured
-    /// before a restart must not be replayable after it).
+    /// Refuses a message id whose UUIDv7 time is outside the clock-skew window (stale), and
+    /// one seen before within it (a replay). Ids received before a restart are loaded from the
+    /// message log when the node starts, so a captured request stays refused across restarts.
     pub(crate) fn check_replay(&self, message_id: &str) -> Result<(), Problem> {
         let now = unix_now();
-        let replayed = !self.replay.first_sighting(message_id, now)
-            || (self.replay.still_warming_up(now)
-                && crate::msglog::contains(
-                    &self.settings.raw.data_dir.join("messages.sqlite"),
-                    message_id,
-                    crate::msglog::RecordKind::RequestIn,
-                )?);
-        if replayed {
+        let id = uuid::Uuid::parse_str(message_id)
+            .map_err(|_| Problem::new(ProblemKind::InvalidRequest, "message id: not a UUID"))?
+            .as_u128();
+        let created = guard::uuid_v7_secs(id);
+        if !self.replay.fresh(created, now) {
+            return Err(Problem::new(
+                ProblemKind::Stale,
+                format!(
+                    "message {message_id} was created at {created}, more than {} s from this node's clock ({now})",
+                    self.settings.raw.limits.clock_skew_secs
+                ),
+            ));
+        }
+        if !self.replay.first_sighting(id, now) {
             return Err(Problem::new(
                 ProblemKind::Replay,
                 format!("message {message_id} was already received"),
@@ -338,6 +344,23 @@ impl Node {
     }
 }
 
+/// A replay guard that already knows the message ids received within the freshness window
+/// before this start (read from the message log by their UUIDv7 time).
+fn warmed_replay_guard(log: &std::path::Path, skew_secs: i64) -> anyhow::Result<ReplayGuard> {
+    let guard = ReplayGuard::new(skew_secs);
+    let now = unix_now();
+    let ids = crate::msglog::received_since(log, now - skew_secs - 1)
+        .map_err(|p| anyhow::anyhow!("message log {}: {p}", log.display()))?;
+    let n = ids.len();
+    for id in ids {
+        guard.first_sighting(id, now);
+    }
+    if n > 0 {
+        tracing::info!(ids = n, "replay guard warmed from the message log");
+    }
+    Ok(guard)
+}
+
 fn build_snapshot(config: Arc<GlobalConfig>) -> Result<Snapshot, Problem> {
     let trust = TrustStore::new(&config.federation_ca, Some(&config.crl))?;
     let nodes = config
@@ -465,7 +488,10 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         snapshot: watch::channel(Some(snap)).0,
         pool: PeerPool::new(dial_rx, Duration::from_millis(limits.upstream_timeout_ms)),
         log,
-        replay: ReplayGuard::new(limits.clock_skew_secs),
+        replay: warmed_replay_guard(
+            &raw.data_dir.join("messages.sqlite"),
+            limits.clock_skew_secs,
+        )?,
         volume: VolumeGuard::default(),
         compiled: Mutex::new(HashMap::new()),
         grpc_compiled: Mutex::new(HashMap::new()),

@@ -279,6 +279,64 @@ async fn a_signature_created_ten_minutes_off_is_stale() {
     .await;
 }
 
+/// A UUIDv7 message id as if created at `secs`: a consumer node cannot pick an old id to
+/// outlive the provider's replay memory, because the id's own time must be fresh too.
+fn message_id_at(secs: i64) -> String {
+    let ms = u64::try_from(secs).expect("after 1970") * 1000;
+    let random = u128::from(rand_u64()) << 12;
+    let v = (u128::from(ms) << 80) | (0x7 << 76) | (0b10 << 62) | (random & ((1 << 62) - 1));
+    uuid::Uuid::from_u128(v).to_string()
+}
+
+fn rand_u64() -> u64 {
+    // The random tail of a fresh UUIDv7 is as good a source as any for a test.
+    uuid::Uuid::now_v7().as_u64_pair().1
+}
+
+#[tokio::test]
+async fn a_message_id_created_outside_the_window_is_stale_even_with_a_fresh_signature() {
+    bounded(async {
+        let f = TestFederation::start().await;
+        let sii = sii_keys(&f);
+        for id_time in [now() - 600, now() + 600] {
+            let id = message_id_at(id_time);
+            let req = f.signed_request(
+                &sii,
+                "GET",
+                PERSON_PATH,
+                b"",
+                &[("enlace-message-id", &id)],
+                now(),
+            );
+            let (r, h) = send(&f, &sii, req).await;
+            r.problem("stale", 401);
+            assert!(
+                r.body["detail"].as_str().unwrap_or("").contains(&id),
+                "{}",
+                r.body
+            );
+            assert_blames_peer_node(&h);
+        }
+        // Control: an id made 20 s ago, within the allowed skew, is served once.
+        let id = message_id_at(now() - 20);
+        let req = f.signed_request(
+            &sii,
+            "GET",
+            PERSON_PATH,
+            b"",
+            &[("enlace-message-id", &id)],
+            now(),
+        );
+        let again = copy(&req);
+        let (r, _) = send(&f, &sii, req).await;
+        assert_eq!(r.ok(200), &cut_person());
+        let (r, _) = send(&f, &sii, again).await;
+        r.problem("replay", 409);
+        f.stop().await;
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Headers added after signing
 
