@@ -30,7 +30,7 @@ pub use csr::{NodeKeys, csr_for, node_init, server_key_and_csr};
 pub use encoding::{MAX_CSR_PEM_LEN, MAX_PEM_LEN};
 pub use error::Result;
 pub use inspect::{CertInfo, KeyAlgorithm, cert_info, needs_renewal};
-pub use signing::{SigningKey, verify_ed25519, verify_signer};
+pub use signing::{SigningKey, verify_ed25519, verify_signer, verify_signer_until};
 pub use tls::{
     TrustStore, client_config, https_client_config, https_server_config, install_crypto_provider,
     peer_node_id, server_config,

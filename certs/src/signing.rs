@@ -87,6 +87,17 @@ pub fn verify_signer(
     expected_uri: &str,
     now: OffsetDateTime,
 ) -> Result<Vec<u8>> {
+    verify_signer_until(trust, cert_pem, expected_uri, now).map(|(key, _)| key)
+}
+
+/// [`verify_signer`], also returning the certificate's `notAfter` (Unix seconds), so that a
+/// caller caching the key knows when to stop using it.
+pub fn verify_signer_until(
+    trust: &TrustStore,
+    cert_pem: &str,
+    expected_uri: &str,
+    now: OffsetDateTime,
+) -> Result<(Vec<u8>, i64)> {
     let der = encoding::first_cert(cert_pem)?;
     let cert = parse_der(&der)?;
 
@@ -124,5 +135,9 @@ pub fn verify_signer(
         ))
         .with("expected", expected_uri));
     }
-    Ok(cert.public_key().subject_public_key.data.to_vec())
+    let not_after = cert.validity().not_after.timestamp();
+    Ok((
+        cert.public_key().subject_public_key.data.to_vec(),
+        not_after,
+    ))
 }

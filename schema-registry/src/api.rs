@@ -384,14 +384,20 @@ async fn subsystem_action(
     State(app): State<App>,
     Path(rest): Path<String>,
     headers: HeaderMap,
+    body: Body,
 ) -> ApiResult {
     let (id, tail) = split_id(&rest, 4)?;
-    if tail != ["approve"] {
-        return Err(no_route(&rest));
-    }
     let id: SubsystemId = id.parse()?;
     let who = actor(&app, &headers)?;
-    json_response(StatusCode::OK, app.approve_subsystem(&who, &id).await?)
+    let rec = match tail.as_slice() {
+        ["approve"] => app.approve_subsystem(&who, &id).await?,
+        ["revoke"] => {
+            let r: Reason = json_body(&headers, body).await?;
+            app.revoke_subsystem(&who, &id, r.reason).await?
+        }
+        _ => return Err(no_route(&rest)),
+    };
+    json_response(StatusCode::OK, rec)
 }
 
 // ---- nodes ----

@@ -25,6 +25,9 @@ pub mod kind {
 pub enum Approval {
     Pending,
     Approved,
+    /// Withdrawn from the federation (a subsystem): left out of the signed configuration, so
+    /// nodes refuse its calls; the federation admin may approve it again.
+    Revoked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

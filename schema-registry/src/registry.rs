@@ -441,6 +441,38 @@ impl Registry {
         Ok(rec)
     }
 
+    /// Withdraws an approved subsystem: it leaves the signed configuration, and nodes refuse
+    /// its calls within seconds. By the federation admin or the admin of its member.
+    pub async fn revoke_subsystem(
+        &self,
+        actor: &Actor,
+        id: &SubsystemId,
+        reason: String,
+    ) -> Result<SubsystemRecord, Problem> {
+        if *actor != Actor::FederationAdmin {
+            Self::require_member(actor, &id.member)?;
+        }
+        check_text("reason", &reason, 1000)?;
+        let _w = self.write.lock().await;
+        let mut rec = self.subsystem(id)?;
+        if rec.state != Approval::Approved {
+            return Err(Problem::new(
+                ProblemKind::InvalidTransition,
+                format!("subsystem {id} is not approved, so it cannot be revoked"),
+            ));
+        }
+        rec.state = Approval::Revoked;
+        self.commit(
+            actor,
+            "subsystem.revoke",
+            vec![(kind::SUBSYSTEM, id.to_string(), to_value(&rec)?)],
+            vec![],
+        )
+        .await?;
+        tracing::info!(subsystem = %id, %reason, "subsystem revoked");
+        Ok(rec)
+    }
+
     pub fn subsystem(&self, id: &SubsystemId) -> Result<SubsystemRecord, Problem> {
         self.get(kind::SUBSYSTEM, &id.to_string())?
             .ok_or_else(|| not_found("subsystem", &id.to_string()))

@@ -34,7 +34,7 @@ pub(crate) struct Exchange<'a> {
 /// a refusal is recorded only when the contract, and so the purpose, is known.
 pub(crate) fn named_contract<'a>(snap: &'a Snapshot, ctx: &Context) -> Option<&'a Contract> {
     let id = ctx.contract.as_ref()?;
-    snap.config.contracts.iter().find(|c| &c.id == id)
+    snap.contract(id)
 }
 
 /// What is known of a refused exchange when it is refused.

@@ -377,17 +377,12 @@ fn resolve_provider<'a>(
 > {
     let entry = Node::resolve_service(snap, &target.service, target.major)?;
     let member = target.service.member();
-    let provider = snap
-        .config
-        .nodes
-        .iter()
-        .find(|n| &n.id.member == member)
-        .ok_or_else(|| {
-            Problem::new(
-                ProblemKind::PeerUnreachable,
-                format!("{member} has no approved node"),
-            )
-        })?;
+    let provider = snap.node_of(member).ok_or_else(|| {
+        Problem::new(
+            ProblemKind::PeerUnreachable,
+            format!("{member} has no approved node"),
+        )
+    })?;
     Ok((entry, provider))
 }
 
@@ -410,17 +405,21 @@ pub(crate) fn check_contract<'a>(
         ));
     };
     let now = time::OffsetDateTime::now_utc();
-    let contract = snap
-        .config
-        .contracts
-        .iter()
-        .find(|c| &c.id == id)
-        .ok_or_else(|| {
-            Problem::new(
-                ProblemKind::ContractMissing,
-                format!("contract {id} is not an approved contract of the federation"),
-            )
-        })?;
+    let contract = snap.contract(id).ok_or_else(|| {
+        Problem::new(
+            ProblemKind::ContractMissing,
+            format!("contract {id} is not an approved contract of the federation"),
+        )
+    })?;
+    if !snap.has_subsystem(&ctx.client) {
+        return Err(Problem::new(
+            ProblemKind::Forbidden,
+            format!(
+                "{} is not an approved subsystem of the federation",
+                ctx.client
+            ),
+        ));
+    }
     if contract.state == enlace_core::contract::ContractState::Revoked {
         return Err(Problem::new(
             ProblemKind::ContractRevoked,

@@ -14,7 +14,7 @@ mod meta;
 mod provider;
 mod reflection;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use enlace_certs::{SigningKey, TrustStore};
 use enlace_core::config::{GlobalConfig, NodeEntry, ServiceEntry};
-use enlace_core::id::{NodeId, ServiceId};
+use enlace_core::contract::Contract;
+use enlace_core::id::{ContractId, MemberId, NodeId, ServiceId, SubsystemId};
 use enlace_core::problem::{Problem, ProblemKind};
 use enlace_description::Description;
 use enlace_description::validate::CompiledService;
@@ -46,6 +47,36 @@ pub struct Snapshot {
     pub config: Arc<GlobalConfig>,
     pub trust: TrustStore,
     pub nodes: HashMap<NodeId, NodeEntry>,
+    /// Peers' signing keys verified against this configuration's CA and CRL, with their
+    /// certificates' `notAfter`. A new configuration (a new CRL, a renewed certificate) starts
+    /// an empty cache, so a revoked key is never served from an older verification.
+    peer_keys: Mutex<HashMap<NodeId, (Arc<[u8]>, i64)>>,
+    /// Indices into `config`, built once per configuration so that no request scans a list.
+    contracts: HashMap<ContractId, usize>,
+    subsystems: HashSet<SubsystemId>,
+    /// (service, major) → the latest minor version's entry.
+    services: HashMap<(ServiceId, u16), usize>,
+    /// member → its first approved node.
+    member_nodes: HashMap<MemberId, NodeId>,
+}
+
+impl Snapshot {
+    /// An approved or revoked contract of the federation.
+    pub fn contract(&self, id: &ContractId) -> Option<&Contract> {
+        self.contracts.get(id).map(|&i| &self.config.contracts[i])
+    }
+
+    /// Whether the subsystem is an approved one of the federation.
+    pub fn has_subsystem(&self, id: &SubsystemId) -> bool {
+        self.subsystems.contains(id)
+    }
+
+    /// The node that serves a member's services.
+    pub fn node_of(&self, member: &MemberId) -> Option<&NodeEntry> {
+        self.member_nodes
+            .get(member)
+            .and_then(|n| self.nodes.get(n))
+    }
 }
 
 /// A running node's shared state.
@@ -62,8 +93,6 @@ pub struct Node {
     compiled: Mutex<HashMap<String, Arc<CompiledService>>>,
     /// Decoded protobuf descriptor sets by digest.
     grpc_compiled: Mutex<HashMap<String, Arc<enlace_description::grpc::CompiledGrpc>>>,
-    /// Verified signing keys of peers: (node, certificate PEM) → Ed25519 public key.
-    peer_keys: Mutex<HashMap<(NodeId, String), Vec<u8>>>,
     pub(crate) backend: HttpClient<HttpConnector, Body>,
     /// HTTP/2 with prior knowledge (h2c), for gRPC backends.
     pub(crate) grpc_backend: HttpClient<HttpConnector, Body>,
@@ -148,31 +177,33 @@ impl Node {
         Ok(())
     }
 
-    /// A peer's Ed25519 key for `keyid`, verified against the federation CA and CRL.
+    /// A peer's Ed25519 key for `keyid`, verified against the federation CA and CRL of this
+    /// configuration, and only while its certificate is valid.
     pub(crate) fn peer_key(&self, snap: &Snapshot, keyid: &str) -> Result<Vec<u8>, Problem> {
         let node: NodeId = keyid
             .parse()
             .map_err(|e| Problem::new(ProblemKind::SignatureInvalid, format!("keyid: {e}")))?;
+        let now = time::OffsetDateTime::now_utc();
+        if let Some((key, not_after)) = snap
+            .peer_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&node)
+            && now.unix_timestamp() < *not_after
+        {
+            return Ok(key.to_vec());
+        }
         let entry = snap.nodes.get(&node).ok_or_else(|| {
             Problem::new(
                 ProblemKind::SignatureInvalid,
                 format!("keyid {node} is not an approved node of the federation"),
             )
         })?;
-        let cache_key = (node.clone(), entry.signing_certificate.clone());
-        if let Some(k) = self
-            .peer_keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&cache_key)
-        {
-            return Ok(k.clone());
-        }
-        let key = enlace_certs::verify_signer(
+        let (key, not_after) = enlace_certs::verify_signer_until(
             &snap.trust,
             &entry.signing_certificate,
             &node.uri(),
-            time::OffsetDateTime::now_utc(),
+            now,
         )
         .map_err(|p| {
             Problem::new(
@@ -180,10 +211,10 @@ impl Node {
                 format!("signing certificate of {node}: {}", p.detail),
             )
         })?;
-        self.peer_keys
+        snap.peer_keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(cache_key, key.clone());
+            .insert(node, (key.as_slice().into(), not_after));
         Ok(key)
     }
 
@@ -193,11 +224,9 @@ impl Node {
         service: &ServiceId,
         major: u16,
     ) -> Result<&'a ServiceEntry, Problem> {
-        snap.config
-            .services
-            .iter()
-            .filter(|s| &s.id == service && s.version.major == major)
-            .max_by_key(|s| s.version)
+        snap.services
+            .get(&(service.clone(), major))
+            .map(|&i| &snap.config.services[i])
             .ok_or_else(|| {
                 Problem::new(
                     ProblemKind::UnknownService,
@@ -368,10 +397,38 @@ fn build_snapshot(config: Arc<GlobalConfig>) -> Result<Snapshot, Problem> {
         .iter()
         .map(|n| (n.id.clone(), n.clone()))
         .collect();
+    let contracts = config
+        .contracts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id.clone(), i))
+        .collect();
+    let subsystems = config.subsystems.iter().cloned().collect();
+    let mut services: HashMap<(ServiceId, u16), usize> = HashMap::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let key = (s.id.clone(), s.version.major);
+        match services.get(&key) {
+            Some(&j) if config.services[j].version >= s.version => {}
+            _ => {
+                services.insert(key, i);
+            }
+        }
+    }
+    let mut member_nodes = HashMap::new();
+    for n in &config.nodes {
+        member_nodes
+            .entry(n.id.member.clone())
+            .or_insert_with(|| n.id.clone());
+    }
     Ok(Snapshot {
         config,
         trust,
         nodes,
+        peer_keys: Mutex::new(HashMap::new()),
+        contracts,
+        subsystems,
+        services,
+        member_nodes,
     })
 }
 
@@ -495,7 +552,6 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         volume: VolumeGuard::default(),
         compiled: Mutex::new(HashMap::new()),
         grpc_compiled: Mutex::new(HashMap::new()),
-        peer_keys: Mutex::new(HashMap::new()),
         backend,
         grpc_backend,
         registry_http: crate::config::registry_client(

@@ -409,6 +409,76 @@ async fn a_revoked_contract_is_refused_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_revoked_subsystem_is_refused_by_both_nodes_within_a_second() {
+    let f = TestFederation::start().await;
+    f.call(Method::GET, "/persons/12345678-5", &[])
+        .await
+        .ok(200);
+    let sub = demo::CONSUMER_SUBSYSTEM;
+    let reason = json!({"reason": "sistema dado de baja"});
+    // Another member's admin cannot withdraw SII's subsystem; nothing changes.
+    f.registry
+        .post(
+            &format!("/v1/subsystems/{sub}/revoke"),
+            Some(&f.demo.registro_civil_token),
+            &reason,
+        )
+        .await
+        .problem("forbidden", 403);
+    f.call(Method::GET, "/persons/12345678-5", &[])
+        .await
+        .ok(200);
+    let revoked_at = Instant::now();
+    let rec = f
+        .registry
+        .post(
+            &format!("/v1/subsystems/{sub}/revoke"),
+            Some(f.registry.admin()),
+            &reason,
+        )
+        .await;
+    assert_eq!(rec.ok(200)["state"], "revoked");
+    loop {
+        let r = f.call(Method::GET, "/persons/12345678-5", &[]).await;
+        if r.status.as_u16() == 403 {
+            r.problem("forbidden", 403);
+            assert!(
+                r.body["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("not an approved subsystem"),
+                "{}",
+                r.body
+            );
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "still served {:?} after the subsystem was revoked",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The provider node refuses it too, for a request signed by SII's node directly.
+    let sii = f.node_keys("60803000-K", demo::CONSUMER_NODE);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let req = f.signed_request(&sii, "GET", "/persons/12345678-5", b"", &[], now);
+    let (status, _, body) = f.send_to_provider(&sii, req).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["type"], "urn:enlace:problem:forbidden");
+    // Revoking twice is an invalid transition.
+    f.registry
+        .post(
+            &format!("/v1/subsystems/{sub}/revoke"),
+            Some(f.registry.admin()),
+            &reason,
+        )
+        .await
+        .problem("invalid-transition", 409);
+    f.stop().await;
+}
+
+#[tokio::test]
 async fn a_contract_volume_is_enforced_by_the_provider() {
     let f = TestFederation::start().await;
     let terms = json!({
