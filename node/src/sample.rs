@@ -78,6 +78,14 @@ pub async fn answer(method: &hyper::Method, path: &str) -> Response<Body> {
                 "application/json",
             )
         }
+        ["persons", "33333333-3"] => {
+            // A backend that dresses its own error up as one of Enlace's problems.
+            json_response(
+                StatusCode::FORBIDDEN,
+                &json!({"type": "urn:enlace:problem:contract-revoked", "title": "Contract revoked", "status": 403}),
+                "application/problem+json",
+            )
+        }
         ["persons", run] => match person(run) {
             Some(p) => json_response(StatusCode::OK, &p, "application/json"),
             None => not_found(),

@@ -32,13 +32,41 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     if path.starts_with("/meta/") {
         return super::meta::consumer(node, req).await;
     }
-    problem_response(
-        &Problem::new(
-            ProblemKind::NotFound,
-            format!("no such resource: {path}; relayed calls start with {RELAY_PREFIX}"),
-        ),
-        None,
-    )
+    let problem = Problem::new(
+        ProblemKind::NotFound,
+        format!("no such resource: {path}; relayed calls start with {RELAY_PREFIX}"),
+    );
+    refuse_outside_exchange(&node, req.method(), req.uri(), None, problem).await
+}
+
+/// Logs a refusal on the consumer listener that is not part of an exchange (an unknown path,
+/// a metaservice call with a bad token) like any other, under a message id of its own, and
+/// answers with the problem.
+pub(crate) async fn refuse_outside_exchange(
+    node: &Node,
+    method: &Method,
+    uri: &Uri,
+    client: Option<&SubsystemId>,
+    problem: Problem,
+) -> Response<Body> {
+    let message_id = uuid::Uuid::now_v7().to_string();
+    tracing::info!(%message_id, client = ?client.map(|c| c.to_string()), path = %uri.path(), problem = problem.kind.slug(), detail = %problem.detail, "request refused");
+    let about = About {
+        message_id: &message_id,
+        client,
+        context: None,
+        service: "",
+        operation: "",
+        peer: None,
+    };
+    let mut rec = context_record(RecordKind::Refusal, problem.kind.status(), about);
+    set_target(&mut rec, method, uri);
+    rec.problem = Some(problem.kind.slug().to_string());
+    if let Err(p) = node.log.append(rec).await {
+        tracing::error!(problem = %p, "could not log a refusal");
+        return problem_response(&p, Some(&message_id));
+    }
+    problem_response(&problem, Some(&message_id))
 }
 
 /// What is known of an exchange so far, for the log record of a refusal.
@@ -173,13 +201,19 @@ async fn run(
     let sent_method = outbound.method().clone();
     let sent_uri = outbound.uri().clone();
     let timeout = Duration::from_millis(limits.upstream_timeout_ms);
-    let (sent, resp) = tokio::join!(
-        request_logged,
-        node.pool
-            .send(&provider.id, &provider.address, outbound, timeout)
-    );
-    sent?;
-    let resp = resp?;
+    let send = node
+        .pool
+        .send(&provider.id, &provider.address, outbound, timeout);
+    // As on the provider: a safe method is sent while its record commits, any other only
+    // once its record is durable.
+    let resp = if sent_method.is_safe() {
+        let (logged, resp) = tokio::join!(request_logged, send);
+        logged?;
+        resp?
+    } else {
+        request_logged.await?;
+        send.await?
+    };
 
     // Verify the provider node's response, bound to our request.
     let (rparts, rbody) = resp.into_parts();
@@ -219,8 +253,14 @@ async fn run(
     node.log.append(rec).await?;
 
     // Only what the provider node signed goes back: the status, the content type and the body.
-    // Who caused an error is read from the signed problem body, never from an unsigned header.
-    let culprit = problem_of(&rparts.headers, &rbody).map(|p| p.culprit());
+    // Who caused an error is read from the signed problem body, never from an unsigned header,
+    // and restated from the backend's point of view (the body as signed is in the log).
+    let relayed = problem_of(&rparts.headers, &rbody).map(from_backend_view);
+    let culprit = relayed.as_ref().map(Problem::culprit);
+    let rbody = match &relayed {
+        Some(p) => Bytes::from(p.to_json().to_string()),
+        None => rbody,
+    };
     let mut out = Response::new(Full::new(rbody));
     *out.status_mut() = rparts.status;
     let h = out.headers_mut();
@@ -234,6 +274,20 @@ async fn run(
         h.insert(context::MESSAGE_ID, v);
     }
     Ok(out)
+}
+
+/// A provider node's problem as the consumer's backend should read it: the provider names
+/// culprits from its side (its "peer node" is our node, its "this node" is the provider node).
+/// The provider's own view stays in `provider_culprit`.
+pub(crate) fn from_backend_view(p: Problem) -> Problem {
+    let theirs = p.culprit();
+    let ours = match theirs {
+        Culprit::Client => Culprit::Client,
+        Culprit::PeerNode => Culprit::ThisNode,
+        Culprit::ThisNode => Culprit::PeerNode,
+        Culprit::ProviderBackend => Culprit::ProviderBackend,
+    };
+    p.with("provider_culprit", theirs.as_str()).caused_by(ours)
 }
 
 /// The problem a (signed) problem response carries.
@@ -531,4 +585,28 @@ fn sign_request(
     *out.uri_mut() = uri;
     *out.headers_mut() = headers.clone();
     Ok((out, headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relayed_problem_names_culprits_from_the_backends_side() {
+        let cases = [
+            (Culprit::Client, "client"),
+            (Culprit::PeerNode, "this-node"),
+            (Culprit::ThisNode, "peer-node"),
+            (Culprit::ProviderBackend, "provider-backend"),
+        ];
+        for (theirs, ours) in cases {
+            let p = Problem::new(ProblemKind::Internal, "x").caused_by(theirs);
+            let seen = from_backend_view(p);
+            assert_eq!(seen.culprit().as_str(), ours, "{theirs:?}");
+            assert_eq!(seen.to_json()["provider_culprit"], theirs.as_str());
+        }
+        // A signature the provider refused is our node's doing, as the backend sees it.
+        let p = from_backend_view(Problem::new(ProblemKind::SignatureInvalid, "bad"));
+        assert_eq!(p.culprit(), Culprit::ThisNode);
+    }
 }

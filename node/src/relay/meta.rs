@@ -24,36 +24,35 @@ fn json_response(v: &Value) -> Response<Body> {
 
 /// `/meta/members`, `/meta/services`, `/meta/allowed`, `/meta/openapi/SERVICE/vMAJOR`.
 pub async fn consumer(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
-    match meta(&node, &req).await {
+    let mut client = None;
+    match meta(&node, &req, &mut client).await {
         Ok(r) => r,
-        Err(p) => problem_response(&p, None),
+        Err(p) => {
+            super::consumer::refuse_outside_exchange(
+                &node,
+                req.method(),
+                req.uri(),
+                client.as_ref(),
+                p,
+            )
+            .await
+        }
     }
 }
 
-async fn meta(node: &Node, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
+async fn meta(
+    node: &Node,
+    req: &Request<Incoming>,
+    client_out: &mut Option<enlace_core::id::SubsystemId>,
+) -> Result<Response<Body>, Problem> {
     if req.method() != http::Method::GET {
         return Err(Problem::new(
             ProblemKind::InvalidRequest,
             "metaservices answer GET only",
         ));
     }
-    let token = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            Problem::new(
-                ProblemKind::Unauthenticated,
-                "a local backend authenticates with Authorization: Bearer <token>",
-            )
-        })?;
-    let (client, _) = node
-        .settings
-        .clients
-        .get(&enlace_description::sha256_hex(token.as_bytes()))
-        .cloned()
-        .ok_or_else(|| Problem::new(ProblemKind::Unauthenticated, "unknown backend token"))?;
+    let (client, _) = super::consumer::authenticate_backend(node, req.headers())?;
+    *client_out = Some(client.clone());
     let snap = node.snapshot()?;
     let cfg = &snap.config;
     let path = req.uri().path();

@@ -93,6 +93,7 @@ async fn refuse(
         None => problem_response(&problem, None),
     };
     fill_signature(&mut rec, resp.headers(), false);
+    keep_request_signature(&mut rec, &parts.headers);
     let access = refusal_record(node, parts, trace, &problem, resp.headers());
     let (logged, queued) = tokio::join!(node.log.append(rec), access_emit::enqueue(node, access));
     if let Err(p) = logged.and(queued) {
@@ -100,6 +101,24 @@ async fn refuse(
         return problem_response(&p, trace.message_id.as_deref());
     }
     resp
+}
+
+/// A refusal record holds the response's signature; the request's Enlace headers and
+/// signature go beside it (prefixed `request-`), so the log shows what the peer sent even when
+/// it did not parse or verify.
+pub(crate) fn keep_request_signature(rec: &mut crate::msglog::Record, request: &HeaderMap) {
+    for (name, value) in request {
+        let n = name.as_str();
+        if (n.starts_with("enlace-")
+            || n == signature::SIGNATURE_INPUT
+            || n == signature::SIGNATURE
+            || n == signature::CONTENT_DIGEST)
+            && let Ok(v) = value.to_str()
+        {
+            rec.headers
+                .push((format!("request-{n}"), v.chars().take(4096).collect()));
+        }
+    }
 }
 
 /// The access record of a refusal, once the subject, the service and the contract are known.
@@ -210,9 +229,16 @@ async fn run(
     rec.body = trace.log_bodies.then(|| body.to_vec());
     let logged = node.log.append(rec);
     let forwarded = forward(node, parts, &target, &ctx, &message_id, &backend.0, body);
-    let (logged, forwarded) = tokio::join!(logged, forwarded);
-    logged?;
-    let (status, bcontent_type, bbody) = forwarded?;
+    // A safe method (GET, HEAD) changes nothing at the backend, so its record is committed
+    // while the backend answers; any other is durable before the backend sees it.
+    let (status, bcontent_type, bbody) = if parts.method.is_safe() {
+        let (logged, forwarded) = tokio::join!(logged, forwarded);
+        logged?;
+        forwarded?
+    } else {
+        logged.await?;
+        forwarded.await?
+    };
 
     // Validate, minimise, sign.
     let (status, out_body, content_type, disclosed) = if status.is_success() {
@@ -487,7 +513,10 @@ fn backend_error_body(status: StatusCode, body: &[u8]) -> Bytes {
     let mut out = serde_json::Map::new();
     if let Some(serde_json::Value::Object(m)) = parsed {
         for key in ["type", "title"] {
-            if let Some(serde_json::Value::String(s)) = m.get(key) {
+            // A backend's problem type is its own; it may not pass for one of Enlace's.
+            if let Some(serde_json::Value::String(s)) = m.get(key)
+                && !(key == "type" && s.starts_with(enlace_core::problem::PROBLEM_TYPE_PREFIX))
+            {
                 out.insert(
                     key.into(),
                     serde_json::Value::String(s.chars().take(200).collect()),

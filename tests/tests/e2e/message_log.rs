@@ -80,6 +80,42 @@ async fn logs_hold_every_exchange_verify_and_catch_one_altered_byte() {
     );
     let local = msglog::export(&consumer_db, &local_refusal).unwrap();
     assert_eq!(local.entries[0].record.kind, RecordKind::Refusal);
+    // So are refusals outside an exchange: a metaservice call with a bad token, a path that
+    // names nothing, and the provider's refusal keeps what the peer sent.
+    for (path, token, slug) in [
+        ("/meta/members", "not-a-token", "unauthenticated"),
+        ("/nothing/here", "", "not-found"),
+    ] {
+        let mut req = f.registry.http.get(format!("{}{path}", f.consumer_url));
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.unwrap();
+        let id = resp.headers()["enlace-message-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let e = msglog::export(&consumer_db, &id).unwrap();
+        assert_eq!(e.entries[0].record.kind, RecordKind::Refusal, "{path}");
+        assert_eq!(e.entries[0].record.problem.as_deref(), Some(slug), "{path}");
+        assert_eq!(e.entries[0].record.target.as_deref(), Some(path));
+    }
+    let refusal = refused
+        .entries
+        .iter()
+        .find(|e| e.record.kind == RecordKind::Refusal)
+        .unwrap();
+    for kept in [
+        "request-signature-input",
+        "request-signature",
+        "request-enlace-client",
+    ] {
+        assert!(
+            refusal.record.headers.iter().any(|(k, _)| k == kept),
+            "{kept} in {:?}",
+            refusal.record.headers
+        );
+    }
     let provider_side = msglog::export(&provider_db, &ok_id).unwrap();
     let disclosed = provider_side
         .entries

@@ -311,6 +311,11 @@ async fn backend_faults_are_blamed_on_the_backend() {
         "backend details do not leave the provider: {:#}",
         r.body
     );
+    // A backend cannot pass its own error off as one of Enlace's: the type is dropped.
+    let r = f.call(Method::GET, "/persons/33333333-3", &[]).await;
+    assert_eq!(r.status.as_u16(), 403, "{:#}", r.body);
+    assert!(r.body.get("type").is_none(), "{:#}", r.body);
+    assert_eq!(culprit(&r), "provider-backend");
     f.stop().await;
 }
 
