@@ -42,6 +42,22 @@ impl Ports {
         sii_consumer: 8080,
         sii_admin: 8083,
     };
+
+    /// Nine consecutive ports from `base`, in the order of the fields (for tests that run
+    /// `enlace up` beside a developer's own).
+    pub fn from_base(base: u16) -> Ports {
+        Ports {
+            registry: base,
+            backend: base + 1,
+            grpc_backend: base + 2,
+            rc_provider: base + 3,
+            rc_consumer: base + 4,
+            rc_admin: base + 5,
+            sii_provider: base + 6,
+            sii_consumer: base + 7,
+            sii_admin: base + 8,
+        }
+    }
 }
 
 /// What `enlace up` remembers between runs besides the registry: the demo's tokens.

@@ -223,7 +223,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "federation admin token in {}",
                 cfg.data_dir.join("admin.token").display()
             );
-            tokio::signal::ctrl_c().await?;
+            stop_signal().await?;
             running.stop().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -277,7 +277,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "node {} listening: consumer http://{}, provider {}, admin http://{}",
                 node.node.settings.id, node.consumer_addr, node.provider_addr, node.admin_addr
             );
-            tokio::signal::ctrl_c().await?;
+            stop_signal().await?;
             eprintln!("stopping: draining exchanges");
             node.stop().await;
             Ok(ExitCode::SUCCESS)
@@ -462,8 +462,18 @@ async fn log_command(cmd: LogCommand) -> anyhow::Result<ExitCode> {
                     let db = settings.raw.data_dir.join("messages.sqlite");
                     let node = settings.id.to_string();
                     let url = format!("{}/v1/log-heads/{node}", settings.raw.registry_url);
-                    let anchored: Vec<enlace_core::loghead::SignedHead> =
-                        reqwest::get(&url).await?.error_for_status()?.json().await?;
+                    let ca = std::fs::read_to_string(&settings.raw.ca_file)?;
+                    let http = enlace_node::config::registry_client(
+                        &settings.raw.registry_url,
+                        &enlace_certs::TrustStore::new(&[ca], None)?,
+                    )?;
+                    let anchored: Vec<enlace_core::loghead::SignedHead> = http
+                        .get(&url)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await?;
                     println!(
                         "{} head(s) anchored in the registry for {node}",
                         anchored.len()
@@ -554,5 +564,22 @@ async fn log_command(cmd: LogCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+    }
+}
+
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what systemd and Kubernetes send), so that
+/// every role drains and anchors its log before it exits.
+pub(crate) async fn stop_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
     }
 }

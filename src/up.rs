@@ -13,10 +13,18 @@ pub struct UpArgs {
     /// Where the federation keeps its data; a fresh one is seeded, an existing one reused.
     #[arg(long, default_value = ".enlace-up")]
     dir: PathBuf,
+    /// Nine consecutive ports from this one instead of the documented ones (for tests).
+    #[arg(long, hide = true)]
+    base_port: Option<u16>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let f = federation::start(&args.dir, Ports::UP).await?;
+    let ports = match args.base_port {
+        Some(base) if base < u16::MAX - 9 => Ports::from_base(base),
+        Some(base) => anyhow::bail!("--base-port {base}: nine ports from it must fit below 65536"),
+        None => Ports::UP,
+    };
+    let f = federation::start(&args.dir, ports).await?;
     let registry = format!("http://{}", f.registry.addr);
     let sii = format!("http://{}", f.consumer.consumer_addr);
     let s = &f.secrets;
@@ -107,7 +115,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     println!();
     println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await?;
+    crate::stop_signal().await?;
     println!("stopping: draining exchanges, anchoring log heads");
     f.stop().await;
     Ok(ExitCode::SUCCESS)

@@ -42,6 +42,9 @@ use crate::net::{Body, DialMaterial, PeerPool, serve_mtls, serve_plain};
 use crate::settings::Checked;
 use guard::{ReplayGuard, VolumeGuard};
 
+/// A peer's verified Ed25519 key and its certificate's `notAfter` (Unix seconds).
+type VerifiedKey = (Arc<[u8]>, i64);
+
 /// What the node derives from each configuration: trust (CA and CRL), and the peers.
 pub struct Snapshot {
     pub config: Arc<GlobalConfig>,
@@ -50,7 +53,7 @@ pub struct Snapshot {
     /// Peers' signing keys verified against this configuration's CA and CRL, with their
     /// certificates' `notAfter`. A new configuration (a new CRL, a renewed certificate) starts
     /// an empty cache, so a revoked key is never served from an older verification.
-    peer_keys: Mutex<HashMap<NodeId, (Arc<[u8]>, i64)>>,
+    peer_keys: Mutex<HashMap<NodeId, VerifiedKey>>,
     /// Indices into `config`, built once per configuration so that no request scans a list.
     contracts: HashMap<ContractId, usize>,
     subsystems: HashSet<SubsystemId>,

@@ -1,0 +1,297 @@
+//! The `enlace` command itself, run as a person runs it from the README: `enlace up` serving a
+//! person through both nodes, the registry and log subcommands against it, SIGTERM draining
+//! everything, and a bad configuration file refused with exit code 64 naming the key.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_enlace");
+
+/// Nine consecutive free loopback ports (what `enlace up --base-port` takes).
+fn free_base() -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos();
+    for i in 0..200u32 {
+        let base = 20_000 + ((seed.wrapping_add(i * 7919)) % 40_000) as u16;
+        let all_free = (0..9).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no nine consecutive free ports");
+}
+
+fn enlace(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("enlace runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `enlace up` in the background, and the lines it printed until it was ready.
+struct Up {
+    child: Child,
+    lines: Vec<String>,
+}
+
+impl Up {
+    fn start(dir: &std::path::Path, base: u16) -> Up {
+        let mut child = Command::new(BIN)
+            .args(["up", "--dir"])
+            .arg(dir)
+            .args(["--base-port", &base.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("enlace up starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains("Press Ctrl-C to stop.");
+                    lines.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "enlace up did not get ready; it printed:\n{}",
+                        lines.join("\n")
+                    );
+                }
+            }
+        }
+        Up { child, lines }
+    }
+
+    /// The last word of the line that starts with `label`.
+    fn value(&self, label: &str) -> String {
+        self.lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| l.split_whitespace().nth(label.split_whitespace().count()))
+            .unwrap_or_else(|| panic!("`{label}` not printed:\n{}", self.lines.join("\n")))
+            .to_string()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("enlace up did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[tokio::test]
+async fn up_serves_a_person_through_both_nodes_and_the_subcommands_work_against_it() {
+    enlace_certs::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_base();
+    let up = Up::start(dir.path(), base);
+    let registry = format!("http://127.0.0.1:{base}");
+    let sii = format!("http://127.0.0.1:{}", base + 7);
+    let token = up.value("SII renta backend token");
+    let contract = up.value("contract");
+    assert!(contract.starts_with("ctr_"), "{contract}");
+
+    // The README's curl: name and address only, the contract's fields.
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!(
+            "{sii}/r1/CL-DEV/GOV/61002000-3/registro-civil/personas/v1/persons/12345678-5"
+        ))
+        .bearer_auth(&token)
+        .header("Enlace-Client", "CL-DEV/GOV/60803000-K/renta")
+        .header("Enlace-Contract", &contract)
+        .header("Enlace-Subject", "CL-RUN:12345678-5")
+        .header("Enlace-User", "funcionaria-42")
+        .header("Enlace-Procedure", "devolucion-renta-2026")
+        .send()
+        .await
+        .expect("the SII node answers");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("enlace-message-id"));
+    let person: serde_json::Value = resp.json().await.expect("json");
+    let mut keys: Vec<&str> = person
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["address", "name"], "{person}");
+
+    // The tour's subcommands, against the running federation.
+    let form = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/samples/form-subsidio.schema.json"
+    );
+    let o = enlace(&[
+        "registry",
+        "once-only-check",
+        form,
+        "--registry",
+        &registry,
+        "--consumer",
+        "CL-DEV/GOV/60803000-K/renta",
+    ]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for field in ["nombre", "domicilio", "fecha_nacimiento"] {
+        assert!(out.contains(field), "{field} in:\n{out}");
+    }
+    assert!(
+        out.contains(&contract),
+        "the covering contract is named:\n{out}"
+    );
+
+    let ca = dir.path().join("registry/ca.pem");
+    let o = enlace(&[
+        "registry",
+        "verify-config",
+        "--registry",
+        &registry,
+        "--ca",
+        ca.to_str().expect("utf-8 path"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let sii_config = dir.path().join("nodes/60803000-K/node.toml");
+    let o = enlace(&[
+        "log",
+        "verify",
+        "--config",
+        sii_config.to_str().expect("path"),
+    ]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("with the node's signing key"), "{out}");
+
+    // SIGTERM drains and stops everything cleanly; the logs verify afterwards.
+    let status = up.terminate();
+    assert!(status.success(), "enlace up exited with {status}");
+    for member in ["61002000-3", "60803000-K"] {
+        let db = dir
+            .path()
+            .join(format!("nodes/{member}/data/messages.sqlite"));
+        let o = enlace(&["log", "verify", "--db", db.to_str().expect("path")]);
+        let out = text(&o);
+        assert!(o.status.success(), "{member}: {out}");
+        assert!(out.contains("record(s)"), "{out}");
+    }
+}
+
+#[test]
+fn a_bad_node_configuration_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("id = \"CL-DEV/GOV/61002000-4/node/a\"\n", "id"),
+        (
+            "id = \"CL-DEV/GOV/61002000-3/node/a\"\nfavourite_colour = \"blue\"\n",
+            "favourite_colour",
+        ),
+    ];
+    for (i, (toml, key)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&path, toml).expect("write");
+        let o = enlace(&["node", "serve", "--config", path.to_str().expect("path")]);
+        assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+        assert!(text(&o).contains(key), "names `{key}`: {}", text(&o));
+    }
+}
+
+#[test]
+fn certs_and_node_init_make_a_ca_and_node_keys_with_csrs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_dir = dir.path().join("ca");
+    let o = enlace(&[
+        "certs",
+        "ca-init",
+        "--instance",
+        "CL-DEV",
+        "--out",
+        ca_dir.to_str().expect("path"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = enlace(&[
+        "certs",
+        "show",
+        ca_dir.join("ca.pem").to_str().expect("path"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("CL-DEV"), "{}", text(&o));
+    let node_dir = dir.path().join("node");
+    let o = enlace(&[
+        "node",
+        "init",
+        "--id",
+        "CL-DEV/GOV/61002000-3/node/b",
+        "--out",
+        node_dir.to_str().expect("path"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let names: Vec<String> = std::fs::read_dir(&node_dir)
+        .expect("node dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .filter(|n| n.ends_with(".csr.pem") || n.contains("csr"))
+            .count()
+            >= 2,
+        "{names:?}"
+    );
+    // A malformed node id is refused naming the rule.
+    let o = enlace(&[
+        "node",
+        "init",
+        "--id",
+        "CL-DEV/GOV/61002000-4/node/b",
+        "--out",
+        "x",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("check digit"), "{}", text(&o));
+}
