@@ -91,6 +91,8 @@ kinds! {
     ContractExpired = ("contract-expired", 403, 7, Client, "Contract expired"),
     ContractRevoked = ("contract-revoked", 403, 7, Client, "Contract revoked"),
     VolumeExceeded = ("volume-exceeded", 429, 8, Client, "Contract volume exceeded"),
+    /// `Enlace-Subject` names another person than the one the request asks about.
+    SubjectMismatch = ("subject-mismatch", 403, 7, Client, "Data subject does not match the request"),
     SignatureInvalid = ("signature-invalid", 401, 16, PeerNode, "Signature invalid"),
     Replay = ("replay", 409, 16, PeerNode, "Message replayed"),
     Stale = ("stale", 401, 16, PeerNode, "Message outside the freshness window"),

@@ -52,6 +52,11 @@ pub struct Input {
     pub required: bool,
     /// JSON type or protobuf type name.
     pub ty: String,
+    /// The data-subject scheme this input carries (`x-enlace-subject: CL-RUN` on an OpenAPI
+    /// parameter): the provider node requires `Enlace-Subject` to name the same person, so a
+    /// request cannot ask about one person while the access log names another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// A response field.
@@ -69,7 +74,8 @@ pub struct Field {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Break {
     /// `removed-operation`, `removed-field`, `type-changed`, `class-changed`,
-    /// `newly-required-input`, `reused-field-number`, `streaming-changed`, `removed-input`.
+    /// `newly-required-input`, `reused-field-number`, `streaming-changed`, `removed-input`,
+    /// `subject-binding-changed`.
     pub kind: String,
     pub operation: String,
     /// The field or input concerned, if any.

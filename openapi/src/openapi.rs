@@ -21,6 +21,14 @@
 //! A response field that ends up with no class makes the whole document refused
 //! (`unclassified-field`, listing every such field). Request schemas need no classes.
 //!
+//! # The data subject: `x-enlace-subject`
+//!
+//! A path or query parameter that holds the identifier of the person an operation is about
+//! carries `x-enlace-subject` with the identifier's scheme (`CL-RUN`). The provider node then
+//! requires `Enlace-Subject` to name that same person (`subject-mismatch` otherwise), so a
+//! consumer cannot read one person's data while the access log names another. At most one
+//! parameter per operation; adding, removing or moving the binding is a breaking change.
+//!
 //! # What is refused
 //!
 //! Documents over [`MAX_DESCRIPTION_BYTES`] (also once YAML aliases are expanded), nesting
@@ -55,6 +63,8 @@ const MAX_SCHEMA_STEPS: usize = 1_000_000;
 /// Longest chain of `$ref` to `$ref` for parameters, responses, request bodies, path items.
 const MAX_REF_HOPS: usize = 32;
 const CLASS_KEY: &str = "x-enlace-class";
+/// The extension naming the data-subject scheme a parameter carries, e.g. `CL-RUN`.
+const SUBJECT_KEY: &str = "x-enlace-subject";
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
@@ -189,8 +199,95 @@ pub fn compatibility(old: &Description, new: &Description) -> Vec<Break> {
             };
             out.push(brk("newly-required-input", o, Some(&i.name), detail));
         }
+        for i in o.inputs.iter().filter(|i| i.location != "body") {
+            let after = n
+                .inputs
+                .iter()
+                .find(|x| x.location == i.location && x.name == i.name);
+            let what = describe_input(i);
+            match after {
+                // A renamed path parameter changes nothing for a client (see above).
+                None if i.location == "path" => {}
+                None => out.push(brk(
+                    "removed-input",
+                    o,
+                    Some(&i.name),
+                    format!("{what} was removed; clients sending it would be refused"),
+                )),
+                Some(x) if x.ty != i.ty => out.push(brk(
+                    "type-changed",
+                    o,
+                    Some(&i.name),
+                    format!("{what} changed type from {} to {}", i.ty, x.ty),
+                )),
+                Some(_) => {}
+            }
+        }
+        let bound = |op: &Operation| {
+            op.inputs.iter().find_map(|i| {
+                i.subject
+                    .as_ref()
+                    .map(|s| (i.location.clone(), i.name.clone(), s.clone()))
+            })
+        };
+        let (before, after) = (bound(o), bound(n));
+        let same = match (&before, &after) {
+            // A path parameter may be renamed; its position is what binds it.
+            (Some((bl, bn, bs)), Some((al, an, as_))) => {
+                bl == al && bs == as_ && (bl == "path" || bn == an)
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            let show = |b: &Option<(String, String, String)>| match b {
+                Some((l, n, s)) => format!("{l} parameter `{n}` ({s})"),
+                None => "nothing".to_string(),
+            };
+            out.push(brk(
+                "subject-binding-changed",
+                o,
+                None,
+                format!(
+                    "the data subject was bound to {} and is now bound to {}",
+                    show(&before),
+                    show(&after)
+                ),
+            ));
+        }
     }
     out
+}
+
+/// A parameter's `x-enlace-subject`: a subject scheme (`[A-Z][A-Z0-9-]{1,15}`), on a path or
+/// query parameter only (a header could be dropped or added by anything in between).
+fn subject_binding(p: &Value, location: &str, at: &str) -> Result<Option<String>, Problem> {
+    let Some(v) = p.get(SUBJECT_KEY) else {
+        return Ok(None);
+    };
+    let Some(scheme) = v.as_str() else {
+        return Err(invalid(format!(
+            "`{SUBJECT_KEY}` at {at} must be a subject scheme such as CL-RUN"
+        )));
+    };
+    if !matches!(location, "path" | "query") {
+        return Err(invalid(format!(
+            "`{SUBJECT_KEY}` at {at} is on a {location} parameter; only path and query parameters may carry the data subject"
+        )));
+    }
+    // The rule of a subject identifier's scheme.
+    let b = scheme.as_bytes();
+    let valid = (2..=16).contains(&b.len())
+        && b[0].is_ascii_uppercase()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'-');
+    if !valid {
+        return Err(invalid(format!(
+            "`{SUBJECT_KEY}` at {at}: `{scheme}` must match [A-Z][A-Z0-9-]{{1,15}}"
+        )));
+    }
+    Ok(Some(scheme.into()))
 }
 
 fn brk(kind: &str, op: &Operation, item: Option<&str>, detail: String) -> Break {
@@ -802,11 +899,13 @@ impl<'a> Reader<'a> {
                     Some((s, s_at)) => self.type_of(s, s_at)?,
                     None => "any".into(),
                 };
+                let subject = subject_binding(p, location, &p_at)?;
                 let input = Input {
                     location: location.into(),
                     name: name.into(),
                     required,
                     ty,
+                    subject,
                 };
                 match out
                     .iter_mut()
@@ -816,6 +915,18 @@ impl<'a> Reader<'a> {
                     None => out.push(input),
                 }
             }
+        }
+        let bound: Vec<&Input> = out.iter().filter(|i| i.subject.is_some()).collect();
+        if bound.len() > 1 {
+            return Err(invalid(format!(
+                "at most one parameter of an operation may carry `{SUBJECT_KEY}`; {} do ({})",
+                bound.len(),
+                bound
+                    .iter()
+                    .map(|i| format!("{} {}", i.location, i.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
         Ok(out)
     }
@@ -835,6 +946,7 @@ impl<'a> Reader<'a> {
                 name: String::new(),
                 required,
                 ty: "any".into(),
+                subject: None,
             }]);
         };
         self.classes = false;
@@ -853,6 +965,7 @@ impl<'a> Reader<'a> {
                 name: n.pointer,
                 required: n.required,
                 ty: n.ty,
+                subject: None,
             })
             .collect())
     }

@@ -488,6 +488,7 @@ fn walk_request(
             name: pointer.clone(),
             required: field.cardinality() == Cardinality::Required,
             ty: type_name(&field),
+            subject: None,
         });
         let Some(child) = expandable(&field) else {
             continue;

@@ -160,6 +160,8 @@ struct Param {
     name: String,
     location: In,
     required: bool,
+    /// `x-enlace-subject`: the subject scheme this parameter's value belongs to.
+    subject: Option<String>,
     form: Form,
     /// `None` when the parameter has no schema.
     validator: Option<Validator>,
@@ -496,6 +498,46 @@ impl CompiledService {
     }
 
     /// The id of the matched operation.
+    /// The data subject a matched request is about, as its description binds it
+    /// (`x-enlace-subject` on a path or query parameter): `SCHEME:VALUE`, or `None` when the
+    /// operation binds none. A bound query parameter that is absent or repeated is an error.
+    pub fn bound_subject(
+        &self,
+        m: &Matched,
+        query: Option<&str>,
+    ) -> Result<Option<String>, Problem> {
+        let op = self.op(m)?;
+        let Some(p) = op.params.iter().find(|p| p.subject.is_some()) else {
+            return Ok(None);
+        };
+        let scheme = p.subject.as_deref().unwrap_or_default();
+        let values: Vec<String> = match p.location {
+            In::Path => m
+                .params
+                .iter()
+                .filter(|(n, _)| *n == p.name)
+                .map(|(_, v)| v.clone())
+                .collect(),
+            In::Query => parse_query(query.unwrap_or(""))?
+                .into_iter()
+                .filter(|(k, _)| *k == p.name)
+                .map(|(_, v)| v)
+                .collect(),
+            In::Header => Vec::new(),
+        };
+        match values.as_slice() {
+            [one] => Ok(Some(format!("{scheme}:{one}"))),
+            _ => Err(Problem::new(
+                ProblemKind::RequestSchemaViolation,
+                format!(
+                    "the {} parameter `{}` names the person this operation is about; give it exactly once",
+                    p.location.as_str(),
+                    p.name
+                ),
+            )),
+        }
+    }
+
     pub fn operation_id(&self, m: &Matched) -> Option<&str> {
         self.ops.get(m.op).map(|o| o.id.as_str())
     }
@@ -898,6 +940,10 @@ impl<'a> Compiler<'a> {
             name.to_owned()
         };
         let required = location == In::Path || p.get("required") == Some(&Value::Bool(true));
+        let subject = p
+            .get("x-enlace-subject")
+            .and_then(Value::as_str)
+            .map(String::from);
         let unsupported = |what: String| {
             Err(invalid(format!(
                 "the {} parameter `{name}` at {at} {what}, which Enlace cannot check",
@@ -948,6 +994,7 @@ impl<'a> Compiler<'a> {
                 name,
                 location,
                 required,
+                subject: subject.clone(),
                 form,
                 validator: Some(validator),
             }));
@@ -976,6 +1023,7 @@ impl<'a> Compiler<'a> {
                 name,
                 location,
                 required,
+                subject: subject.clone(),
                 form: Form::Json,
                 validator,
             }));
@@ -984,6 +1032,7 @@ impl<'a> Compiler<'a> {
             name,
             location,
             required,
+            subject: subject.clone(),
             form: Form::Scalar { types: Vec::new() },
             validator: None,
         }))

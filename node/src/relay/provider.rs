@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use enlace_core::contract::{Contract, Usage};
-use enlace_core::id::{NodeId, ServiceId};
+use enlace_core::id::{NodeId, ServiceId, SubjectId};
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -35,6 +35,9 @@ struct Trace {
     log_bodies: bool,
     /// The service version resolved, for the access record of a refusal.
     entry: Option<enlace_core::config::ServiceEntry>,
+    /// The person the request asked about when `Enlace-Subject` named someone else: the
+    /// refusal's access record goes to them.
+    asked_subject: Option<SubjectId>,
 }
 
 pub async fn handle(node: Arc<Node>, req: Request<Incoming>, peer: NodeId) -> Response<Body> {
@@ -46,6 +49,7 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>, peer: NodeId) -> Re
         operation: String::new(),
         log_bodies: false,
         entry: None,
+        asked_subject: None,
     };
     let body = read_body(body, node.settings.raw.limits.max_body_bytes).await;
     let result = match body {
@@ -134,11 +138,17 @@ fn refusal_record(
     } else {
         trace.operation.clone()
     };
+    // A subject mismatch is recorded for the person the request asked about.
+    let asked = trace.asked_subject.as_ref().and_then(|s| {
+        let mut c = trace.context.clone()?;
+        c.subject = Some(s.clone());
+        Some(c)
+    });
     access_emit::refusal(
         node,
         problem,
         access_emit::Refused {
-            context: trace.context.as_ref(),
+            context: asked.as_ref().or(trace.context.as_ref()),
             service: trace.entry.as_ref(),
             message_id: trace.message_id.as_deref(),
             operation,
@@ -210,6 +220,8 @@ async fn run(
         &body,
         content_type,
     )?;
+    let bound = compiled.bound_subject(&matched, target.query.as_deref())?;
+    bind_subject(bound, &ctx, &operation, trace)?;
     admit(node, contract)?;
 
     // Log the request as received and forward it; the response record below is awaited, and
@@ -323,6 +335,51 @@ pub(crate) fn read_message_id(headers: &HeaderMap) -> Result<String, Problem> {
         ));
     }
     Ok(id)
+}
+
+/// The person a request asks about, where the service description binds one
+/// (`x-enlace-subject`), must be the one `Enlace-Subject` names: the access log then names the
+/// person whose data was read, and a consumer cannot read one person's data in another's name.
+fn bind_subject(
+    bound: Option<String>,
+    ctx: &Context,
+    operation: &str,
+    trace: &mut Trace,
+) -> Result<(), Problem> {
+    let Some(bound) = bound else {
+        return Ok(());
+    };
+    let asked: SubjectId = bound.parse().map_err(|e: enlace_core::IdError| {
+        Problem::new(
+            ProblemKind::RequestSchemaViolation,
+            format!(
+                "the request asks about `{bound}`, which is not a valid person identifier: {e}"
+            ),
+        )
+    })?;
+    match &ctx.subject {
+        Some(named) if *named == asked => Ok(()),
+        Some(named) => {
+            trace.asked_subject = Some(asked.clone());
+            Err(Problem::new(
+                ProblemKind::SubjectMismatch,
+                format!(
+                    "{} names {named}, but the request asks about {asked}",
+                    context::SUBJECT
+                ),
+            ))
+        }
+        None => {
+            trace.asked_subject = Some(asked.clone());
+            Err(Problem::new(
+                ProblemKind::SubjectMismatch,
+                format!(
+                    "operation {operation} is about a person ({asked}); name them in {}",
+                    context::SUBJECT
+                ),
+            ))
+        }
+    }
 }
 
 /// The TLS peer must be an approved, unrevoked node of the member the client belongs to: a

@@ -67,7 +67,8 @@ fn sample_parses_with_pointers_classes_and_types() {
             location: "path".into(),
             name: "run".into(),
             required: true,
-            ty: "string".into()
+            ty: "string".into(),
+            subject: Some("CL-RUN".into()),
         }]
     );
     assert_eq!(
@@ -833,4 +834,112 @@ proptest! {
             prop_assert_eq!(parse(&d.stored).unwrap(), d);
         }
     }
+}
+
+#[test]
+fn the_subject_binding_is_read_checked_and_part_of_compatibility() {
+    let v1 = parse(V1).unwrap();
+    let bound: Vec<_> = v1
+        .operations
+        .iter()
+        .map(|o| {
+            (
+                o.id.as_str(),
+                o.inputs.iter().find_map(|i| i.subject.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        bound,
+        [
+            ("getPerson", Some("CL-RUN".to_string())),
+            ("listDocuments", Some("CL-RUN".to_string()))
+        ]
+    );
+    let base: Value = serde_json::from_slice(V1).unwrap();
+    let with_run = |f: &dyn Fn(&mut Value)| {
+        let mut v = base.clone();
+        f(&mut v["components"]["parameters"]["Run"]);
+        doc(v)
+    };
+    // Refused: a scheme that is not one, on a header, or two per operation.
+    let p = refused(&with_run(&|r| r["x-enlace-subject"] = json!("cl-run")));
+    assert!(p.detail.contains("[A-Z][A-Z0-9-]{1,15}"), "{}", p.detail);
+    let p = refused(&with_run(&|r| r["x-enlace-subject"] = json!(7)));
+    assert!(p.detail.contains("subject scheme"), "{}", p.detail);
+    let mut v = base.clone();
+    v["paths"]["/persons/{run}"]["get"]["parameters"] = json!([
+        {"name": "X-Run", "in": "header", "schema": {"type": "string"}, "x-enlace-subject": "CL-RUN"}
+    ]);
+    let p = refused(&doc(v));
+    assert!(p.detail.contains("only path and query"), "{}", p.detail);
+    let mut v = base.clone();
+    v["paths"]["/persons/{run}"]["get"]["parameters"] = json!([
+        {"name": "other", "in": "query", "schema": {"type": "string"}, "x-enlace-subject": "CL-RUN"}
+    ]);
+    let p = refused(&doc(v));
+    assert!(p.detail.contains("at most one parameter"), "{}", p.detail);
+
+    // Dropping the binding, or moving it to another scheme, breaks the version.
+    let unbound = parse(&with_run(&|r| {
+        r.as_object_mut().unwrap().remove("x-enlace-subject");
+    }))
+    .unwrap();
+    let kinds: Vec<_> = compatibility(&v1, &unbound)
+        .into_iter()
+        .map(|b| (b.kind, b.operation))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                "subject-binding-changed".to_string(),
+                "getPerson".to_string()
+            ),
+            (
+                "subject-binding-changed".to_string(),
+                "listDocuments".to_string()
+            )
+        ]
+    );
+    let other = parse(&with_run(&|r| r["x-enlace-subject"] = json!("CL-RUT"))).unwrap();
+    let b = compatibility(&v1, &other);
+    assert_eq!(b.len(), 2, "{b:?}");
+    assert!(
+        b[0].detail.contains("CL-RUN") && b[0].detail.contains("CL-RUT"),
+        "{}",
+        b[0].detail
+    );
+    // Adding one where there was none breaks too (clients must now name the person).
+    assert_eq!(compatibility(&unbound, &v1).len(), 2);
+    assert!(compatibility(&v1, &v1).is_empty());
+}
+
+#[test]
+fn removed_inputs_and_changed_input_types_are_breaks() {
+    let v1_1 = parse(V1_1).unwrap();
+    let base: Value = serde_json::from_slice(V1_1).unwrap();
+    let query = base["paths"]["/persons/{run}"]["get"]["parameters"][0].clone();
+    assert_eq!(query["in"], "query", "{query}");
+    let name = query["name"].as_str().unwrap().to_string();
+
+    let mut v = base.clone();
+    v["paths"]["/persons/{run}"]["get"]["parameters"] = json!([]);
+    let b = compatibility(&v1_1, &parse(&doc(v)).unwrap());
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(
+        (b[0].kind.as_str(), b[0].item.as_deref()),
+        ("removed-input", Some(name.as_str()))
+    );
+
+    let mut v = base.clone();
+    v["paths"]["/persons/{run}"]["get"]["parameters"][0]["schema"] = json!({"type": "integer"});
+    let b = compatibility(&v1_1, &parse(&doc(v)).unwrap());
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(b[0].kind, "type-changed");
+    assert!(
+        b[0].detail.contains(&format!("query parameter `{name}`")),
+        "{}",
+        b[0].detail
+    );
 }

@@ -75,7 +75,8 @@ fn personas_descriptor_set_parses() {
             location: "message".into(),
             name: "/run".into(),
             required: false,
-            ty: "string".into()
+            ty: "string".into(),
+            subject: None,
         }]
     );
     assert_eq!(

@@ -704,3 +704,52 @@ fn bundling_refuses_anything_but_local_components() {
         json!({ "$ref": "#/$defs/c0", "$defs": { "c0": { "type": ["string", "null"] } } })
     );
 }
+
+#[test]
+fn the_bound_subject_comes_from_the_described_parameter() {
+    let svc = personas();
+    let m = svc.match_request("GET", "/persons/12345678-5").unwrap();
+    assert_eq!(
+        svc.bound_subject(&m, None).unwrap().as_deref(),
+        Some("CL-RUN:12345678-5")
+    );
+    // Percent-decoded, as the path parameter is.
+    let m = svc.match_request("GET", "/persons/1234567%38-5").unwrap();
+    assert_eq!(
+        svc.bound_subject(&m, None).unwrap().as_deref(),
+        Some("CL-RUN:12345678-5")
+    );
+    // An operation binding none, and one bound through a query parameter.
+    assert_eq!(orders_bound(None), Ok(None));
+    let doc = json!({
+        "openapi": "3.0.3",
+        "info": { "title": "t", "version": "1" },
+        "paths": { "/benefits": { "get": {
+            "operationId": "listBenefits",
+            "parameters": [{ "name": "run", "in": "query", "required": true,
+                "schema": { "type": "string" }, "x-enlace-subject": "CL-RUN" }],
+            "responses": { "200": { "description": "ok", "content": { "application/json": {
+                "schema": { "type": "object", "x-enlace-class": "personal",
+                    "properties": { "total": { "type": "integer" } } } } } } }
+        } } }
+    });
+    let desc = crate::openapi::parse(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    let svc = CompiledService::compile(&desc).unwrap();
+    let m = svc.match_request("GET", "/benefits").unwrap();
+    assert_eq!(
+        svc.bound_subject(&m, Some("run=11111112-K"))
+            .unwrap()
+            .as_deref(),
+        Some("CL-RUN:11111112-K")
+    );
+    for q in [None, Some("run=1-9&run=11111112-K")] {
+        let p = svc.bound_subject(&m, q).unwrap_err();
+        assert_eq!(p.kind, ProblemKind::RequestSchemaViolation, "{q:?}");
+    }
+}
+
+fn orders_bound(query: Option<&str>) -> Result<Option<String>, ProblemKind> {
+    let svc = orders();
+    let m = svc.match_request("GET", "/orders").unwrap();
+    svc.bound_subject(&m, query).map_err(|p| p.kind)
+}

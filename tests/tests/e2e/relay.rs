@@ -288,6 +288,45 @@ async fn raw_get(f: &TestFederation, path: &str) -> (u16, String) {
 }
 
 #[tokio::test]
+async fn a_person_cannot_be_read_in_another_persons_name() {
+    let f = TestFederation::start().await;
+    // The path asks about 11111112-K; the subject header names 12345678-5. If this passed, the
+    // access log would tell the wrong person, and the person read would never know.
+    let r = f.call(Method::GET, "/persons/11111112-K", &[]).await;
+    let p = r.problem("subject-mismatch", 403);
+    let detail = p["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("CL-RUN:12345678-5") && detail.contains("CL-RUN:11111112-K"),
+        "{detail}"
+    );
+    assert_eq!(culprit(&r), "client");
+    // An invalid RUN in the path is a request schema violation, not a lookup.
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/11111112-1",
+            &[("enlace-subject", "CL-RUN:12345678-5")],
+        )
+        .await;
+    r.problem("request-schema-violation", 400);
+    // Named correctly, the same request is served.
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/11111112-K",
+            &[("enlace-subject", "CL-RUN:11111112-K")],
+        )
+        .await;
+    assert_eq!(
+        r.status.as_u16(),
+        404,
+        "nobody has that RUN in the sample: {:#}",
+        r.body
+    );
+    f.stop().await;
+}
+
+#[tokio::test]
 async fn backend_faults_are_blamed_on_the_backend() {
     let f = TestFederation::start_with(|s, provider| {
         if provider {
@@ -296,15 +335,33 @@ async fn backend_faults_are_blamed_on_the_backend() {
     })
     .await;
     // The sample backend breaks its schema for this RUN: 502, blamed on the provider backend.
-    let r = f.call(Method::GET, "/persons/99999999-9", &[]).await;
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/99999999-9",
+            &[("enlace-subject", "CL-RUN:99999999-9")],
+        )
+        .await;
     r.problem("response-schema-violation", 502);
     assert_eq!(culprit(&r), "provider-backend");
     // And answers too slowly for this one: 504.
-    let r = f.call(Method::GET, "/persons/22222222-2", &[]).await;
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/22222222-2",
+            &[("enlace-subject", "CL-RUN:22222222-2")],
+        )
+        .await;
     r.problem("peer-timeout", 504);
     assert_eq!(culprit(&r), "provider-backend");
     // An unknown person: the backend's 404 passes as a bare problem, nothing else.
-    let r = f.call(Method::GET, "/persons/11111112-K", &[]).await;
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/11111112-K",
+            &[("enlace-subject", "CL-RUN:11111112-K")],
+        )
+        .await;
     assert_eq!(r.status.as_u16(), 404, "{:#}", r.body);
     assert!(
         r.body.get("detail").is_none(),
@@ -312,7 +369,13 @@ async fn backend_faults_are_blamed_on_the_backend() {
         r.body
     );
     // A backend cannot pass its own error off as one of Enlace's: the type is dropped.
-    let r = f.call(Method::GET, "/persons/33333333-3", &[]).await;
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/33333333-3",
+            &[("enlace-subject", "CL-RUN:33333333-3")],
+        )
+        .await;
     assert_eq!(r.status.as_u16(), 403, "{:#}", r.body);
     assert!(r.body.get("type").is_none(), "{:#}", r.body);
     assert_eq!(culprit(&r), "provider-backend");
@@ -581,7 +644,7 @@ async fn stopping_a_node_drains_exchanges_in_flight() {
         .bearer_auth(&f.client_token)
         .header("enlace-client", demo::CONSUMER_SUBSYSTEM)
         .header("enlace-contract", &f.demo.contract)
-        .header("enlace-subject", demo::PERSON)
+        .header("enlace-subject", "CL-RUN:22222222-2")
         .send();
     let in_flight = tokio::spawn(req);
     tokio::time::sleep(Duration::from_millis(500)).await;
