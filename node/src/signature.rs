@@ -675,9 +675,29 @@ pub fn sign_request(
     created: i64,
     request: Message<'_>,
 ) -> Result<(String, String), Problem> {
+    sign_request_covering(key, keyid, created, request, &[])
+}
+
+/// [`sign_request`], also covering the named request headers (lower case) that are present:
+/// the header parameters of the operation, which travel on to the provider backend.
+pub fn sign_request_covering(
+    key: &SigningKey,
+    keyid: &str,
+    created: i64,
+    request: Message<'_>,
+    headers: &[&str],
+) -> Result<(String, String), Problem> {
+    let mut components = request_components(request.headers());
+    for name in headers {
+        if request.headers().contains_key(*name)
+            && !components.iter().any(|c| c.name == *name && !c.req)
+        {
+            components.push(Component::named(*name, false));
+        }
+    }
     sign(
         key,
-        &request_components(request.headers()),
+        &components,
         &SigParams::enlace(created, keyid, REQUEST_TAG),
         &MessageContext::request(request),
     )

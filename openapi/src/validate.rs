@@ -538,6 +538,20 @@ impl CompiledService {
         }
     }
 
+    /// The header parameters the matched operation describes (lower case): the only request
+    /// headers besides the content headers and Enlace's that travel to the provider backend.
+    pub fn header_params(&self, m: &Matched) -> Vec<&str> {
+        self.op(m)
+            .map(|op| {
+                op.params
+                    .iter()
+                    .filter(|p| p.location == In::Header)
+                    .map(|p| p.name.as_str())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn operation_id(&self, m: &Matched) -> Option<&str> {
         self.ops.get(m.op).map(|o| o.id.as_str())
     }

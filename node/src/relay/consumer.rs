@@ -179,7 +179,12 @@ async fn run(
     let (entry, provider) = resolve_provider(&snap, &target)?;
     trace.service = format!("{}/{}", entry.id, entry.version);
     trace.peer = Some(provider.id.to_string());
-    check_contract(&snap, &ctx, &entry.id, entry.version)?;
+    let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
+    let compiled = node.compiled(entry).await?;
+    let matched = compiled.match_request(parts.method.as_str(), &target.rest)?;
+    let operation = compiled.operation_id(&matched).unwrap_or_default();
+    trace.operation = operation.to_string();
+    check_operation(contract, operation)?;
     let (outbound, sent_headers) = sign_request(
         node,
         &parts,
@@ -189,6 +194,7 @@ async fn run(
         &ctx,
         &trace.message_id,
         &provider.address,
+        &compiled.header_params(&matched),
         body.clone(),
     )?;
 
@@ -288,6 +294,36 @@ pub(crate) fn from_backend_view(p: Problem) -> Problem {
         Culprit::ProviderBackend => Culprit::ProviderBackend,
     };
     p.with("provider_culprit", theirs.as_str()).caused_by(ours)
+}
+
+/// Headers that never travel as an operation's header parameter: credentials, cookies,
+/// Enlace's own, signatures and hop-by-hop headers (RFC 9110 §7.6.1).
+pub(crate) fn is_reserved(name: &str) -> bool {
+    name.starts_with("enlace-")
+        || matches!(
+            name,
+            "authorization"
+                | "proxy-authorization"
+                | "cookie"
+                | "set-cookie"
+                | "host"
+                | "content-length"
+                | "content-digest"
+                | "signature"
+                | "signature-input"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "forwarded"
+                | "x-forwarded-for"
+                | "x-forwarded-host"
+                | "x-forwarded-proto"
+        )
+        || context::METHOD_OVERRIDES.contains(&name)
 }
 
 /// The problem a (signed) problem response carries.
@@ -522,8 +558,23 @@ pub(crate) fn check_contract<'a>(
     Ok(contract)
 }
 
+/// The operation must be one the contract names (the provider checks it again).
+pub(crate) fn check_operation(contract: &Contract, operation: &str) -> Result<(), Problem> {
+    if contract.terms.operations.iter().any(|o| o == operation) {
+        return Ok(());
+    }
+    Err(Problem::new(
+        ProblemKind::ContractMissing,
+        format!(
+            "contract {} does not allow operation {operation}",
+            contract.id
+        ),
+    ))
+}
+
 /// Builds the request to the provider node: only the Enlace context, the content type and
-/// accept headers go on (no cookies, no credentials, no hop-by-hop headers), then signs it.
+/// accept headers, and the header parameters the operation describes go on (no cookies, no
+/// credentials, no hop-by-hop headers), then signs it, covering all of them.
 #[allow(clippy::too_many_arguments)]
 fn sign_request(
     node: &Node,
@@ -534,6 +585,7 @@ fn sign_request(
     ctx: &Context,
     message_id: &str,
     address: &str,
+    declared: &[&str],
     body: Bytes,
 ) -> Result<(Request<Body>, HeaderMap), Problem> {
     let path_and_query = match &target.query {
@@ -550,6 +602,21 @@ fn sign_request(
     for name in [http::header::CONTENT_TYPE, http::header::ACCEPT] {
         if let Some(v) = parts.headers.get(&name) {
             headers.insert(name, v.clone());
+        }
+    }
+    for name in declared {
+        // Never a credential, an Enlace header or a hop-by-hop header, whatever a description
+        // says.
+        if is_reserved(name) {
+            continue;
+        }
+        if let Some(v) = context::single(&parts.headers, name, 8192)?
+            && let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&v),
+            )
+        {
+            headers.insert(n, v);
         }
     }
     ctx.write(&mut headers)?;
@@ -572,11 +639,12 @@ fn sign_request(
         &signature::content_digest(&body),
     )?;
     let method: Method = parts.method.clone();
-    let (input, sig) = signature::sign_request(
+    let (input, sig) = signature::sign_request_covering(
         &node.signing_key,
         &node.settings.id.to_string(),
         unix_now(),
         signature::Message::request(&method, &uri, &headers),
+        declared,
     )?;
     put(&mut headers, signature::SIGNATURE_INPUT, &input)?;
     put(&mut headers, signature::SIGNATURE, &sig)?;

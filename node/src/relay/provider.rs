@@ -179,7 +179,7 @@ async fn run(
     trace.context = Some(ctx.clone());
     let snap = node.snapshot()?;
     verify_peer(&snap, peer, &ctx)?;
-    verify_signature(node, &snap, parts, &body, peer)?;
+    let verified = verify_signature(node, &snap, parts, &body, peer)?;
     let message_id = trace.message_id.clone().unwrap_or_default();
     node.check_replay(&message_id)?;
     let target = read_target(&parts.uri)?;
@@ -195,15 +195,9 @@ async fn run(
         .unwrap_or_default()
         .to_string();
     trace.operation = operation.clone();
-    if !contract.terms.operations.contains(&operation) {
-        return Err(Problem::new(
-            ProblemKind::ContractMissing,
-            format!(
-                "contract {} does not allow operation {operation}",
-                contract.id
-            ),
-        ));
-    }
+    super::consumer::check_operation(contract, &operation)?;
+    let declared =
+        covered_header_params(&compiled.header_params(&matched), &parts.headers, &verified)?;
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -240,7 +234,16 @@ async fn run(
     set_target(&mut rec, &parts.method, &parts.uri);
     rec.body = trace.log_bodies.then(|| body.to_vec());
     let logged = node.log.append(rec);
-    let forwarded = forward(node, parts, &target, &ctx, &message_id, &backend.0, body);
+    let forwarded = forward(
+        node,
+        parts,
+        &target,
+        &ctx,
+        &message_id,
+        &backend.0,
+        &declared,
+        body,
+    );
     // A safe method (GET, HEAD) changes nothing at the backend, so its record is committed
     // while the backend answers; any other is durable before the backend sees it.
     let (status, bcontent_type, bbody) = if parts.method.is_safe() {
@@ -413,7 +416,7 @@ pub(crate) fn verify_signature(
     parts: &http::request::Parts,
     body: &[u8],
     peer: &NodeId,
-) -> Result<(), Problem> {
+) -> Result<signature::VerifiedSignature, Problem> {
     let expected = peer.to_string();
     signature::verify_request(
         signature::Message::request(&parts.method, &parts.uri, &parts.headers),
@@ -430,7 +433,33 @@ pub(crate) fn verify_signature(
         unix_now(),
         node.settings.raw.limits.clock_skew_secs,
     )
-    .map(|_| ())
+}
+
+/// The operation's header parameters present in the request, each of which the consumer
+/// node's signature must cover: only those travel on to the backend.
+fn covered_header_params<'a>(
+    declared: &[&'a str],
+    headers: &HeaderMap,
+    verified: &signature::VerifiedSignature,
+) -> Result<Vec<&'a str>, Problem> {
+    let mut out = Vec::new();
+    for name in declared
+        .iter()
+        .filter(|n| headers.contains_key(**n) && !super::consumer::is_reserved(n))
+    {
+        if !verified
+            .components
+            .iter()
+            .any(|c| c.name == *name && !c.req)
+        {
+            return Err(Problem::new(
+                ProblemKind::SignatureInvalid,
+                format!("header parameter `{name}` is not covered by the request signature"),
+            ));
+        }
+        out.push(*name);
+    }
+    Ok(out)
 }
 
 /// The service this node provides that the path names, and its backend.
@@ -490,6 +519,7 @@ pub(crate) fn admit(node: &Node, contract: &Contract) -> Result<(), Problem> {
 
 /// Forwards to the provider backend: the method, the path after the service prefix, the
 /// query, the content headers and the Enlace context. Redirects are not followed.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     node: &Node,
     parts: &http::request::Parts,
@@ -497,6 +527,7 @@ async fn forward(
     ctx: &Context,
     message_id: &str,
     backend: &str,
+    declared: &[&str],
     body: Bytes,
 ) -> Result<(StatusCode, Option<String>, Bytes), Problem> {
     let url = match &target.query {
@@ -515,6 +546,14 @@ async fn forward(
     for name in [http::header::CONTENT_TYPE, http::header::ACCEPT] {
         if let Some(v) = parts.headers.get(&name) {
             h.insert(name, v.clone());
+        }
+    }
+    for name in declared {
+        if let (Some(v), Ok(n)) = (
+            parts.headers.get(*name),
+            http::HeaderName::from_bytes(name.as_bytes()),
+        ) {
+            h.insert(n, v.clone());
         }
     }
     ctx.write(h)?;
@@ -625,4 +664,34 @@ fn sign(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signature::{Component, VerifiedSignature};
+
+    fn verified(covered: &[&'static str]) -> VerifiedSignature {
+        VerifiedSignature {
+            label: "sig1".into(),
+            keyid: "CL-DEV/GOV/60803000-K/node/a".into(),
+            created: 0,
+            components: covered.iter().map(|c| Component::new(c)).collect(),
+            nonce: None,
+        }
+    }
+
+    #[test]
+    fn a_header_parameter_travels_only_if_the_signature_covers_it() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-folio", HeaderValue::from_static("F-1"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer x"));
+        let declared = ["x-folio", "x-absent", "authorization"];
+        let ok = covered_header_params(&declared, &headers, &verified(&["@method", "x-folio"]));
+        assert_eq!(ok.unwrap(), ["x-folio"], "absent and reserved headers never travel");
+        let refused = covered_header_params(&declared, &headers, &verified(&["@method"]))
+            .unwrap_err();
+        assert_eq!(refused.kind, ProblemKind::SignatureInvalid);
+        assert!(refused.detail.contains("x-folio"), "{}", refused.detail);
+    }
 }

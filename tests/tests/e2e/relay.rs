@@ -546,6 +546,166 @@ async fn a_revoked_subsystem_is_refused_by_both_nodes_within_a_second() {
     f.stop().await;
 }
 
+/// A backend that answers with the `X-Folio` header it received and the names of all the
+/// headers that reached it.
+async fn echo_backend() -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let folio = req
+                        .headers()
+                        .get("x-folio")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let mut names: Vec<String> = req
+                        .headers()
+                        .keys()
+                        .map(|k| k.as_str().to_string())
+                        .collect();
+                    names.sort();
+                    let body = json!({"folio": folio, "headers": names}).to_string();
+                    let mut resp =
+                        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    resp.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn header_parameters_travel_signed_and_no_other_header_reaches_the_backend() {
+    const ECO: &str = "CL-DEV/GOV/61002000-3/registro-civil/eco";
+    let backend = echo_backend().await;
+    let f = TestFederation::start_with(move |s, provider| {
+        if provider {
+            s.services.push(enlace_node::settings::Provided {
+                service: ECO.into(),
+                backend: format!("http://{backend}"),
+                log_bodies: false,
+            });
+        }
+    })
+    .await;
+    let description = json!({
+        "openapi": "3.0.3",
+        "info": { "title": "eco", "version": "1" },
+        "paths": { "/echo": { "get": {
+            "operationId": "echo",
+            "parameters": [{ "name": "X-Folio", "in": "header", "required": true,
+                "schema": { "type": "string", "pattern": "^F-[0-9]+$" } }],
+            "responses": { "200": { "description": "ok", "content": { "application/json": {
+                "schema": { "type": "object", "x-enlace-class": "public",
+                    "properties": {
+                        "folio": { "type": "string" },
+                        "headers": { "type": "array", "items": { "type": "string" } }
+                    } } } } } }
+        } } }
+    });
+    f.registry
+        .send(
+            Method::PUT,
+            &format!("/v1/services/{ECO}/versions/v1"),
+            Some(&f.demo.registro_civil_token),
+            "application/json",
+            description.to_string().into_bytes(),
+        )
+        .await
+        .ok(201);
+    let terms = json!({
+        "consumer": demo::CONSUMER_SUBSYSTEM,
+        "provider": ECO,
+        "versions": {"min": "v1.0", "max": "v1.9999"},
+        "operations": ["echo"],
+        "purpose": "folio-echo",
+        "legal_basis": "test",
+        "allowed_fields": ["/folio", "/headers"],
+        "subject_required": false,
+        "usage": "permanent",
+        "valid_from": "2026-01-01T00:00:00Z",
+        "valid_until": "2099-01-01T00:00:00Z",
+        "authorisation_required": false
+    });
+    let id = f
+        .registry
+        .post("/v1/contracts", Some(&f.demo.sii_token), &terms)
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    f.registry
+        .post(
+            &format!("/v1/contracts/{id}/actions"),
+            Some(&f.demo.registro_civil_token),
+            &json!({"action": "approve"}),
+        )
+        .await
+        .ok(200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let call = |folio: Option<&'static str>| {
+        let mut req = f
+            .registry
+            .http
+            .get(format!("{}/r1/{ECO}/v1/echo", f.consumer_url))
+            .bearer_auth(&f.client_token)
+            .header("enlace-client", demo::CONSUMER_SUBSYSTEM)
+            .header("enlace-contract", &id)
+            .header("cookie", "session=secreto")
+            .header("x-internal-note", "no debe salir")
+            .header("x-forwarded-for", "10.1.2.3");
+        if let Some(v) = folio {
+            req = req.header("x-folio", v);
+        }
+        req.send()
+    };
+    let resp = call(Some("F-2026")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["folio"], "F-2026", "{body}");
+    let seen: Vec<&str> = body["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for absent in [
+        "cookie",
+        "x-internal-note",
+        "x-forwarded-for",
+        "authorization",
+        "signature",
+    ] {
+        assert!(
+            !seen.contains(&absent),
+            "{absent} reached the backend: {seen:?}"
+        );
+    }
+    // The required header missing, or not matching its schema: the provider's validation.
+    let resp = call(None).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["type"], "urn:enlace:problem:request-schema-violation",
+        "{body}"
+    );
+    f.stop().await;
+}
+
 #[tokio::test]
 async fn a_contract_volume_is_enforced_by_the_provider() {
     let f = TestFederation::start().await;
