@@ -56,8 +56,10 @@ pub use evidence::{
     EVIDENCE_FORMAT, Evidence, EvidenceEntry, HeadProof, MAX_PROOF_RECORDS, export,
 };
 pub use record::{Record, RecordKind};
-pub use verify::{HeadFailure, VerifyReport, received_since, stored_heads, verify_file};
-pub use writer::{Appended, LogOptions, MessageLog, Pruned};
+pub use verify::{
+    HeadFailure, VerifyReport, received_since, stored_heads, usage_counts, verify_file,
+};
+pub use writer::{Appended, LogOptions, MessageLog, Pruned, SINGLE_USE_PERIOD, Usage};
 
 use enlace_core::problem::{Problem, ProblemKind};
 

@@ -330,3 +330,40 @@ pub fn received_since(path: &Path, since_secs: i64) -> Result<Vec<u128>, Problem
     }
     Ok(ids)
 }
+
+/// The exchanges counted against contracts, as committed: `(contract, period, count)`. A
+/// provider node reads them at start to restore its volume and single-use guards.
+pub fn usage_counts(path: &Path) -> Result<Vec<(String, i64, u64)>, Problem> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = open_read_only(path)?;
+    let has_table: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(internal)?;
+    if !has_table {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare("SELECT contract, period, count FROM usage")
+        .map_err(internal)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(internal)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (c, p, n) = row.map_err(internal)?;
+        out.push((c, p, u64::try_from(n).unwrap_or(0)));
+    }
+    Ok(out)
+}

@@ -47,7 +47,25 @@ CREATE TABLE IF NOT EXISTS anchors (
     signature_b64 TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS anchors_seq ON anchors (seq);
+CREATE TABLE IF NOT EXISTS usage (
+    contract TEXT    NOT NULL,
+    period   INTEGER NOT NULL,
+    count    INTEGER NOT NULL,
+    PRIMARY KEY (contract, period)
+) WITHOUT ROWID;
 ";
+
+/// One exchange counted against a contract's volume limit (`period` is the period's index)
+/// or its single use (`period` = [`SINGLE_USE_PERIOD`]), committed with the record that
+/// admitted it so that a restart neither forgets nor double-counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub contract: String,
+    pub period: i64,
+}
+
+/// The `period` under which a single-use contract's use is counted.
+pub const SINGLE_USE_PERIOD: i64 = -1;
 
 /// How the log is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +119,7 @@ struct PendingAppend {
     kind: &'static str,
     at_ns: i64,
     bytes: Vec<u8>,
+    usage: Vec<Usage>,
     reply: oneshot::Sender<Result<Appended, Problem>>,
 }
 
@@ -168,6 +187,15 @@ impl MessageLog {
         &self,
         rec: Record,
     ) -> impl Future<Output = Result<Appended, Problem>> + Send + 'static {
+        self.append_counted(rec, Vec::new())
+    }
+
+    /// [`MessageLog::append`], also counting `usage` against contracts in the same transaction.
+    pub fn append_counted(
+        &self,
+        rec: Record,
+        usage: Vec<Usage>,
+    ) -> impl Future<Output = Result<Appended, Problem>> + Send + 'static {
         let at_ns = i64::try_from(rec.at.unix_timestamp_nanos()).unwrap_or(i64::MAX);
         let (reply, rx) = oneshot::channel();
         let queued = self.send(Command::Append(PendingAppend {
@@ -175,6 +203,7 @@ impl MessageLog {
             message_id: rec.message_id,
             kind: rec.kind.as_str(),
             at_ns,
+            usage,
             reply,
         }));
         async move {
@@ -354,6 +383,13 @@ impl Writer {
                 ])?;
                 appended.push(Appended { seq, hash });
                 prev = hash;
+            }
+            let mut count = tx.prepare_cached(
+                "INSERT INTO usage (contract, period, count) VALUES (?1, ?2, 1)
+                 ON CONFLICT (contract, period) DO UPDATE SET count = count + 1",
+            )?;
+            for u in batch.iter().flat_map(|p| &p.usage) {
+                count.execute(params![u.contract, u.period])?;
             }
         }
         tx.commit()?;

@@ -66,7 +66,7 @@ pub struct VolumeGuard {
     used: Mutex<HashSet<ContractId>>,
 }
 
-fn period_index(period: Period, now: time::OffsetDateTime) -> i64 {
+pub(crate) fn period_index(period: Period, now: time::OffsetDateTime) -> i64 {
     let t = now.unix_timestamp();
     match period {
         Period::Minute => t / 60,
@@ -93,6 +93,23 @@ impl VolumeGuard {
         }
         *n += 1;
         true
+    }
+
+    /// Restores counts committed before a restart: `(contract, period, count)`, with
+    /// `period` = [`crate::msglog::SINGLE_USE_PERIOD`] for a single use.
+    pub fn restore(&self, rows: Vec<(String, i64, u64)>) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        for (contract, period, n) in rows {
+            let Ok(id) = contract.parse::<ContractId>() else {
+                continue;
+            };
+            if period == crate::msglog::SINGLE_USE_PERIOD {
+                used.insert(id);
+            } else {
+                *counts.entry((id, period)).or_insert(0) += n;
+            }
+        }
     }
 
     /// Marks a single-use contract used; false if it already was.

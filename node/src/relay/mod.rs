@@ -531,6 +531,10 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
             max_batch: 512,
         },
     )?;
+    let volume = VolumeGuard::default();
+    volume.restore(crate::msglog::usage_counts(
+        &raw.data_dir.join("messages.sqlite"),
+    )?);
     let access = crate::access::AccessQueue::open(&raw.data_dir.join("access-queue.sqlite"))?;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
@@ -552,7 +556,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
             &raw.data_dir.join("messages.sqlite"),
             limits.clock_skew_secs,
         )?,
-        volume: VolumeGuard::default(),
+        volume,
         compiled: Mutex::new(HashMap::new()),
         grpc_compiled: Mutex::new(HashMap::new()),
         backend,

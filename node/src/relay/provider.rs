@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use enlace_core::contract::{Contract, Usage};
+use enlace_core::contract::Contract;
 use enlace_core::id::{NodeId, ServiceId, SubjectId};
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -22,7 +22,7 @@ use super::consumer::{
 };
 use super::context::{self, Context};
 use super::{Node, Snapshot, problem_parts, problem_response, unix_now};
-use crate::msglog::RecordKind;
+use crate::msglog::{RecordKind, Usage};
 use crate::net::{Body, read_body};
 use crate::signature;
 
@@ -216,7 +216,7 @@ async fn run(
     )?;
     let bound = compiled.bound_subject(&matched, target.query.as_deref())?;
     bind_subject(bound, &ctx, &operation, trace)?;
-    admit(node, contract)?;
+    let usage = admit(node, contract)?;
 
     // Log the request as received and forward it; the response record below is awaited, and
     // the writer commits in order, so both are durable before the response leaves.
@@ -233,7 +233,7 @@ async fn run(
     fill_signature(&mut rec, &parts.headers, true);
     set_target(&mut rec, &parts.method, &parts.uri);
     rec.body = trace.log_bodies.then(|| body.to_vec());
-    let logged = node.log.append(rec);
+    let logged = node.log.append_counted(rec, usage);
     let forwarded = forward(
         node,
         parts,
@@ -490,9 +490,11 @@ pub(crate) fn resolve_service<'a>(
     Ok((entry, backend))
 }
 
-/// Volume and single use, counted only once every other check has passed.
-pub(crate) fn admit(node: &Node, contract: &Contract) -> Result<(), Problem> {
+/// Volume and single use, counted only once every other check has passed. Returns what to
+/// commit with the request's log record, so that the counts survive a restart.
+pub(crate) fn admit(node: &Node, contract: &Contract) -> Result<Vec<Usage>, Problem> {
     let now = time::OffsetDateTime::now_utc();
+    let mut usage = Vec::new();
     if !node
         .volume
         .admit(&contract.id, contract.terms.volume_limit, now)
@@ -505,16 +507,28 @@ pub(crate) fn admit(node: &Node, contract: &Contract) -> Result<(), Problem> {
             ),
         ));
     }
-    if contract.terms.usage == Usage::SingleUse && !node.volume.use_once(&contract.id) {
-        return Err(Problem::new(
-            ProblemKind::ContractExpired,
-            format!(
-                "contract {} was for a single use and has been used",
-                contract.id
-            ),
-        ));
+    if let Some(limit) = contract.terms.volume_limit {
+        usage.push(Usage {
+            contract: contract.id.to_string(),
+            period: super::guard::period_index(limit.period, now),
+        });
     }
-    Ok(())
+    if contract.terms.usage == enlace_core::contract::Usage::SingleUse {
+        if !node.volume.use_once(&contract.id) {
+            return Err(Problem::new(
+                ProblemKind::ContractExpired,
+                format!(
+                    "contract {} was for a single use and has been used",
+                    contract.id
+                ),
+            ));
+        }
+        usage.push(Usage {
+            contract: contract.id.to_string(),
+            period: crate::msglog::SINGLE_USE_PERIOD,
+        });
+    }
+    Ok(usage)
 }
 
 /// Forwards to the provider backend: the method, the path after the service prefix, the
@@ -688,9 +702,13 @@ mod tests {
         headers.insert("authorization", HeaderValue::from_static("Bearer x"));
         let declared = ["x-folio", "x-absent", "authorization"];
         let ok = covered_header_params(&declared, &headers, &verified(&["@method", "x-folio"]));
-        assert_eq!(ok.unwrap(), ["x-folio"], "absent and reserved headers never travel");
-        let refused = covered_header_params(&declared, &headers, &verified(&["@method"]))
-            .unwrap_err();
+        assert_eq!(
+            ok.unwrap(),
+            ["x-folio"],
+            "absent and reserved headers never travel"
+        );
+        let refused =
+            covered_header_params(&declared, &headers, &verified(&["@method"])).unwrap_err();
         assert_eq!(refused.kind, ProblemKind::SignatureInvalid);
         assert!(refused.detail.contains("x-folio"), "{}", refused.detail);
     }

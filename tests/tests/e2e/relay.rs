@@ -706,24 +706,26 @@ async fn header_parameters_travel_signed_and_no_other_header_reaches_the_backend
     f.stop().await;
 }
 
-#[tokio::test]
-async fn a_contract_volume_is_enforced_by_the_provider() {
-    let f = TestFederation::start().await;
-    let terms = json!({
+/// Proposes (as SII) and approves (as Registro Civil) a contract for `getPerson` with `extra`
+/// terms; returns its id once nodes can have seen it.
+async fn approved_contract(f: &TestFederation, purpose: &str, extra: Value) -> String {
+    let mut terms = json!({
         "consumer": demo::CONSUMER_SUBSYSTEM,
         "provider": demo::PERSONAS,
         "versions": {"min": "v1.0", "max": "v1.9999"},
         "operations": ["getPerson"],
-        "purpose": "one-check-a-minute",
+        "purpose": purpose,
         "legal_basis": "test",
         "allowed_fields": ["/name"],
         "subject_required": true,
         "usage": "permanent",
-        "volume_limit": {"max_requests": 2, "period": "minute"},
         "valid_from": "2026-01-01T00:00:00Z",
         "valid_until": "2099-01-01T00:00:00Z",
         "authorisation_required": false
     });
+    for (k, v) in extra.as_object().unwrap() {
+        terms[k] = v.clone();
+    }
     let id = f
         .registry
         .post("/v1/contracts", Some(&f.demo.sii_token), &terms)
@@ -741,12 +743,25 @@ async fn a_contract_volume_is_enforced_by_the_provider() {
         .await
         .ok(200);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    id
+}
+
+#[tokio::test]
+async fn volume_and_single_use_are_enforced_by_the_provider_across_restarts() {
+    let f = TestFederation::start().await;
+    let limited = approved_contract(
+        &f,
+        "two-checks-a-day",
+        json!({"volume_limit": {"max_requests": 2, "period": "day"}}),
+    )
+    .await;
+    let once = approved_contract(&f, "one-check-only", json!({"usage": "single-use"})).await;
     for _ in 0..2 {
         let r = f
             .call(
                 Method::GET,
                 "/persons/12345678-5",
-                &[("enlace-contract", &id)],
+                &[("enlace-contract", &limited)],
             )
             .await;
         assert_eq!(r.ok(200), &json!({"name": "María José Pérez Soto"}));
@@ -755,10 +770,40 @@ async fn a_contract_volume_is_enforced_by_the_provider() {
         .call(
             Method::GET,
             "/persons/12345678-5",
-            &[("enlace-contract", &id)],
+            &[("enlace-contract", &once)],
+        )
+        .await;
+    r.ok(200);
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("enlace-contract", &limited)],
         )
         .await;
     r.problem("volume-exceeded", 429);
+    // A restarted provider node remembers both: the counts were committed with the log.
+    let f = f.restart_provider().await;
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("enlace-contract", &limited)],
+        )
+        .await;
+    r.problem("volume-exceeded", 429);
+    let r = f
+        .call(
+            Method::GET,
+            "/persons/12345678-5",
+            &[("enlace-contract", &once)],
+        )
+        .await;
+    let p = r.problem("contract-expired", 403);
+    assert!(
+        p["detail"].as_str().unwrap_or("").contains("single use"),
+        "{p}"
+    );
     f.stop().await;
 }
 
