@@ -32,8 +32,8 @@ pub use error::Result;
 pub use inspect::{CertInfo, KeyAlgorithm, cert_info, needs_renewal};
 pub use signing::{SigningKey, verify_ed25519, verify_signer, verify_signer_until};
 pub use tls::{
-    TrustStore, client_config, https_client_config, https_server_config, install_crypto_provider,
-    peer_node_id, server_config,
+    TrustStore, backend_server_config, certificate_pem_sha256, certificate_sha256, client_config,
+    https_client_config, https_server_config, install_crypto_provider, peer_node_id, server_config,
 };
 
 /// Checks a CSR's form, size and self-signature without issuing anything, so a registry can

@@ -444,3 +444,104 @@ pub fn https_server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerCo
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// Local backends on a node's TLS consumer listener. A client certificate is asked for but not
+/// required (a backend may use a bearer token instead). One that is presented need not chain
+/// to anything: the node pins each backend's certificate by its SHA-256
+/// ([`certificate_sha256`]) to one subsystem, as X-Road pins its members' internal TLS
+/// certificates. It must be within its validity period, and the handshake proves the backend
+/// holds its key.
+#[derive(Debug)]
+struct BackendClientVerifier {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for BackendClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(end_entity.as_ref())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let validity = cert.validity();
+        if now < validity.not_before.timestamp() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet,
+            ));
+        }
+        if now > validity.not_after.timestamp() {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A node's TLS listener for local backends: its own server certificate (from the
+/// institution's PKI, not the federation's), TLS 1.2 or 1.3, ALPN `h2` then `http/1.1`, and
+/// an optional client certificate (see [`certificate_sha256`]).
+pub fn backend_server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>> {
+    let chain = encoding::cert_chain(cert_pem)?;
+    let key = encoding::private_key(key_pem)?;
+    let provider = provider();
+    let verifier = Arc::new(BackendClientVerifier {
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(tls_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(tls_error)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The SHA-256 (lower-case hex) of a certificate's DER: how a node pins a backend's
+/// certificate to a subsystem.
+pub fn certificate_sha256(der: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(der))
+}
+
+/// [`certificate_sha256`] of the first certificate of a PEM file.
+pub fn certificate_pem_sha256(pem: &str) -> Result<String> {
+    let der = encoding::first_cert(pem)?;
+    Ok(certificate_sha256(&der))
+}

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod bundle;
 pub mod config;
+pub mod consumer_tls;
 pub mod msglog;
 pub mod net;
 pub mod relay;

@@ -35,6 +35,20 @@ pub struct NodeSettings {
     pub services: Vec<Provided>,
     #[serde(default)]
     pub log: LogSettings,
+    /// A TLS listener for local backends, where they may authenticate by client certificate.
+    #[serde(default)]
+    pub consumer_tls: Option<ConsumerTls>,
+}
+
+/// The TLS consumer listener: local backends connect over TLS (HTTP/1.1 or HTTP/2) and may
+/// present a client certificate pinned in `[[clients]]` by its SHA-256, instead of a token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerTls {
+    pub listen: SocketAddr,
+    /// The listener's certificate chain (PEM), from the institution's own PKI.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,12 +140,16 @@ impl Default for Limits {
     }
 }
 
-/// A local backend: its subsystem and the SHA-256 (hex) of its bearer token.
+/// A local backend: its subsystem, and how it authenticates: the SHA-256 (hex) of its bearer
+/// token, of its TLS client certificate (DER, on the TLS consumer listener), or both.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Client {
     pub subsystem: String,
-    pub token_sha256: String,
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    #[serde(default)]
+    pub certificate_sha256: Option<String>,
     /// Keep request and response bodies in the message log (hashes are always kept).
     #[serde(default)]
     pub log_bodies: bool,
@@ -180,6 +198,8 @@ pub struct Checked {
     pub instance: Instance,
     /// token SHA-256 hex → (subsystem, log bodies)
     pub clients: BTreeMap<String, (SubsystemId, bool)>,
+    /// client certificate SHA-256 hex → (subsystem, log bodies)
+    pub client_certs: BTreeMap<String, (SubsystemId, bool)>,
     /// service → (backend base URL, log bodies); an `h2c://` URL is a gRPC backend
     pub services: BTreeMap<ServiceId, (String, bool)>,
 }
@@ -212,6 +232,7 @@ impl NodeSettings {
             "limits.clock_skew_secs: must be between 1 and 600"
         );
         let mut clients = BTreeMap::new();
+        let mut client_certs = BTreeMap::new();
         for (i, c) in self.clients.iter().enumerate() {
             let sub: SubsystemId = c
                 .subsystem
@@ -223,10 +244,38 @@ impl NodeSettings {
                 id.member
             );
             anyhow::ensure!(
-                c.token_sha256.len() == 64 && c.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()),
-                "clients[{i}].token_sha256: must be 64 hex characters"
+                c.token_sha256.is_some() || c.certificate_sha256.is_some(),
+                "clients[{i}]: give token_sha256, certificate_sha256, or both"
             );
-            clients.insert(c.token_sha256.to_ascii_lowercase(), (sub, c.log_bodies));
+            let hex64 = |v: &str| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
+            if let Some(t) = &c.token_sha256 {
+                anyhow::ensure!(
+                    hex64(t),
+                    "clients[{i}].token_sha256: must be 64 hex characters"
+                );
+                anyhow::ensure!(
+                    clients
+                        .insert(t.to_ascii_lowercase(), (sub.clone(), c.log_bodies))
+                        .is_none(),
+                    "clients[{i}].token_sha256: the same token is given twice"
+                );
+            }
+            if let Some(h) = &c.certificate_sha256 {
+                anyhow::ensure!(
+                    hex64(h),
+                    "clients[{i}].certificate_sha256: must be 64 hex characters"
+                );
+                anyhow::ensure!(
+                    self.consumer_tls.is_some(),
+                    "clients[{i}].certificate_sha256: needs a [consumer_tls] listener"
+                );
+                anyhow::ensure!(
+                    client_certs
+                        .insert(h.to_ascii_lowercase(), (sub.clone(), c.log_bodies))
+                        .is_none(),
+                    "clients[{i}].certificate_sha256: the same certificate is given twice"
+                );
+            }
         }
         let mut services = BTreeMap::new();
         for (i, s) in self.services.iter().enumerate() {
@@ -251,6 +300,7 @@ impl NodeSettings {
             id,
             instance,
             clients,
+            client_certs,
             services,
             raw: self,
         })

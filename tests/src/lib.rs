@@ -232,6 +232,7 @@ pub fn node_settings(
         clients,
         services,
         log: Default::default(),
+        consumer_tls: None,
     }
 }
 
@@ -343,7 +344,8 @@ impl TestFederation {
             c_port,
             vec![enlace_node::settings::Client {
                 subsystem: demo::CONSUMER_SUBSYSTEM.into(),
-                token_sha256: sha256_hex(&client_token),
+                token_sha256: Some(sha256_hex(&client_token)),
+                certificate_sha256: None,
                 log_bodies: true,
             }],
             vec![],

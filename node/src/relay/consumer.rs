@@ -168,7 +168,7 @@ async fn run(
     let limits = &node.settings.raw.limits;
     let (parts, body) = req.into_parts();
     context::check_header_section(&parts.headers, limits.max_header_bytes)?;
-    let (client, log_bodies) = authenticate_backend(node, &parts.headers)?;
+    let (client, log_bodies) = authenticate_backend(node, &parts.headers, &parts.extensions)?;
     trace.client = Some(client.clone());
     let target = read_target(&parts.uri)?;
     trace.service = target.service.to_string();
@@ -372,28 +372,73 @@ pub(crate) fn fill_signature(rec: &mut Record, headers: &HeaderMap, request: boo
 
 // ---- phases ----
 
-/// The backend's bearer token must be one bound to a subsystem of this node's member.
+/// Who the local backend is: the subsystem its TLS client certificate is pinned to (on the
+/// TLS consumer listener), or the one its bearer token is bound to. When it shows both, they
+/// must name the same subsystem.
 pub(crate) fn authenticate_backend(
     node: &Node,
     headers: &HeaderMap,
+    extensions: &http::Extensions,
 ) -> Result<(SubsystemId, bool), Problem> {
-    let token = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .filter(|t| !t.is_empty() && t.len() <= 256)
-        .ok_or_else(|| {
-            Problem::new(
-                ProblemKind::Unauthenticated,
-                "a local backend authenticates with Authorization: Bearer <token>",
-            )
-        })?;
-    let hash = enlace_description::sha256_hex(token.as_bytes());
-    node.settings
-        .clients
-        .get(&hash)
-        .cloned()
-        .ok_or_else(|| Problem::new(ProblemKind::Unauthenticated, "unknown backend token"))
+    let token = match headers.get(http::header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .filter(|t| !t.is_empty() && t.len() <= 256)
+                .ok_or_else(|| {
+                    Problem::new(
+                        ProblemKind::Unauthenticated,
+                        "Authorization: must be `Bearer <token>` with a token of at most 256 characters",
+                    )
+                })?,
+        ),
+    };
+    let by_token = match token {
+        Some(t) => Some(
+            node.settings
+                .clients
+                .get(&enlace_description::sha256_hex(t.as_bytes()))
+                .cloned()
+                .ok_or_else(|| {
+                    Problem::new(ProblemKind::Unauthenticated, "unknown backend token")
+                })?,
+        ),
+        None => None,
+    };
+    let by_cert = match extensions.get::<crate::consumer_tls::BackendCertificate>() {
+        Some(c) => match node.settings.client_certs.get(&c.0) {
+            Some(found) => Some(found.clone()),
+            // An unknown certificate is no identity; a token may still be one.
+            None if by_token.is_some() => None,
+            None => {
+                return Err(Problem::new(
+                    ProblemKind::Unauthenticated,
+                    format!(
+                        "the client certificate (SHA-256 {}) is not pinned to a subsystem of this node",
+                        c.0
+                    ),
+                ));
+            }
+        },
+        None => None,
+    };
+    match (by_cert, by_token) {
+        (Some(c), Some(t)) if c.0 != t.0 => Err(Problem::new(
+            ProblemKind::Forbidden,
+            format!(
+                "the client certificate is pinned to {} but the token belongs to {}",
+                c.0, t.0
+            ),
+        )),
+        (Some(c), _) => Ok(c),
+        (None, Some(t)) => Ok(t),
+        (None, None) => Err(Problem::new(
+            ProblemKind::Unauthenticated,
+            "a local backend authenticates with a pinned TLS client certificate or Authorization: Bearer <token>",
+        )),
+    }
 }
 
 pub(crate) struct Target {

@@ -641,7 +641,8 @@ async fn consumer_run(
     let limits = &node.settings.raw.limits;
     let (parts, body) = req.into_parts();
     context::check_header_section(&parts.headers, limits.max_header_bytes)?;
-    let (client, log_bodies) = consumer::authenticate_backend(node, &parts.headers)?;
+    let (client, log_bodies) =
+        consumer::authenticate_backend(node, &parts.headers, &parts.extensions)?;
     trace.client = Some(client.clone());
     let ctx = consumer::read_context(&parts.headers, &client)?;
     trace.context = Some(ctx.clone());

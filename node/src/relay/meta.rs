@@ -51,7 +51,7 @@ async fn meta(
             "metaservices answer GET only",
         ));
     }
-    let (client, _) = super::consumer::authenticate_backend(node, req.headers())?;
+    let (client, _) = super::consumer::authenticate_backend(node, req.headers(), req.extensions())?;
     *client_out = Some(client.clone());
     let snap = node.snapshot()?;
     let cfg = &snap.config;

@@ -439,6 +439,8 @@ fn build_snapshot(config: Arc<GlobalConfig>) -> Result<Snapshot, Problem> {
 pub struct RunningNode {
     pub node: Arc<Node>,
     pub consumer_addr: SocketAddr,
+    /// The TLS consumer listener, when configured.
+    pub consumer_tls_addr: Option<SocketAddr>,
     pub provider_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -588,24 +590,45 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
 
     let mut tasks = Vec::new();
     let n = node.clone();
+    let consumer_handler = move |req: http::Request<hyper::body::Incoming>, _remote| {
+        let n = n.clone();
+        async move {
+            if grpc::is_grpc(req.headers()) && reflection::is_reflection(req.uri().path()) {
+                reflection::serve(n, req).await
+            } else if grpc::is_grpc(req.headers()) {
+                grpc::consumer(n, req).await
+            } else {
+                consumer::handle(n, req)
+                    .await
+                    .map(http_body_util::Either::Left)
+            }
+        }
+    };
     tasks.push(tokio::spawn(serve_plain(
         consumer_l,
-        move |req, _remote| {
-            let n = n.clone();
-            async move {
-                if grpc::is_grpc(req.headers()) && reflection::is_reflection(req.uri().path()) {
-                    reflection::serve(n, req).await
-                } else if grpc::is_grpc(req.headers()) {
-                    grpc::consumer(n, req).await
-                } else {
-                    consumer::handle(n, req)
-                        .await
-                        .map(http_body_util::Either::Left)
-                }
-            }
-        },
+        consumer_handler.clone(),
         shutdown_rx.clone(),
     )));
+    let consumer_tls_addr = match &raw.consumer_tls {
+        Some(t) => {
+            let tls =
+                enlace_certs::backend_server_config(&read(&t.cert_file)?, &read(&t.key_file)?)
+                    .map_err(|p| anyhow::anyhow!("consumer_tls: {p}"))?;
+            let l = TcpListener::bind(t.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("consumer_tls.listen {}: {e}", t.listen))?;
+            let addr = l.local_addr()?;
+            tasks.push(tokio::spawn(crate::consumer_tls::serve(
+                l,
+                tls,
+                Duration::from_millis(raw.limits.handshake_timeout_ms),
+                consumer_handler,
+                shutdown_rx.clone(),
+            )));
+            Some(addr)
+        }
+        None => None,
+    };
     let n = node.clone();
     tasks.push(tokio::spawn(serve_mtls(
         provider_l,
@@ -683,6 +706,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
     Ok(RunningNode {
         node,
         consumer_addr,
+        consumer_tls_addr,
         provider_addr,
         admin_addr,
         shutdown,

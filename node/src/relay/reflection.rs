@@ -33,7 +33,7 @@ pub(crate) fn is_reflection(path: &str) -> bool {
 
 /// Serves one reflection call of a local backend.
 pub(crate) async fn serve(node: Arc<Node>, req: Request<Incoming>) -> Response<OutBody> {
-    let sets = match descriptor_sets(&node, req.headers()).await {
+    let sets = match descriptor_sets(&node, req.headers(), req.extensions()).await {
         Ok(sets) => sets,
         Err(p) => {
             tracing::info!(problem = p.kind.slug(), detail = %p.detail, "reflection call refused");
@@ -64,8 +64,12 @@ pub(crate) async fn serve(node: Arc<Node>, req: Request<Incoming>) -> Response<O
 
 /// The stored descriptor sets of the latest protobuf version, within the contract's range, of
 /// every service the caller holds an active contract for.
-async fn descriptor_sets(node: &Node, headers: &HeaderMap) -> Result<Vec<Vec<u8>>, Problem> {
-    let (client, _) = consumer::authenticate_backend(node, headers)?;
+async fn descriptor_sets(
+    node: &Node,
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+) -> Result<Vec<Vec<u8>>, Problem> {
+    let (client, _) = consumer::authenticate_backend(node, headers, extensions)?;
     let snap = node.snapshot()?;
     let now = time::OffsetDateTime::now_utc();
     let mut entries: Vec<&ServiceEntry> = Vec::new();
