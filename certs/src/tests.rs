@@ -538,3 +538,24 @@ fn trust_store_refuses_bad_input() {
     install_crypto_provider();
     install_crypto_provider();
 }
+
+#[tokio::test]
+async fn a_signing_certificate_does_not_pass_as_a_tls_certificate() {
+    let ca = new_ca();
+    let a = enrol(&ca, node("CL-DEV/GOV/61002000-3", "a"));
+    let b = enrol(&ca, node("CL-DEV/GOV/60803000-K", "a"));
+    let t = trust(&ca, None);
+    // b presents its Ed25519 signing certificate and key as its TLS client certificate.
+    let sneaky_client = client_config(&t, &b.signing.pem, &b.keys.signing_key_pem, None).unwrap();
+    let out = handshake(server_for(&t, &a), sneaky_client).await;
+    let err = out.server.expect_err("the server refuses it");
+    assert!(err.contains("purpose"), "{err}");
+    // ...and as its TLS server certificate.
+    let sneaky_server = server_config(&t, &b.signing.pem, &b.keys.signing_key_pem).unwrap();
+    let out = handshake(sneaky_server, client_for(&t, &a, None)).await;
+    let err = out.client.expect_err("the client refuses it");
+    assert!(err.contains("purpose"), "{err}");
+    // Control: the TLS certificates themselves still work.
+    let out = handshake(server_for(&t, &a), client_for(&t, &b, None)).await;
+    assert_eq!(out.server.unwrap(), b.id);
+}

@@ -234,6 +234,40 @@ fn to_rustls(e: webpki::Error) -> rustls::Error {
     rustls::Error::InvalidCertificate(c)
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    Server,
+    Client,
+}
+
+/// webpki checks an extended key usage only when the certificate has one. A node's signing
+/// certificate has none (that is what keeps a TLS certificate from signing), so without this
+/// it would also pass as a TLS certificate: a TLS certificate must state the purpose.
+fn require_tls_usage(
+    der: &CertificateDer<'_>,
+    purpose: Purpose,
+) -> std::result::Result<(), rustls::Error> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let ok = eku.is_some_and(|e| match purpose {
+        Purpose::Server => e.value.server_auth,
+        Purpose::Client => e.value.client_auth,
+    });
+    if ok {
+        return Ok(());
+    }
+    Err(problem_to_rustls(unauthenticated(format!(
+        "the certificate does not state the TLS {} purpose (extended key usage); a signing certificate is not a TLS certificate",
+        match purpose {
+            Purpose::Server => "server",
+            Purpose::Client => "client",
+        }
+    ))))
+}
+
 fn problem_to_rustls(p: enlace_core::problem::Problem) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(p))))
 }
@@ -265,6 +299,7 @@ impl ServerCertVerifier for NodeServerVerifier {
             KeyUsage::server_auth(),
         )
         .map_err(to_rustls)?;
+        require_tls_usage(end_entity, Purpose::Server)?;
         let node = peer_node_id(std::slice::from_ref(end_entity)).map_err(problem_to_rustls)?;
         match &self.expected {
             Some(expected) if node != *expected => Err(problem_to_rustls(unauthenticated(
@@ -326,6 +361,7 @@ impl ClientCertVerifier for NodeClientVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
+        require_tls_usage(end_entity, Purpose::Client)?;
         peer_node_id(std::slice::from_ref(end_entity)).map_err(problem_to_rustls)?;
         Ok(verified)
     }

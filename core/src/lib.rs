@@ -9,6 +9,7 @@ pub mod id;
 pub mod loghead;
 pub mod merkle;
 pub mod problem;
+pub mod renewal;
 pub mod settings;
 
 pub use config::{GlobalConfig, SignedConfig};

@@ -416,6 +416,22 @@ struct NewNode {
 struct Renewal {
     tls_csr: String,
     signing_csr: String,
+    /// A reason to revoke the certificates this renewal replaces at once (a key thought
+    /// compromised); without it they stay valid until they expire.
+    #[serde(default)]
+    revoke_previous: Option<String>,
+    /// A node renewing itself, instead of an admin token: signed by its current signing key.
+    #[serde(default)]
+    proof: Option<RenewalProof>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewalProof {
+    /// RFC 3339, within 5 minutes of the registry's clock and after the last renewal's.
+    at: String,
+    /// Ed25519 over `enlace-node-renew-v1\n{node}\n{at}\n{sha256(tls_csr)}\n{sha256(signing_csr)}`.
+    signature: String,
 }
 
 #[derive(Deserialize)]
@@ -460,12 +476,35 @@ async fn node_action(
 ) -> ApiResult {
     let (id, tail) = split_id(&rest, 5)?;
     let id: NodeId = id.parse()?;
+    if tail == ["renew"] && bearer(&headers).is_none() {
+        // A node renewing itself: no token, a proof made with its current signing key.
+        let r: Renewal = json_body(&headers, body).await?;
+        let (Some(proof), None) = (r.proof, r.revoke_previous) else {
+            return Err(Problem::new(
+                ProblemKind::Unauthenticated,
+                "a renewal needs an admin's Authorization: Bearer token, or a node's `proof` (and a node cannot revoke its previous certificates itself)",
+            )
+            .into());
+        };
+        let rec = app
+            .renew_node_by_proof(&id, r.tls_csr, r.signing_csr, proof.at, proof.signature)
+            .await?;
+        return json_response(StatusCode::OK, rec);
+    }
     let who = actor(&app, &headers)?;
     let rec = match tail.as_slice() {
         ["approve"] => app.approve_node(&who, &id).await?,
         ["renew"] => {
             let r: Renewal = json_body(&headers, body).await?;
-            app.renew_node(&who, &id, r.tls_csr, r.signing_csr).await?
+            if r.proof.is_some() {
+                return Err(Problem::new(
+                    ProblemKind::InvalidRequest,
+                    "give an admin token or a node's proof, not both",
+                )
+                .into());
+            }
+            app.renew_node(&who, &id, r.tls_csr, r.signing_csr, r.revoke_previous)
+                .await?
         }
         ["revoke"] => {
             let r: Reason = json_body(&headers, body).await?;

@@ -58,6 +58,26 @@ pub struct NodeRecord {
     pub signing_serial: Option<String>,
     pub not_after: Option<String>,
     pub revoked: bool,
+    /// Certificates a renewal replaced that may still be within their validity: revoking the
+    /// node revokes them too (a stolen old key must not outlive the node's revocation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<PreviousCert>,
+    /// The `at` of the node's last self-renewal proof: a later one must be later still.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_renewal_at: Option<String>,
+}
+
+/// A certificate of a node that a renewal replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousCert {
+    pub serial_hex: String,
+    /// `tls` or `signing`.
+    pub purpose: String,
+    /// RFC 3339; after this it needs no revocation.
+    pub not_after: String,
+    /// Whether it is already in the CRL.
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

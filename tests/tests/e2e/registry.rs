@@ -376,6 +376,75 @@ async fn nodes_get_short_lived_certificates_naming_them_and_can_renew_and_be_rev
     );
     assert!(err.is_err(), "revoked signing certificate refused");
     assert!(!serial.is_empty() && cert.contains("BEGIN CERTIFICATE"));
+    // The certificates the renewal replaced are revoked with the node too: a stolen old key
+    // does not outlive the revocation.
+    let old = enlace_certs::verify_signer(
+        &trust,
+        approved["signing_certificate"].as_str().unwrap(),
+        &node.uri(),
+        time::OffsetDateTime::now_utc(),
+    );
+    assert!(
+        old.is_err(),
+        "the pre-renewal signing certificate is revoked too"
+    );
+}
+
+#[tokio::test]
+async fn a_renewal_can_revoke_the_certificates_it_replaces_at_once() {
+    let r = start_registry().await;
+    let rc = member_with_token(&r, RC, "RC").await;
+    let node: enlace_core::NodeId = demo::PROVIDER_NODE.parse().unwrap();
+    let keys = enlace_certs::node_init(&node).unwrap();
+    r.post(
+        "/v1/nodes",
+        Some(&rc),
+        &json!({"id": demo::PROVIDER_NODE, "address": "127.0.0.1:1",
+                "tls_csr": keys.tls_csr_pem, "signing_csr": keys.signing_csr_pem}),
+    )
+    .await
+    .ok(201);
+    let first = r
+        .post(
+            &format!("/v1/nodes/{}/approve", demo::PROVIDER_NODE),
+            Some(r.admin()),
+            &json!({}),
+        )
+        .await
+        .ok(200)
+        .clone();
+    let keys2 = enlace_certs::node_init(&node).unwrap();
+    let second = r
+        .post(
+            &format!("/v1/nodes/{}/renew", demo::PROVIDER_NODE),
+            Some(&rc),
+            &json!({"tls_csr": keys2.tls_csr_pem, "signing_csr": keys2.signing_csr_pem,
+                    "revoke_previous": "the old signing key was copied to a laptop that was stolen"}),
+        )
+        .await
+        .ok(200)
+        .clone();
+    let get = |path: &'static str| {
+        let url = format!("{}{path}", r.url);
+        let http = r.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let trust =
+        enlace_certs::TrustStore::new(&[get("/v1/ca").await], Some(&get("/v1/crl").await)).unwrap();
+    let check = |cert: &Value| {
+        enlace_certs::verify_signer(
+            &trust,
+            cert["signing_certificate"].as_str().unwrap(),
+            &node.uri(),
+            time::OffsetDateTime::now_utc(),
+        )
+    };
+    assert!(
+        check(&first).is_err(),
+        "the replaced certificate is revoked"
+    );
+    assert!(check(&second).is_ok(), "the new one is not");
+    assert_eq!(second["revoked"], false);
 }
 
 #[tokio::test]
@@ -985,4 +1054,94 @@ async fn the_api_is_described_and_unknown_paths_are_problems() {
     r.get("/v1/members/CL-DEV/GOV/61002000-3/extra/segments", None)
         .await
         .problem("not-found", 404);
+}
+
+#[tokio::test]
+async fn a_node_renews_itself_with_a_proof_of_its_current_signing_key() {
+    let r = start_registry().await;
+    let rc = member_with_token(&r, RC, "RC").await;
+    let node: enlace_core::NodeId = demo::PROVIDER_NODE.parse().unwrap();
+    let keys = enlace_certs::node_init(&node).unwrap();
+    r.post(
+        "/v1/nodes",
+        Some(&rc),
+        &json!({"id": demo::PROVIDER_NODE, "address": "127.0.0.1:1",
+                "tls_csr": keys.tls_csr_pem, "signing_csr": keys.signing_csr_pem}),
+    )
+    .await
+    .ok(201);
+    let first = r
+        .post(
+            &format!("/v1/nodes/{}/approve", demo::PROVIDER_NODE),
+            Some(r.admin()),
+            &json!({}),
+        )
+        .await
+        .ok(200)
+        .clone();
+    let current = enlace_certs::SigningKey::from_pem(&keys.signing_key_pem).unwrap();
+    let next = enlace_certs::node_init(&node).unwrap();
+    let path = format!("/v1/nodes/{}/renew", demo::PROVIDER_NODE);
+    let body = |key: &enlace_certs::SigningKey, at: time::OffsetDateTime| {
+        let at = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let text =
+            enlace_core::renewal::proof_text(&node, &at, &next.tls_csr_pem, &next.signing_csr_pem);
+        let sig = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            key.sign(text.as_bytes()),
+        );
+        json!({"tls_csr": next.tls_csr_pem, "signing_csr": next.signing_csr_pem,
+               "proof": {"at": at, "signature": sig}})
+    };
+    let now = time::OffsetDateTime::now_utc();
+    // Signed by another key, or too old: refused, nothing changes.
+    let stranger = enlace_certs::SigningKey::generate().unwrap();
+    r.post(&path, None, &body(&stranger, now))
+        .await
+        .problem("unauthenticated", 401);
+    r.post(
+        &path,
+        None,
+        &body(&current, now - time::Duration::minutes(10)),
+    )
+    .await
+    .problem("unauthenticated", 401);
+    // A proof and a token together: one or the other.
+    r.post(&path, Some(&rc), &body(&current, now))
+        .await
+        .problem("invalid-request", 400);
+    let node_now = r
+        .get(&format!("/v1/nodes/{}", demo::PROVIDER_NODE), None)
+        .await;
+    assert_eq!(node_now.ok(200)["signing_serial"], first["signing_serial"]);
+    // The real proof renews, audited as the node itself.
+    let good = body(&current, now);
+    let renewed = r.post(&path, None, &good).await;
+    assert_ne!(renewed.ok(200)["signing_serial"], first["signing_serial"]);
+    let audit = r.get("/v1/audit", Some(r.admin())).await;
+    assert!(
+        audit
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "node.renew"
+                && e["actor"] == format!("node:{}", demo::PROVIDER_NODE)
+                && e["outcome"] == "ok"),
+        "{:#}",
+        audit.body
+    );
+    // The same proof again is a replay; and the old key no longer renews anything.
+    r.post(&path, None, &good)
+        .await
+        .problem("unauthenticated", 401);
+    r.post(
+        &path,
+        None,
+        &body(&current, time::OffsetDateTime::now_utc()),
+    )
+    .await
+    .problem("unauthenticated", 401);
 }
