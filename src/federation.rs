@@ -225,6 +225,14 @@ pub async fn prepare(dir: &Path, ports: Ports, backends: Backends) -> anyhow::Re
             &std::fs::read(&secrets_file).with_context(|| format!("{}", secrets_file.display()))?,
         )?
     };
+    if !fresh {
+        for node in demo::renew_stale_node_certs(&registry.registry, &nodes_dir)
+            .await
+            .context("renewing the demo nodes' certificates")?
+        {
+            tracing::info!(%node, "renewed the certificates of a demo node (they had expired or were about to)");
+        }
+    }
     if secrets.demo.grpc_contract.is_empty() {
         // Seeded before `enlace up` served gRPC: add the contract once, and remember it.
         secrets.demo.grpc_contract = demo::seed_grpc_contract(&registry.registry)

@@ -52,6 +52,10 @@ pub struct NodeEntry {
     pub tls_certificate: String,
     /// Signing certificate, PEM.
     pub signing_certificate: String,
+    /// Signing certificates a renewal replaced that are still valid and unrevoked: while a
+    /// node rolls its key over, peers accept a signature by any of them (current first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_signing_certificates: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

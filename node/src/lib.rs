@@ -9,6 +9,7 @@ pub mod consumer_tls;
 pub mod msglog;
 pub mod net;
 pub mod relay;
+pub mod renewal;
 pub mod sample;
 pub mod sample_grpc;
 pub mod settings;

@@ -38,6 +38,44 @@ pub struct NodeSettings {
     /// A TLS listener for local backends, where they may authenticate by client certificate.
     #[serde(default)]
     pub consumer_tls: Option<ConsumerTls>,
+    #[serde(default)]
+    pub renewal: RenewalSettings,
+}
+
+/// When the node renews its own certificates (with a proof made by its current signing key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalSettings {
+    /// Renew when less than this fraction of a certificate's lifetime is left.
+    #[serde(default = "default_remaining_fraction")]
+    pub remaining_fraction: f64,
+    /// How often to check, seconds (and once at start).
+    #[serde(default = "default_renewal_check")]
+    pub check_interval_secs: u64,
+    /// How long after its own configuration lists the new signing certificate the node waits
+    /// before signing with the new key (peers following the registry catch up), milliseconds.
+    #[serde(default = "default_switch_grace")]
+    pub switch_grace_ms: u64,
+}
+
+fn default_remaining_fraction() -> f64 {
+    1.0 / 3.0
+}
+fn default_renewal_check() -> u64 {
+    300
+}
+fn default_switch_grace() -> u64 {
+    2000
+}
+
+impl Default for RenewalSettings {
+    fn default() -> Self {
+        RenewalSettings {
+            remaining_fraction: default_remaining_fraction(),
+            check_interval_secs: default_renewal_check(),
+            switch_grace_ms: default_switch_grace(),
+        }
+    }
 }
 
 /// The TLS consumer listener: local backends connect over TLS (HTTP/1.1 or HTTP/2) and may
@@ -230,6 +268,18 @@ impl NodeSettings {
         anyhow::ensure!(
             (1..=600).contains(&self.limits.clock_skew_secs),
             "limits.clock_skew_secs: must be between 1 and 600"
+        );
+        anyhow::ensure!(
+            self.renewal.remaining_fraction > 0.0 && self.renewal.remaining_fraction <= 1.0,
+            "renewal.remaining_fraction: must be above 0 and at most 1"
+        );
+        anyhow::ensure!(
+            (1..=86_400).contains(&self.renewal.check_interval_secs),
+            "renewal.check_interval_secs: must be between 1 and 86400"
+        );
+        anyhow::ensure!(
+            self.renewal.switch_grace_ms <= 60_000,
+            "renewal.switch_grace_ms: must be at most 60000"
         );
         let mut clients = BTreeMap::new();
         let mut client_certs = BTreeMap::new();

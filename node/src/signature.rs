@@ -723,6 +723,24 @@ pub fn sign_response(
 // ---------------------------------------------------------------------------------------------
 // Verification
 
+/// The Ed25519 public key(s) a `keyid` stands for: one, or, while a node rolls its signing key
+/// over, its current key first and then those it may still be using.
+pub trait PublicKeys {
+    fn candidates(&self) -> impl Iterator<Item = &[u8]>;
+}
+
+impl PublicKeys for Vec<u8> {
+    fn candidates(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.as_slice())
+    }
+}
+
+impl PublicKeys for Vec<Vec<u8>> {
+    fn candidates(&self) -> impl Iterator<Item = &[u8]> {
+        self.iter().map(Vec::as_slice)
+    }
+}
+
 /// What a verifier demands of a signature besides a valid Ed25519 signature.
 #[derive(Debug, Clone, Copy)]
 pub struct Expected<'a> {
@@ -761,12 +779,12 @@ pub struct VerifiedSignature {
 /// ([`ProblemKind::Stale`]). Then the key for `keyid` (errors from `public_key_for` are returned
 /// as they are) must verify the signature over the rebuilt signature base. Every other failure
 /// is [`ProblemKind::SignatureInvalid`]; oversized headers are [`ProblemKind::BodyTooLarge`].
-pub fn verify(
+pub fn verify<K: PublicKeys>(
     signature_input: &str,
     signature: &str,
     msg: &MessageContext<'_>,
     expected: &Expected<'_>,
-    public_key_for: impl Fn(&str) -> Result<Vec<u8>, Problem>,
+    public_key_for: impl Fn(&str) -> Result<K, Problem>,
 ) -> Result<VerifiedSignature, Problem> {
     if signature_input.len() > MAX_SIGNATURE_HEADER_LEN {
         return Err(too_large(
@@ -864,8 +882,11 @@ pub fn verify(
 
     let base =
         build_base(&components, &sf::inner_list_to_string(items, params), msg).map_err(refused)?;
-    let public_key = public_key_for(&parsed.keyid)?;
-    if !verify_ed25519(&public_key, base.as_bytes(), signature_bytes) {
+    let public_keys = public_key_for(&parsed.keyid)?;
+    if !public_keys
+        .candidates()
+        .any(|key| verify_ed25519(key, base.as_bytes(), signature_bytes))
+    {
         return Err(refused("the signature does not verify").with("keyid", parsed.keyid.as_str()));
     }
     Ok(VerifiedSignature {
@@ -890,10 +911,10 @@ pub fn signature_headers(headers: &HeaderMap) -> Result<(String, String), Proble
 /// The required components are [`request_components`] of the received headers: the mandatory
 /// ones plus every optional Enlace header present, so an unsigned header added in transit is
 /// refused.
-pub fn verify_request(
+pub fn verify_request<K: PublicKeys>(
     request: Message<'_>,
     body: &[u8],
-    public_key_for: impl Fn(&str) -> Result<Vec<u8>, Problem>,
+    public_key_for: impl Fn(&str) -> Result<K, Problem>,
     now: i64,
     max_skew_secs: i64,
 ) -> Result<VerifiedSignature, Problem> {
@@ -919,11 +940,11 @@ pub fn verify_request(
 
 /// Verifies a response signed by [`sign_response`], bound to `request` (as this node sent it),
 /// and its body against `Content-Digest`.
-pub fn verify_response(
+pub fn verify_response<K: PublicKeys>(
     response: Message<'_>,
     body: &[u8],
     request: Message<'_>,
-    public_key_for: impl Fn(&str) -> Result<Vec<u8>, Problem>,
+    public_key_for: impl Fn(&str) -> Result<K, Problem>,
     now: i64,
     max_skew_secs: i64,
 ) -> Result<VerifiedSignature, Problem> {

@@ -216,6 +216,49 @@ pub async fn seed_grpc_contract(reg: &Registry) -> Result<String, Problem> {
     Ok(contract.id.to_string())
 }
 
+/// Renews, as their members' admins, the demo nodes' certificates that have expired or have
+/// less than a third of their life left (a demo directory reused after a week): a node renews
+/// itself while its certificates are valid, but cannot prove anything with an expired key.
+/// Returns the nodes renewed.
+pub async fn renew_stale_node_certs(
+    reg: &Registry,
+    nodes_dir: &Path,
+) -> Result<Vec<NodeId>, Problem> {
+    let mut renewed = Vec::new();
+    for node in [PROVIDER_NODE, CONSUMER_NODE] {
+        let node: NodeId = id(node);
+        let dir = nodes_dir.join(node.member.code());
+        let now = time::OffsetDateTime::now_utc();
+        let stale = ["tls.pem", "signing.pem"].iter().any(|f| {
+            std::fs::read_to_string(dir.join(f))
+                .map(|pem| enlace_certs::needs_renewal(&pem, now, 1.0 / 3.0))
+                .unwrap_or(true)
+        });
+        if !stale {
+            continue;
+        }
+        let keys = enlace_certs::node_init(&node)?;
+        let admin = Actor::MemberAdmin(node.member.clone());
+        let rec = reg
+            .renew_node(
+                &admin,
+                &node,
+                keys.tls_csr_pem.clone(),
+                keys.signing_csr_pem.clone(),
+                None,
+            )
+            .await?;
+        write_node_files(&dir, &keys, &rec, reg.ca_pem()).map_err(|e| {
+            Problem::new(
+                enlace_core::ProblemKind::Internal,
+                format!("writing {}: {e}", dir.display()),
+            )
+        })?;
+        renewed.push(node);
+    }
+    Ok(renewed)
+}
+
 fn write_node_files(
     dir: &Path,
     keys: &enlace_certs::NodeKeys,

@@ -78,6 +78,10 @@ pub struct PreviousCert {
     /// Whether it is already in the CRL.
     #[serde(default)]
     pub revoked: bool,
+    /// The certificate (kept for signing certificates: peers still verify with it until the
+    /// node has switched to its new key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

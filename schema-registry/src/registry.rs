@@ -715,13 +715,18 @@ impl Registry {
         let now_s = rfc3339(now());
         rec.previous.retain(|p| p.not_after > now_s);
         if let Some(not_after) = &rec.not_after {
-            for (serial, purpose) in [(&rec.tls_serial, "tls"), (&rec.signing_serial, "signing")] {
+            let signing = rec.signing_certificate.clone();
+            for (serial, purpose, certificate) in [
+                (&rec.tls_serial, "tls", None),
+                (&rec.signing_serial, "signing", signing),
+            ] {
                 if let Some(serial) = serial {
                     rec.previous.push(PreviousCert {
                         serial_hex: serial.clone(),
                         purpose: purpose.into(),
                         not_after: not_after.clone(),
                         revoked: false,
+                        certificate,
                     });
                 }
             }
@@ -1174,11 +1179,19 @@ impl Registry {
                 .into_iter()
                 .filter(|n| n.state == Approval::Approved && !n.revoked)
                 .filter_map(|n| {
+                    let now_s = rfc3339(now());
+                    let previous_signing_certificates = n
+                        .previous
+                        .iter()
+                        .filter(|p| p.purpose == "signing" && !p.revoked && p.not_after > now_s)
+                        .filter_map(|p| p.certificate.clone())
+                        .collect();
                     Some(NodeEntry {
                         id: n.id,
                         address: n.address,
                         tls_certificate: n.tls_certificate?,
                         signing_certificate: n.signing_certificate?,
+                        previous_signing_certificates,
                     })
                 })
                 .collect(),

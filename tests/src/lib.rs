@@ -233,6 +233,7 @@ pub fn node_settings(
         services,
         log: Default::default(),
         consumer_tls: None,
+        renewal: Default::default(),
     }
 }
 

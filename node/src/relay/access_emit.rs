@@ -124,7 +124,7 @@ pub(crate) fn record(
         response_digest: ex.response_digest,
         node: node.settings.id.to_string(),
     };
-    Some(sign_record(record, &node.signing_key))
+    Some(sign_record(record, &node.signing_key.current()))
 }
 
 /// Queues the record durably (a no-op without one); the response waits for this.

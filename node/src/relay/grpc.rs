@@ -198,7 +198,7 @@ impl Bound {
 
 fn sign_trailers(node: &Node, trailers: &mut HeaderMap, request: &Bound) -> Result<(), Problem> {
     sign_trailers_with(
-        &node.signing_key,
+        &node.signing_key.current(),
         &node.settings.id.to_string(),
         unix_now(),
         trailers,
@@ -801,7 +801,7 @@ fn sign_request(
     );
     let method = Method::POST;
     let (input, sig) = signature::sign_request(
-        &node.signing_key,
+        &node.signing_key.current(),
         &node.settings.id.to_string(),
         unix_now(),
         Message::request(&method, &uri, &headers),

@@ -38,7 +38,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ConfigClient, ConfigSource};
 use crate::msglog::{LogOptions, MessageLog};
-use crate::net::{Body, DialMaterial, PeerPool, serve_mtls, serve_plain};
+use crate::net::{Body, PeerPool, serve_mtls, serve_plain};
+use crate::renewal::{SigningKeyCell, TlsState};
 use crate::settings::Checked;
 use guard::{ReplayGuard, VolumeGuard};
 
@@ -53,7 +54,7 @@ pub struct Snapshot {
     /// Peers' signing keys verified against this configuration's CA and CRL, with their
     /// certificates' `notAfter`. A new configuration (a new CRL, a renewed certificate) starts
     /// an empty cache, so a revoked key is never served from an older verification.
-    peer_keys: Mutex<HashMap<NodeId, VerifiedKey>>,
+    peer_keys: Mutex<HashMap<NodeId, Vec<VerifiedKey>>>,
     /// Indices into `config`, built once per configuration so that no request scans a list.
     contracts: HashMap<ContractId, usize>,
     subsystems: HashSet<SubsystemId>,
@@ -85,7 +86,7 @@ impl Snapshot {
 /// A running node's shared state.
 pub struct Node {
     pub settings: Checked,
-    pub(crate) signing_key: SigningKey,
+    pub(crate) signing_key: SigningKeyCell,
     pub config: Arc<ConfigClient>,
     snapshot: watch::Sender<Option<Arc<Snapshot>>>,
     pub(crate) pool: PeerPool,
@@ -180,21 +181,36 @@ impl Node {
         Ok(())
     }
 
-    /// A peer's Ed25519 key for `keyid`, verified against the federation CA and CRL of this
-    /// configuration, and only while its certificate is valid.
+    /// A peer's current Ed25519 signing key for `keyid` (see [`Node::peer_keys`]).
     pub(crate) fn peer_key(&self, snap: &Snapshot, keyid: &str) -> Result<Vec<u8>, Problem> {
+        let mut keys = self.peer_keys(snap, keyid)?;
+        Ok(keys.swap_remove(0))
+    }
+
+    /// The Ed25519 keys a peer may sign with: its current signing certificate's and, while it
+    /// rolls its key over, those of its previous ones the configuration still lists; each
+    /// verified against the federation CA and CRL of this configuration, and used only while
+    /// its certificate is valid. The current key comes first; never empty.
+    pub(crate) fn peer_keys(&self, snap: &Snapshot, keyid: &str) -> Result<Vec<Vec<u8>>, Problem> {
         let node: NodeId = keyid
             .parse()
             .map_err(|e| Problem::new(ProblemKind::SignatureInvalid, format!("keyid: {e}")))?;
         let now = time::OffsetDateTime::now_utc();
-        if let Some((key, not_after)) = snap
+        let now_s = now.unix_timestamp();
+        if let Some(keys) = snap
             .peer_keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&node)
-            && now.unix_timestamp() < *not_after
         {
-            return Ok(key.to_vec());
+            let valid: Vec<Vec<u8>> = keys
+                .iter()
+                .filter(|(_, not_after)| now_s < *not_after)
+                .map(|(k, _)| k.to_vec())
+                .collect();
+            if !valid.is_empty() {
+                return Ok(valid);
+            }
         }
         let entry = snap.nodes.get(&node).ok_or_else(|| {
             Problem::new(
@@ -202,23 +218,33 @@ impl Node {
                 format!("keyid {node} is not an approved node of the federation"),
             )
         })?;
-        let (key, not_after) = enlace_certs::verify_signer_until(
-            &snap.trust,
-            &entry.signing_certificate,
-            &node.uri(),
-            now,
-        )
-        .map_err(|p| {
+        let verify =
+            |pem: &str| enlace_certs::verify_signer_until(&snap.trust, pem, &node.uri(), now);
+        let current = verify(&entry.signing_certificate).map_err(|p| {
             Problem::new(
                 ProblemKind::SignatureInvalid,
                 format!("signing certificate of {node}: {}", p.detail),
             )
         })?;
+        let mut verified = vec![current];
+        verified.extend(
+            entry
+                .previous_signing_certificates
+                .iter()
+                .filter_map(|pem| verify(pem).ok()),
+        );
+        let out = verified.iter().map(|(k, _)| k.clone()).collect();
         snap.peer_keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(node, (key.as_slice().into(), not_after));
-        Ok(key)
+            .insert(
+                node,
+                verified
+                    .into_iter()
+                    .map(|(k, not_after)| (Arc::<[u8]>::from(k), not_after))
+                    .collect(),
+            );
+        Ok(out)
     }
 
     /// The service version a request for `service` major `major` goes to: the latest minor.
@@ -343,11 +369,16 @@ impl Node {
         Ok(bytes.to_vec())
     }
 
+    /// The HTTP client for the registry (trusting the federation CA for HTTPS).
+    pub(crate) fn registry_http(&self) -> &reqwest::Client {
+        &self.registry_http
+    }
+
     /// Signs the log head and anchors it in the registry.
     pub async fn anchor_log_head(&self) -> Result<(), Problem> {
         let head = self
             .log
-            .sign_head(&self.signing_key, &self.settings.id.to_string())
+            .sign_head(&self.signing_key.current(), &self.settings.id.to_string())
             .await?;
         let body = enlace_core::loghead::SignedHead {
             node: head.node.clone(),
@@ -509,19 +540,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         .current()
         .map_err(|p| anyhow::anyhow!("no usable configuration: {p}"))?;
     let snap = Arc::new(build_snapshot(cfg)?);
-    let server_tls = enlace_certs::server_config(&snap.trust, &tls_cert, &tls_key)?;
-    let (tls_tx, tls_rx) = watch::channel(server_tls);
-    let material = {
-        let (cert, key) = (tls_cert.clone(), tls_key.clone());
-        move |trust: &TrustStore| {
-            Arc::new(DialMaterial {
-                trust: trust.clone(),
-                cert_pem: cert.clone(),
-                key_pem: key.clone(),
-            })
-        }
-    };
-    let (dial_tx, dial_rx) = watch::channel(material(&snap.trust));
+    let (tls, tls_rx, dial_rx) = TlsState::new(tls_cert, tls_key, &snap.trust)?;
     let limits = &raw.limits;
     let log = MessageLog::open(
         &raw.data_dir.join("messages.sqlite"),
@@ -549,7 +568,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         .http2_only(true)
         .build(http);
     let node = Arc::new(Node {
-        signing_key,
+        signing_key: SigningKeyCell::new(signing_key),
         config: config.clone(),
         snapshot: watch::channel(Some(snap)).0,
         pool: PeerPool::new(dial_rx, Duration::from_millis(limits.upstream_timeout_ms)),
@@ -659,6 +678,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
     // Rebuild trust (CA, CRL) and the TLS configurations whenever the configuration changes.
     let n = node.clone();
     let mut updates = config.subscribe();
+    let tls_state = tls.clone();
     background.push(tokio::spawn(async move {
         let mut last_crl = String::new();
         while updates.changed().await.is_ok() {
@@ -668,13 +688,9 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
                     let s = Arc::new(s);
                     if s.config.crl != last_crl {
                         last_crl = s.config.crl.clone();
-                        match enlace_certs::server_config(&s.trust, &tls_cert, &tls_key) {
-                            Ok(c) => {
-                                tls_tx.send_replace(c);
-                            }
-                            Err(p) => tracing::error!(problem = %p, "could not rebuild the TLS configuration"),
+                        if let Err(p) = tls_state.rebuild(&s.trust) {
+                            tracing::error!(problem = %p, "could not rebuild the TLS configuration");
                         }
-                        dial_tx.send_replace(material(&s.trust));
                         n.pool.reset().await;
                     }
                     n.snapshot.send_replace(Some(s));
@@ -683,6 +699,8 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
             }
         }
     }));
+    // Renew the node's certificates before they run out.
+    background.push(crate::renewal::spawn(node.clone(), tls));
     // Ship access records to the registry.
     background.push(crate::access::spawn_shipper(
         node.access.clone(),

@@ -428,7 +428,7 @@ pub(crate) fn verify_signature(
                     format!("signed by {keyid}, but the TLS peer is {expected}"),
                 ));
             }
-            node.peer_key(snap, keyid)
+            node.peer_keys(snap, keyid)
         },
         unix_now(),
         node.settings.raw.limits.clock_skew_secs,
@@ -660,7 +660,7 @@ fn sign(
         HeaderValue::from_str(&signature::content_digest(&body)).map_err(internal)?,
     );
     let (input, sig) = signature::sign_response(
-        &node.signing_key,
+        &node.signing_key.current(),
         &node.settings.id.to_string(),
         unix_now(),
         signature::Message::response(status, &headers),

@@ -14,3 +14,4 @@ mod hidden_records;
 mod message_log;
 mod registry;
 mod relay;
+mod renewal;

@@ -1145,3 +1145,40 @@ async fn a_node_renews_itself_with_a_proof_of_its_current_signing_key() {
     .await
     .problem("unauthenticated", 401);
 }
+
+#[tokio::test]
+async fn a_reused_demo_directory_gets_fresh_certificates_for_stale_nodes() {
+    let r = start_registry().await;
+    r.seed_demo().await;
+    let nodes = r.dir.path().join("nodes");
+    let reg = &r.running.registry;
+    assert!(
+        demo::renew_stale_node_certs(reg, &nodes)
+            .await
+            .unwrap()
+            .is_empty(),
+        "fresh certificates are left alone"
+    );
+    // Registro Civil's TLS certificate is unusable (as an expired one would be).
+    let tls = nodes.join("61002000-3/tls.pem");
+    std::fs::write(&tls, "expired").unwrap();
+    let renewed = demo::renew_stale_node_certs(reg, &nodes).await.unwrap();
+    assert_eq!(
+        renewed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        [demo::PROVIDER_NODE]
+    );
+    let pem = std::fs::read_to_string(&tls).unwrap();
+    assert!(!enlace_certs::needs_renewal(
+        &pem,
+        time::OffsetDateTime::now_utc(),
+        1.0 / 3.0
+    ));
+    let key = std::fs::read_to_string(nodes.join("61002000-3/tls-key.pem")).unwrap();
+    assert!(key.contains("PRIVATE KEY"));
+    assert!(
+        demo::renew_stale_node_certs(reg, &nodes)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
