@@ -240,14 +240,46 @@ async fn unknown_fields_and_compression_are_invalid_arguments() {
     let frame = enlace_description::grpc::encode_frame(&valid, false).unwrap();
     let status = raw_call(&f, "/personas.v1.Personas/GetPerson", frame, &[]).await;
     assert_eq!(status["grpc-status"], "0", "{status:?}");
-    // A compressed message is refused, not inflated.
+    // A compressed message is refused, not inflated: UNIMPLEMENTED, as the gRPC spec has a
+    // server answer an encoding it does not support, and identity advertised.
     let frame = enlace_description::grpc::encode_frame(&valid, true).unwrap();
     let status = raw_call(&f, "/personas.v1.Personas/GetPerson", frame, &[]).await;
+    assert_eq!(status["grpc-status"], "12", "{status:?}");
+    assert_eq!(
+        status["enlace-problem-type"],
+        "urn:enlace:problem:unsupported-encoding"
+    );
+    assert_eq!(status["grpc-accept-encoding"], "identity");
+    let frame = enlace_description::grpc::encode_frame(&valid, false).unwrap();
+    let status = raw_call(
+        &f,
+        "/personas.v1.Personas/GetPerson",
+        frame.clone(),
+        &[("grpc-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(status["grpc-status"], "12", "{status:?}");
+    // Only protobuf is relayed: `+json` and other codecs are refused, clearly.
+    let status = raw_call(
+        &f,
+        "/personas.v1.Personas/GetPerson",
+        frame.clone(),
+        &[("content-type", "application/grpc+json")],
+    )
+    .await;
     assert_eq!(status["grpc-status"], "3", "{status:?}");
     assert_eq!(
         status["enlace-problem-type"],
         "urn:enlace:problem:unsupported-media-type"
     );
+    let status = raw_call(
+        &f,
+        "/personas.v1.Personas/GetPerson",
+        frame,
+        &[("content-type", "application/grpc+proto")],
+    )
+    .await;
+    assert_eq!(status["grpc-status"], "0", "{status:?}");
     f.stop().await;
 }
 
