@@ -48,6 +48,7 @@ pub struct Closed;
 enum Piece {
     Frame(Frame<Bytes>),
     End,
+    Abort,
 }
 
 /// A body fed frame by frame by a relay task through its [`BodySender`]. It ends cleanly only
@@ -95,6 +96,16 @@ impl BodySender {
     /// Gives up on the body: the receiver sees [`Aborted`] (HTTP/2 resets the stream).
     pub fn abort(self) {}
 
+    /// Fails the body now, ahead of any frame still waiting, and waits up to `wait` for the
+    /// receiver to take the failure (hyper then resets the stream with INTERNAL_ERROR). Unlike
+    /// dropping the response the stream belongs to, which resets it with CANCEL: a gRPC server
+    /// may read a cancelled request stream as ended cleanly, never a failed one.
+    pub async fn fail(self, wait: Duration) {
+        if self.tx.try_send(Piece::Abort).is_ok() {
+            let _ = tokio::time::timeout(wait, self.tx.closed()).await;
+        }
+    }
+
     /// Resolves when the receiver is gone.
     pub async fn closed(&self) {
         self.tx.closed().await;
@@ -127,6 +138,10 @@ impl hyper::body::Body for ChannelBody {
             Poll::Ready(Some(Piece::End)) => {
                 self.done = true;
                 Poll::Ready(None)
+            }
+            Poll::Ready(Some(Piece::Abort)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Aborted)))
             }
             Poll::Ready(None) => {
                 self.done = true;
@@ -207,6 +222,19 @@ where
             format!("could not read the body: {e}"),
         )),
     }
+}
+
+/// Whether an error is an HTTP/2 stream reset by the other side (somewhere in its sources),
+/// rather than a broken connection: the other side cancelled that one stream.
+pub fn is_reset(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err.downcast_ref::<h2::Error>().is_some_and(h2::Error::is_reset) {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Serves plain HTTP/1.1 and h2c on `listener` until `shutdown` turns true, then drains. The
@@ -436,6 +464,11 @@ impl PeerPool {
         };
         match result {
             Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if is_reset(&e) => Err(Problem::new(
+                ProblemKind::Cancelled,
+                format!("peer node {peer} reset the stream: {e}"),
+            )
+            .caused_by(enlace_core::problem::Culprit::PeerNode)),
             Ok(Err(e)) => Err(Problem::new(
                 ProblemKind::PeerUnreachable,
                 format!("peer node {peer}: {e}"),
@@ -478,6 +511,13 @@ mod tests {
         tx.data(Bytes::from_static(b"one")).await.unwrap();
         tx.abort();
         assert_eq!(body.collect().await.unwrap_err(), Aborted);
+
+        // Failed: an error too, and the feeder learns when it was taken.
+        let (tx, body) = body_channel(4);
+        tx.data(Bytes::from_static(b"one")).await.unwrap();
+        let reader = tokio::spawn(body.collect());
+        tx.fail(Duration::from_secs(5)).await;
+        assert_eq!(reader.await.unwrap().unwrap_err(), Aborted);
     }
 
     #[tokio::test]

@@ -119,6 +119,33 @@ impl SamplePersonas {
     }
 }
 
+/// Counts a request stream as broken unless it is marked as read to its clean end: a handler
+/// dropped on a reset (hyper drops it) or ending on an error counts.
+struct Unfinished {
+    broken: Option<Arc<AtomicUsize>>,
+}
+
+impl Unfinished {
+    fn new(broken: &Arc<AtomicUsize>) -> Self {
+        Self {
+            broken: Some(Arc::clone(broken)),
+        }
+    }
+
+    /// The stream ended cleanly.
+    fn finished(mut self) {
+        self.broken = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(b) = &self.broken {
+            b.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Whether a claim matches the civil record: the RUN is known, the name and birth date equal.
 fn claim_matches(claim: &VerifyIdentityRequest) -> bool {
     person(&claim.run).is_some_and(|p| p.name == claim.name && p.birth_date == claim.birth_date)
@@ -195,6 +222,7 @@ impl Personas for SamplePersonas {
         request: Request<Streaming<VerifyIdentityRequest>>,
     ) -> Result<Response<VerifySummary>, Status> {
         let mut claims = request.into_inner();
+        let unfinished = Unfinished::new(&self.broken_requests);
         let mut summary = VerifySummary::default();
         loop {
             match claims.message().await {
@@ -206,9 +234,11 @@ impl Personas for SamplePersonas {
                         summary.mismatched_runs.push(claim.run);
                     }
                 }
-                Ok(None) => return Ok(Response::new(summary)),
+                Ok(None) => {
+                    unfinished.finished();
+                    return Ok(Response::new(summary));
+                }
                 Err(status) => {
-                    self.broken_requests.fetch_add(1, Ordering::SeqCst);
                     return Err(Status::cancelled(format!(
                         "the claims stream broke: {}",
                         status.message()
@@ -226,19 +256,19 @@ impl Personas for SamplePersonas {
     ) -> Result<Response<Self::LookupPersonsStream>, Status> {
         let mut asked = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
-        let broken = Arc::clone(&self.broken_requests);
+        let unfinished = Unfinished::new(&self.broken_requests);
         tokio::spawn(async move {
             loop {
                 let answer = match asked.message().await {
                     Ok(Some(req)) => person(&req.run).ok_or_else(|| not_found(&req.run)),
-                    Ok(None) => return,
-                    Err(status) => {
-                        broken.fetch_add(1, Ordering::SeqCst);
-                        Err(Status::cancelled(format!(
-                            "the request stream broke: {}",
-                            status.message()
-                        )))
+                    Ok(None) => {
+                        unfinished.finished();
+                        return;
                     }
+                    Err(status) => Err(Status::cancelled(format!(
+                        "the request stream broke: {}",
+                        status.message()
+                    ))),
                 };
                 let last = answer.is_err();
                 if tx.send(answer).await.is_err() || last {
@@ -503,3 +533,4 @@ mod tests {
             .unwrap();
     }
 }
+

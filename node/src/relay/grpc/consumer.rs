@@ -22,7 +22,9 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::signing::{self, Chains, Signer, Verifier};
-use super::stream::{Ending, Event, Inbound, Outlet, Progress, Pump, PumpDone, relay, until};
+use super::stream::{
+    Ending, Event, Inbound, Outlet, Progress, Pump, PumpDone, StopSignal, relay, stopped, until,
+};
 use super::{
     Bound, CHANNEL_FRAMES, Clock, Closing, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_MESSAGE,
     GRPC_PREFIX, GRPC_STATUS, GRPC_STATUS_DETAILS, GRPC_TIMEOUT, OutBody, PROBLEM_TYPE, PROVIDER,
@@ -341,7 +343,7 @@ async fn exchange(
         signing::sign_request_head(&signer(node), &mut sent, true)?;
         let (tx, rx) = body_channel(CHANNEL_FRAMES);
         let progress = Progress::default();
-        let task = pump_requests(RequestPump {
+        let pump = RequestPump {
             body,
             method: method.clone(),
             max: limits.max_grpc_message_bytes,
@@ -350,8 +352,9 @@ async fn exchange(
             sent: sent.clone(),
             out: tx,
             progress: progress.clone(),
-        });
-        (RelayBody::from(rx), Some((progress, task)))
+            stop: tokio::sync::oneshot::channel().1,
+        };
+        (RelayBody::from(rx), Some((progress, pump)))
     } else {
         let read = read_body(body, limits.max_body_bytes);
         let whole = until(read, &clock, reply.closed(), &mut no_pump)
@@ -379,7 +382,7 @@ async fn exchange(
     node.log.append(rec).await?;
     // The request stream starts only once the request is logged.
     let mut pump = match pump {
-        Some((progress, task)) => Pump::spawn(progress, task),
+        Some((progress, p)) => Pump::spawn(progress, |stop| pump_requests(RequestPump { stop, ..p })),
         None => no_pump,
     };
 
@@ -392,13 +395,22 @@ async fn exchange(
     let send = node
         .pool
         .send(&peer_id, &address, outbound(&sent, body, &clock), wait);
-    let resp = until(send, &clock, reply.closed(), &mut pump)
-        .await
-        .map_err(Problem::from)?
-        .map_err(|p| match clock.left() {
-            Some(left) if left.is_zero() => super::deadline_passed(),
-            _ => p,
-        })?;
+    let mut send = std::pin::pin!(send);
+    let sent_or_stopped = until(send.as_mut(), &clock, reply.closed(), &mut pump).await;
+    let resp = match sent_or_stopped {
+        Err(stop) => {
+            // The request stream fails before the unanswered request is dropped.
+            pump.stop().await;
+            return Err(stop.into());
+        }
+        Ok(Ok(r)) => r,
+        Ok(Err(p)) => {
+            return Err(match clock.left() {
+                Some(left) if left.is_zero() => super::deadline_passed(),
+                _ => pump.cause(p).await,
+            });
+        }
+    };
     let (rparts, rbody) = resp.into_parts();
     if rparts.status != StatusCode::OK || !super::is_grpc(&rparts.headers) {
         return Err(Problem::new(
@@ -414,7 +426,7 @@ async fn exchange(
         node: node.clone(),
         snap: snap.clone(),
         sent,
-        peer: peer_id,
+        peer: peer_id.clone(),
         method,
         clock,
         trace: trace.clone(),
@@ -572,7 +584,7 @@ impl Call {
 
     /// Verifies the final status and releases it (with the held message when there is one),
     /// or the problem instead; logs the exchange's closing record first.
-    async fn finish(self, relayed: Relayed, pump: Pump, deliver: Deliver<'_>) {
+    async fn finish(self, relayed: Relayed, mut pump: Pump, deliver: Deliver<'_>) {
         let id = &self.trace.message_id;
         let streamed_request = self.method.client_streaming;
         let sent_request = pump.chain();
@@ -632,7 +644,7 @@ impl Call {
                 body: relayed.kept,
             },
         );
-        drop(pump);
+        pump.stop().await;
         let out = match self.node.log.append(rec).await {
             Ok(_) => out,
             Err(p) => {
@@ -710,36 +722,68 @@ struct RequestPump {
     sent: Bound,
     out: crate::net::BodySender,
     progress: Progress,
+    stop: StopSignal,
 }
 
 /// Relays the caller's request messages to the provider node as they come, each strictly
 /// decoded and chained, then signs the chain in the request trailers. A message refused (or a
-/// caller that resets) aborts the stream to the provider node: it sees a reset, never an end.
+/// caller that resets) fails the stream to the provider node: it sees a reset, never an end.
 async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
-    let mut inbound = Inbound::new(p.body, Side::Request, p.max, p.clock, Culprit::Client);
-    loop {
-        match inbound.next().await? {
-            Event::Message(payload) => {
-                p.method.decode_request(&payload)?;
-                p.progress.update(&payload);
-                let framed = wire::encode_frame(&payload, false)?;
-                if p.out.data(Bytes::from(framed)).await.is_err() {
-                    // The provider node stopped reading: its answer tells the rest.
-                    return Ok(PumpDone {
-                        chain: p.progress.get(),
-                        trailers: None,
-                    });
-                }
-            }
-            Event::End | Event::Trailers(_) => {
-                let chain = p.progress.get();
-                let trailers = signing::request_trailers(&signer(&p.node), &p.sent, &chain)?;
-                let _ = p.out.trailers(trailers.clone()).await;
+    let RequestPump {
+        body,
+        method,
+        max,
+        clock,
+        node,
+        sent,
+        out,
+        progress,
+        mut stop,
+    } = p;
+    let mut inbound = Inbound::new(body, Side::Request, max, clock, Culprit::Client);
+    let failed = loop {
+        let next = tokio::select! {
+            biased;
+            _ = &mut stop => break stopped(),
+            n = inbound.next() => n,
+        };
+        let payload = match next {
+            Ok(Event::Message(payload)) => payload,
+            Ok(Event::End | Event::Trailers(_)) => {
+                let chain = progress.get();
+                let trailers = match signing::request_trailers(&signer(&node), &sent, &chain) {
+                    Ok(t) => t,
+                    Err(e) => break e,
+                };
+                let _ = out.trailers(trailers.clone()).await;
                 return Ok(PumpDone {
                     chain,
                     trailers: Some(trailers),
                 });
             }
+            Err(e) => break e,
+        };
+        if let Err(e) = method.decode_request(&payload) {
+            break e;
         }
-    }
+        progress.update(&payload);
+        let framed = match wire::encode_frame(&payload, false) {
+            Ok(f) => f,
+            Err(e) => break e,
+        };
+        let sent = tokio::select! {
+            biased;
+            _ = &mut stop => break stopped(),
+            r = out.data(Bytes::from(framed)) => r,
+        };
+        if sent.is_err() {
+            // The provider node stopped reading: its answer tells the rest.
+            return Ok(PumpDone {
+                chain: progress.get(),
+                trailers: None,
+            });
+        }
+    };
+    out.fail(super::stream::RESET).await;
+    Err(failed)
 }

@@ -27,7 +27,9 @@ use tokio::time::Instant;
 
 use super::consumer::{altered, check_encoding, check_single_request, content_type, signer};
 use super::signing::{self, Verifier};
-use super::stream::{Ending, Event, Inbound, Outlet, Progress, Pump, PumpDone, relay, until};
+use super::stream::{
+    Ending, Event, Inbound, Outlet, Progress, Pump, PumpDone, StopSignal, relay, stopped, until,
+};
 use super::{
     Bound, CHANNEL_FRAMES, Clock, Closing, GRPC_ACCEPT_ENCODING, GRPC_MESSAGE, GRPC_PREFIX,
     GRPC_STATUS, GRPC_STATUS_DETAILS, GRPC_TIMEOUT, OutBody, REQUEST_STREAM_DIGEST, Reply,
@@ -338,19 +340,25 @@ async fn exchange(
             let (tx, rx) = body_channel(CHANNEL_FRAMES);
             let progress = Progress::default();
             trace.request = Some(progress.clone());
-            let task = pump_requests(RequestPump {
-                body,
-                method: method.clone(),
-                max: limits.max_grpc_message_bytes,
-                clock: clock.clone(),
-                node: node.clone(),
-                snap: snap.clone(),
-                peer: peer.clone(),
-                received: req.clone(),
-                out: tx,
-                progress: progress.clone(),
+            let (method, clock, node, snap) =
+                (method.clone(), clock.clone(), node.clone(), snap.clone());
+            let (peer, received, max) = (peer.clone(), req.clone(), limits.max_grpc_message_bytes);
+            let pump = Pump::spawn(progress.clone(), move |stop| {
+                pump_requests(RequestPump {
+                    body,
+                    method,
+                    max,
+                    clock,
+                    node,
+                    snap,
+                    peer,
+                    received,
+                    out: tx,
+                    progress,
+                    stop,
+                })
             });
-            (RelayBody::from(rx), Pump::spawn(progress, task))
+            (RelayBody::from(rx), pump)
         }
         _ => return Err(Problem::new(ProblemKind::Internal, "no request body")),
     };
@@ -361,19 +369,21 @@ async fn exchange(
         clock.budget(Duration::from_millis(limits.upstream_timeout_ms))?
     };
     let answered = tokio::time::timeout(wait, node.grpc_backend.request(forwarded));
-    let resp = match until(answered, &clock, reply.closed(), &mut pump)
-        .await
-        .map_err(Problem::from)?
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            return Err(Problem::new(
-                ProblemKind::PeerUnreachable,
-                format!("provider backend: {e}"),
-            )
-            .caused_by(Culprit::ProviderBackend));
+    let mut answered = std::pin::pin!(answered);
+    let answered_or_stopped = until(answered.as_mut(), &clock, reply.closed(), &mut pump).await;
+    let resp = match answered_or_stopped {
+        Err(stop) => {
+            // The request stream fails before the unanswered request is dropped: the backend
+            // sees a failed stream, never a cancelled one it might take for complete.
+            pump.stop().await;
+            return Err(stop.into());
         }
-        Err(_) => {
+        Ok(Ok(Ok(r))) => r,
+        Ok(Ok(Err(e))) => {
+            let p = super::stream::broke(&e, "provider backend's", Culprit::ProviderBackend);
+            return Err(pump.cause(p).await);
+        }
+        Ok(Err(_)) => {
             return Err(clock.budget(Duration::ZERO).err().unwrap_or_else(|| {
                 Problem::new(
                     ProblemKind::PeerTimeout,
@@ -563,7 +573,7 @@ struct Call {
 impl Call {
     /// Signs the final status bound to the request (with the chains of both directions), logs
     /// the closing record and the access record, then releases the held message and the status.
-    async fn finish(self, o: Outcome, pump: Pump, deliver: Deliver<'_>) {
+    async fn finish(self, o: Outcome, mut pump: Pump, deliver: Deliver<'_>) {
         let id = &self.message_id;
         let single = !self.method.server_streaming;
         let mut held = o.held;
@@ -642,7 +652,7 @@ impl Call {
                 body: o.kept,
             },
         );
-        drop(pump);
+        pump.stop().await;
         rec.headers
             .push(("enlace-disclosed".into(), disclosed.join(",")));
         let access = access_emit::record(
@@ -704,35 +714,66 @@ struct RequestPump {
     received: Bound,
     out: BodySender,
     progress: Progress,
+    stop: StopSignal,
 }
 
 /// Relays the consumer node's request messages to the backend as they come, each strictly
 /// decoded and chained, and passes the end on only once the signed request trailers verify
 /// against the chain received. A broken or missing chain, or a message that does not decode,
-/// aborts the backend's stream (it sees a reset, not an end) and fails the call.
+/// fails the backend's stream (it sees a reset, not an end) and the call.
 async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
-    let mut inbound = Inbound::new(p.body, Side::Request, p.max, p.clock, Culprit::PeerNode);
-    loop {
-        let event = inbound.next().await.map_err(|e| match e.kind {
-            ProblemKind::RequestSchemaViolation => altered(e),
-            _ => e,
-        })?;
+    let RequestPump {
+        body,
+        method,
+        max,
+        clock,
+        node,
+        snap,
+        peer,
+        received,
+        out,
+        progress,
+        mut stop,
+    } = p;
+    let mut inbound = Inbound::new(body, Side::Request, max, clock, Culprit::PeerNode);
+    let failed = loop {
+        let next = tokio::select! {
+            biased;
+            _ = &mut stop => break stopped(),
+            n = inbound.next() => n,
+        };
+        let event = match next {
+            Ok(e) => e,
+            // Framing the consumer node checked before sending: altered on the way.
+            Err(e) if e.kind == ProblemKind::RequestSchemaViolation => break altered(e),
+            Err(e) => break e,
+        };
         match event {
             Event::Message(payload) => {
-                p.method.decode_request(&payload).map_err(altered)?;
-                p.progress.update(&payload);
-                let framed = wire::encode_frame(&payload, false)?;
-                if p.out.data(Bytes::from(framed)).await.is_err() {
+                if let Err(e) = method.decode_request(&payload) {
+                    break altered(e);
+                }
+                progress.update(&payload);
+                let framed = match wire::encode_frame(&payload, false) {
+                    Ok(f) => f,
+                    Err(e) => break e,
+                };
+                let sent = tokio::select! {
+                    biased;
+                    _ = &mut stop => break stopped(),
+                    r = out.data(Bytes::from(framed)) => r,
+                };
+                if sent.is_err() {
                     // The backend stopped reading: its answer tells the rest.
                     return Ok(PumpDone {
-                        chain: p.progress.get(),
+                        chain: progress.get(),
                         trailers: None,
                     });
                 }
             }
             Event::Trailers(t) => {
-                let chain = p.progress.get();
-                let peer = p.peer.to_string();
+                let chain = progress.get();
+                let peer = peer.to_string();
                 let key_for = |keyid: &str| {
                     if keyid != peer {
                         return Err(Problem::new(
@@ -740,28 +781,33 @@ async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
                             format!("request trailers signed by {keyid}, not by {peer}"),
                         ));
                     }
-                    p.node.peer_key(&p.snap, keyid)
+                    node.peer_key(&snap, keyid)
                 };
                 let verifier = Verifier {
                     now: unix_now(),
-                    max_skew_secs: p.node.settings.raw.limits.clock_skew_secs,
+                    max_skew_secs: node.settings.raw.limits.clock_skew_secs,
                     key_for: &key_for,
                 };
-                signing::verify_request_trailers(&t, &p.received, &chain, &verifier)
-                    .map_err(|e| e.caused_by(Culprit::PeerNode))?;
-                let _ = p.out.finish().await;
+                if let Err(e) = signing::verify_request_trailers(&t, &received, &chain, &verifier)
+                {
+                    break e.caused_by(Culprit::PeerNode);
+                }
+                let _ = out.finish().await;
                 return Ok(PumpDone {
                     chain,
                     trailers: Some(t),
                 });
             }
             Event::End => {
-                return Err(Problem::new(
+                break Problem::new(
                     ProblemKind::SignatureInvalid,
                     "the request stream ended without its signed trailers",
                 )
-                .caused_by(Culprit::PeerNode));
+                .caused_by(Culprit::PeerNode);
             }
         }
-    }
+    };
+    out.fail(super::stream::RESET).await;
+    Err(failed)
 }
+

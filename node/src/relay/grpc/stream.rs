@@ -13,10 +13,16 @@ use enlace_description::grpc::{self as wire, FrameDecoder, GrpcMessage, Side, St
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::Clock;
 use crate::net::BodySender;
+
+/// How long a failure of one direction waits for the other direction's own failure.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a failed request stream waits for hyper to reset it before the call goes on.
+pub(super) const RESET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What an inbound stream yields next.
 pub(super) enum Event {
@@ -108,20 +114,18 @@ impl Inbound {
     }
 }
 
-/// A broken inbound stream: reset by the other side (`cancelled`), or the connection lost.
-pub(super) fn broke(e: &hyper::Error, what: &str, from: Culprit) -> Problem {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>()
-            && h2.is_reset()
-        {
-            return Problem::new(
-                ProblemKind::Cancelled,
-                format!("the {what} stream was reset: {e}"),
-            )
-            .caused_by(from);
-        }
-        source = err.source();
+/// A broken stream: reset by the other side (`cancelled`), or the connection lost.
+pub(super) fn broke(
+    e: &(dyn std::error::Error + 'static),
+    what: &str,
+    from: Culprit,
+) -> Problem {
+    if crate::net::is_reset(e) {
+        return Problem::new(
+            ProblemKind::Cancelled,
+            format!("the {what} stream was reset: {e}"),
+        )
+        .caused_by(from);
     }
     Problem::new(
         ProblemKind::PeerUnreachable,
@@ -174,11 +178,26 @@ pub(super) struct PumpDone {
 }
 
 /// The request direction of a streamed request, running as its own task while the call's task
-/// relays the response; aborted when the call ends (its body then resets upstream).
+/// relays the response. When the call ends first, [`Pump::stop`] has it fail its body (so the
+/// stream upstream is reset as failed, not cancelled: some gRPC servers read a cancelled request
+/// stream as complete); dropped, it is aborted.
 pub(super) struct Pump {
     handle: Option<JoinHandle<Result<PumpDone, Problem>>>,
+    stop: Option<oneshot::Sender<()>>,
     done: Option<PumpDone>,
     progress: Progress,
+}
+
+/// What a request direction's task is told when the call ends before it: stop, and fail the
+/// body it feeds.
+pub(super) type StopSignal = oneshot::Receiver<()>;
+
+/// The problem a request direction stops with when told to.
+pub(super) fn stopped() -> Problem {
+    Problem::new(
+        ProblemKind::Cancelled,
+        "the call ended before its request stream",
+    )
 }
 
 impl Pump {
@@ -186,6 +205,7 @@ impl Pump {
     pub(super) fn finished(chain: StreamDigest) -> Pump {
         Pump {
             handle: None,
+            stop: None,
             done: Some(PumpDone {
                 chain,
                 trailers: None,
@@ -194,15 +214,34 @@ impl Pump {
         }
     }
 
-    /// Runs `task`, which reports its chain through `progress` as it goes.
-    pub(super) fn spawn<F>(progress: Progress, task: F) -> Pump
+    /// Runs the task `start` makes from its stop signal; it reports its chain through
+    /// `progress` as it goes.
+    pub(super) fn spawn<F>(progress: Progress, start: impl FnOnce(StopSignal) -> F) -> Pump
     where
         F: Future<Output = Result<PumpDone, Problem>> + Send + 'static,
     {
+        let (stop, signal) = oneshot::channel();
         Pump {
-            handle: Some(tokio::spawn(task)),
+            handle: Some(tokio::spawn(start(signal))),
+            stop: Some(stop),
             done: None,
             progress,
+        }
+    }
+
+    /// Stops a request direction still running: it fails its body (the stream upstream is
+    /// reset as failed) before this returns, so that the caller may then drop the response.
+    pub(super) async fn stop(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(RESET + SETTLE, handle).await {
+            Ok(Ok(Ok(done))) => self.done = Some(done),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("a request stream did not stop in time"),
         }
     }
 
@@ -225,6 +264,19 @@ impl Pump {
                 ProblemKind::Internal,
                 format!("the request stream task failed: {e}"),
             )),
+        }
+    }
+
+    /// The problem to report for a failure of the other direction, `p`: when the request
+    /// direction fails, the exchange fails for that reason (aborting it resets the stream, so
+    /// the response side breaks too, a moment later or earlier).
+    pub(super) async fn cause(&mut self, p: Problem) -> Problem {
+        if self.handle.is_none() {
+            return p;
+        }
+        match tokio::time::timeout(SETTLE, self.failed()).await {
+            Ok(stop) => stop.into(),
+            Err(_) => p,
         }
     }
 
@@ -337,7 +389,7 @@ pub(super) async fn relay(
                     .caused_by(inbound.from),
                 );
             }
-            Err(p) => break Ending::Failed(p),
+            Err(p) => break Ending::Failed(pump.cause(p).await),
         };
         let bytes = match transform(payload) {
             Ok(b) => b,
