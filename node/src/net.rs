@@ -229,7 +229,10 @@ where
 pub fn is_reset(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(e);
     while let Some(err) = source {
-        if err.downcast_ref::<h2::Error>().is_some_and(h2::Error::is_reset) {
+        if err
+            .downcast_ref::<h2::Error>()
+            .is_some_and(h2::Error::is_reset)
+        {
             return true;
         }
         source = err.source();

@@ -533,4 +533,3 @@ mod tests {
             .unwrap();
     }
 }
-

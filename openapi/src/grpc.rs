@@ -369,7 +369,7 @@ impl CompiledGrpc {
                 };
                 service.method.retain(|m| {
                     let op = format!("{prefix}/{}", m.name());
-                    operations.iter().any(|o| *o == op)
+                    operations.contains(&op)
                 });
             }
             file.service.retain(|s| !s.method.is_empty());

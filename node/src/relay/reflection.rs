@@ -35,8 +35,9 @@ pub(crate) fn is_reflection(path: &str) -> bool {
     path.starts_with(V1) || path.starts_with(V1ALPHA)
 }
 
-type Serve =
-    Box<dyn Fn(Request<Incoming>) -> BoxFuture<Response<tonic::body::Body>, Infallible> + Send + Sync>;
+type Serve = Box<
+    dyn Fn(Request<Incoming>) -> BoxFuture<Response<tonic::body::Body>, Infallible> + Send + Sync,
+>;
 
 /// The reflection services built for one subsystem under one configuration.
 struct Built {

@@ -237,7 +237,11 @@ fn compressed_messages_are_refused() {
     assert!(got[0].compressed);
     let err = got[0].clone().identity().unwrap_err();
     assert_eq!(err.kind, ProblemKind::UnsupportedEncoding);
-    assert_eq!(err.kind.grpc_code(), 12, "UNIMPLEMENTED, as the gRPC spec has it");
+    assert_eq!(
+        err.kind.grpc_code(),
+        12,
+        "UNIMPLEMENTED, as the gRPC spec has it"
+    );
     assert_eq!(
         err.detail,
         "compressed gRPC messages are not relayed; send identity encoding \
@@ -851,7 +855,12 @@ fn stream_digest_values_read_back_strictly() {
     let mut other = d.clone();
     other.update(b"three");
     assert!(!v.matches(&other));
-    assert!(parse_stream_digest(&StreamDigest::new().value()).unwrap().count == 0);
+    assert!(
+        parse_stream_digest(&StreamDigest::new().value())
+            .unwrap()
+            .count
+            == 0
+    );
     let zeros = "0".repeat(64);
     for bad in [
         String::new(),

@@ -111,9 +111,15 @@ fn personas_descriptor_set_parses() {
         .operation("personas.v1.Personas/VerifyIdentities")
         .unwrap();
     assert!(verify.client_streaming && !verify.server_streaming);
-    assert_eq!(pointers(verify), ["/checked", "/matched", "/mismatched_runs"]);
+    assert_eq!(
+        pointers(verify),
+        ["/checked", "/matched", "/mismatched_runs"]
+    );
     assert_eq!(field(verify, "/checked").class, FieldClass::Statistical);
-    assert_eq!(field(verify, "/mismatched_runs").class, FieldClass::Personal);
+    assert_eq!(
+        field(verify, "/mismatched_runs").class,
+        FieldClass::Personal
+    );
     let lookup = d.operation("personas.v1.Personas/LookupPersons").unwrap();
     assert!(lookup.client_streaming && lookup.server_streaming);
     assert_eq!(pointers(lookup), pointers(get));
@@ -457,7 +463,11 @@ fn compatibility_reports_removed_and_changed_fields() {
     );
     let breaks = compatibility(&d, &removed);
     // `Person` answers two methods: the break is reported for each.
-    assert_eq!(kinds(&breaks), ["removed-field", "removed-field"], "{breaks:?}");
+    assert_eq!(
+        kinds(&breaks),
+        ["removed-field", "removed-field"],
+        "{breaks:?}"
+    );
     assert_eq!(breaks[0].operation, "personas.v1.Personas/GetPerson");
     assert_eq!(breaks[1].operation, "personas.v1.Personas/LookupPersons");
     assert_eq!(breaks[0].item.as_deref(), Some("/health_insurance"));
@@ -487,7 +497,11 @@ fn compatibility_reports_removed_and_changed_fields() {
         "string health_insurance = 7 [(enlace.class) = \"personal\"]",
     );
     let breaks = compatibility(&d, &reclassed);
-    assert_eq!(kinds(&breaks), ["class-changed", "class-changed"], "{breaks:?}");
+    assert_eq!(
+        kinds(&breaks),
+        ["class-changed", "class-changed"],
+        "{breaks:?}"
+    );
 }
 
 #[test]

@@ -515,8 +515,7 @@ async fn a_client_stream_with_a_bad_message_is_refused_and_the_backend_sees_a_re
             enlace_description::grpc::encode_frame(&bad, false).unwrap(),
         ),
     ];
-    let status =
-        raw_stream_call(&f, "/personas.v1.Personas/VerifyIdentities", chunks, &[]).await;
+    let status = raw_stream_call(&f, "/personas.v1.Personas/VerifyIdentities", chunks, &[]).await;
     assert_eq!(status["grpc-status"], "3", "{status:?}");
     assert_eq!(
         status["enlace-problem-type"],
@@ -705,7 +704,9 @@ impl RawBackend {
             match run.as_str() {
                 "unknown-field" => {
                     // Field 99 (varint 1), which Person does not declare.
-                    let _ = tx.data(framed(&person_bytes("Ana", &[0x98, 0x06, 0x01]))).await;
+                    let _ = tx
+                        .data(framed(&person_bytes("Ana", &[0x98, 0x06, 0x01])))
+                        .await;
                     let _ = tx.trailers(ok()).await;
                 }
                 "malformed" => {
@@ -754,7 +755,10 @@ impl RawBackend {
                 }
                 _ => {
                     let _ = tx
-                        .trailers(trailers(&[("grpc-status", "5"), ("grpc-message", "unknown")]))
+                        .trailers(trailers(&[
+                            ("grpc-status", "5"),
+                            ("grpc-message", "unknown"),
+                        ]))
                         .await;
                 }
             }
@@ -852,13 +856,18 @@ async fn backend_metadata_and_status_details_pass_through_but_never_enlace_field
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert_eq!(err.message(), "expediente cerrado");
-    let details =
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD_NO_PAD, "CAkSEmV4cGVkaWVudGUgY2VycmFkbw")
-            .unwrap();
+    let details = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        "CAkSEmV4cGVkaWVudGUgY2VycmFkbw",
+    )
+    .unwrap();
     assert_eq!(err.details(), details.as_slice());
     assert_eq!(err.metadata().get("x-backend-note").unwrap(), "closed");
     assert_eq!(err.metadata().get("x-backend-trace").unwrap(), "t-1");
-    assert!(err.metadata().get("enlace-problem-type").is_none(), "{err:?}");
+    assert!(
+        err.metadata().get("enlace-problem-type").is_none(),
+        "{err:?}"
+    );
     assert!(err.metadata().get("enlace-error").is_none(), "{err:?}");
     f.stop().await;
 }
@@ -874,7 +883,10 @@ async fn a_backend_reset_is_a_cancellation_and_silence_an_idle_timeout() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Cancelled, "{err:?}");
     assert_eq!(problem_type(&err), "urn:enlace:problem:cancelled");
-    assert_eq!(err.metadata().get("enlace-error").unwrap(), "provider-backend");
+    assert_eq!(
+        err.metadata().get("enlace-error").unwrap(),
+        "provider-backend"
+    );
     // Closed by a response record, or a refusal when the reset came before the head.
     wait_for_record(&f.log_db(true), |r| {
         r["operation"] == "personas.v1.Personas/GetPerson" && r["problem"] == "cancelled"

@@ -366,7 +366,10 @@ async fn a_streamed_response_altered_in_transit_ends_with_unauthenticated() {
             .await
             .expect("the call starts")
             .into_inner();
-        let err = docs.message().await.expect_err("the first message is refused");
+        let err = docs
+            .message()
+            .await
+            .expect_err("the first message is refused");
         assert_integrity_refused(&err, "a tag");
         wait_for_record(&f.log_db(false), |r| {
             r["kind"] == "response-in"

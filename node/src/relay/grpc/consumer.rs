@@ -322,9 +322,14 @@ async fn exchange(
     let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
     allow_operation(contract, &trace.operation)?;
     let mut no_pump = Pump::finished(StreamDigest::new());
-    let compiled = until(node.compiled_grpc(entry), &clock, reply.closed(), &mut no_pump)
-        .await
-        .map_err(Problem::from)??;
+    let compiled = until(
+        node.compiled_grpc(entry),
+        &clock,
+        reply.closed(),
+        &mut no_pump,
+    )
+    .await
+    .map_err(Problem::from)??;
     let method = compiled.method(&path)?;
     let streamed_request = method.client_streaming;
     let mut sent = request_head(
@@ -382,7 +387,9 @@ async fn exchange(
     node.log.append(rec).await?;
     // The request stream starts only once the request is logged.
     let mut pump = match pump {
-        Some((progress, p)) => Pump::spawn(progress, |stop| pump_requests(RequestPump { stop, ..p })),
+        Some((progress, p)) => {
+            Pump::spawn(progress, |stop| pump_requests(RequestPump { stop, ..p }))
+        }
         None => no_pump,
     };
 

@@ -375,7 +375,10 @@ fn final_record(kind: RecordKind, about: About<'_>, request: &Bound, c: Closing)
     }
     if let Some(t) = &c.request_trailers {
         for (from, to) in [
-            (signature::SIGNATURE_INPUT, "enlace-request-trailers-signature-input"),
+            (
+                signature::SIGNATURE_INPUT,
+                "enlace-request-trailers-signature-input",
+            ),
             (signature::SIGNATURE, "enlace-request-trailers-signature"),
         ] {
             if let Some(v) = t.get(from).and_then(|v| v.to_str().ok()) {

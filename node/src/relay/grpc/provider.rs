@@ -273,9 +273,14 @@ async fn exchange(
     let idle = Duration::from_millis(limits.grpc_idle_timeout_ms);
     let clock = Clock::new(started, read_timeout(&req.headers)?, idle);
     let mut no_pump = Pump::finished(StreamDigest::new());
-    let compiled = until(node.compiled_grpc(entry), &clock, reply.closed(), &mut no_pump)
-        .await
-        .map_err(Problem::from)??;
+    let compiled = until(
+        node.compiled_grpc(entry),
+        &clock,
+        reply.closed(),
+        &mut no_pump,
+    )
+    .await
+    .map_err(Problem::from)??;
     let method = compiled.method(&target.rest)?;
     trace.operation = method.full_name.clone();
     let streamed_request = method.client_streaming;
@@ -311,9 +316,8 @@ async fn exchange(
     let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
     check_encoding(&req.headers)?;
     allow_operation(contract, &method.full_name)?;
-    let custom = metadata::custom(&req.headers).map_err(|d| {
-        Problem::new(ProblemKind::InvalidRequest, d).caused_by(Culprit::PeerNode)
-    })?;
+    let custom = metadata::custom(&req.headers)
+        .map_err(|d| Problem::new(ProblemKind::InvalidRequest, d).caused_by(Culprit::PeerNode))?;
     let chain = match &whole {
         Some(w) => Some(check_single_request(
             &method,
@@ -362,7 +366,15 @@ async fn exchange(
         }
         _ => return Err(Problem::new(ProblemKind::Internal, "no request body")),
     };
-    let forwarded = backend_request(backend_addr, &target.rest, &ctx, &message_id, &custom, backend_body, &clock)?;
+    let forwarded = backend_request(
+        backend_addr,
+        &target.rest,
+        &ctx,
+        &message_id,
+        &custom,
+        backend_body,
+        &clock,
+    )?;
     let wait = if streamed_request {
         clock.left().unwrap_or(NO_DEADLINE)
     } else {
@@ -788,8 +800,7 @@ async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
                     max_skew_secs: node.settings.raw.limits.clock_skew_secs,
                     key_for: &key_for,
                 };
-                if let Err(e) = signing::verify_request_trailers(&t, &received, &chain, &verifier)
-                {
+                if let Err(e) = signing::verify_request_trailers(&t, &received, &chain, &verifier) {
                     break e.caused_by(Culprit::PeerNode);
                 }
                 let _ = out.finish().await;
@@ -810,4 +821,3 @@ async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
     out.fail(super::stream::RESET).await;
     Err(failed)
 }
-

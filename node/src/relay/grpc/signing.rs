@@ -304,7 +304,10 @@ pub(super) fn sign_response_head(
         s.key,
         &components,
         &SigParams::enlace(s.created, &s.keyid, HEADERS_TAG),
-        &MessageContext::response(Message::response(StatusCode::OK, headers), request.message()),
+        &MessageContext::response(
+            Message::response(StatusCode::OK, headers),
+            request.message(),
+        ),
     )?;
     insert_signature(headers, signed)
 }
@@ -347,7 +350,10 @@ pub(super) fn sign_trailers(
         s.key,
         &components,
         &SigParams::enlace(s.created, &s.keyid, TRAILERS_TAG),
-        &MessageContext::response(Message::response(StatusCode::OK, trailers), request.message()),
+        &MessageContext::response(
+            Message::response(StatusCode::OK, trailers),
+            request.message(),
+        ),
     )?;
     insert_signature(trailers, signed)
 }
@@ -428,8 +434,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         put(&mut headers, context::MESSAGE_ID, ID);
         put(&mut headers, context::CLIENT, "CL-DEV/GOV/60803000-K/renta");
-        put(&mut headers, context::SERVICE, "CL-DEV/GOV/61002000-3/registro-civil/personas-grpc/v1.0");
-        put(&mut headers, context::CONTRACT, "ctr_01J0000000000000000000000");
+        put(
+            &mut headers,
+            context::SERVICE,
+            "CL-DEV/GOV/61002000-3/registro-civil/personas-grpc/v1.0",
+        );
+        put(
+            &mut headers,
+            context::CONTRACT,
+            "ctr_01J0000000000000000000000",
+        );
         put(&mut headers, "x-request-ref", "expediente-77");
         if !streamed {
             put(
@@ -470,7 +484,11 @@ mod tests {
         put(&mut t, STREAM_DIGEST, &sent.value());
         put(&mut t, "x-backend-note", "ok");
         if req.digest().is_none() {
-            put(&mut t, REQUEST_STREAM_DIGEST, &chain(&[b"q1", b"q2"]).value());
+            put(
+                &mut t,
+                REQUEST_STREAM_DIGEST,
+                &chain(&[b"q1", b"q2"]).value(),
+            );
         }
         sign_trailers(&signer(key), &mut t, req).unwrap();
         t
@@ -596,7 +614,11 @@ mod tests {
         let sent = chain(&[b"a", b"b", b"c"]);
         let t = request_trailers(&signer(&key), &req, &sent).unwrap();
         verify_request_trailers(&t, &req, &sent, &v).unwrap();
-        for received in [chain(&[b"a", b"b"]), chain(&[b"a", b"c", b"b"]), chain(&[b"a", b"b", b"C"])] {
+        for received in [
+            chain(&[b"a", b"b"]),
+            chain(&[b"a", b"c", b"b"]),
+            chain(&[b"a", b"b", b"C"]),
+        ] {
             let err = verify_request_trailers(&t, &req, &received, &v).unwrap_err();
             assert_eq!(err.kind, ProblemKind::SignatureInvalid, "{err:?}");
         }

@@ -115,11 +115,7 @@ impl Inbound {
 }
 
 /// A broken stream: reset by the other side (`cancelled`), or the connection lost.
-pub(super) fn broke(
-    e: &(dyn std::error::Error + 'static),
-    what: &str,
-    from: Culprit,
-) -> Problem {
+pub(super) fn broke(e: &(dyn std::error::Error + 'static), what: &str, from: Culprit) -> Problem {
     if crate::net::is_reset(e) {
         return Problem::new(
             ProblemKind::Cancelled,
