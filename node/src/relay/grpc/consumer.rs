@@ -348,18 +348,23 @@ async fn exchange(
         signing::sign_request_head(&signer(node), &mut sent, true)?;
         let (tx, rx) = body_channel(CHANNEL_FRAMES);
         let progress = Progress::default();
-        let pump = RequestPump {
-            body,
-            method: method.clone(),
-            max: limits.max_grpc_message_bytes,
-            clock: clock.clone(),
-            node: node.clone(),
-            sent: sent.clone(),
-            out: tx,
-            progress: progress.clone(),
-            stop: tokio::sync::oneshot::channel().1,
+        let (method, max) = (method.clone(), limits.max_grpc_message_bytes);
+        let (clock, node, sent, reported) =
+            (clock.clone(), node.clone(), sent.clone(), progress.clone());
+        let start = move |stop| {
+            pump_requests(RequestPump {
+                body,
+                method,
+                max,
+                clock,
+                node,
+                sent,
+                out: tx,
+                progress: reported,
+                stop,
+            })
         };
-        (RelayBody::from(rx), Some((progress, pump)))
+        (RelayBody::from(rx), Some((progress, start)))
     } else {
         let read = read_body(body, limits.max_body_bytes);
         let whole = until(read, &clock, reply.closed(), &mut no_pump)
@@ -387,9 +392,7 @@ async fn exchange(
     node.log.append(rec).await?;
     // The request stream starts only once the request is logged.
     let mut pump = match pump {
-        Some((progress, p)) => {
-            Pump::spawn(progress, |stop| pump_requests(RequestPump { stop, ..p }))
-        }
+        Some((progress, start)) => Pump::spawn(progress, start),
         None => no_pump,
     };
 
