@@ -58,7 +58,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         s.demo.contract
     );
     println!(
-        "  gRPC contract                 {} (renta may call GetPerson and ListDocuments of personas-grpc)",
+        "  gRPC contract                 {} (renta may call the four methods of personas-grpc)",
         s.demo.grpc_contract
     );
     println!();
@@ -90,6 +90,33 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!(
         "  grpcurl -plaintext -H 'authorization: Bearer {}' {sii_grpc} describe personas.v1.Personas",
         s.renta_token
+    );
+    println!();
+    println!(
+        "Each kind of call goes through both nodes the same way, with the same -H lines: a server stream"
+    );
+    println!(
+        "  (ListDocuments), a client stream (VerifyIdentities: you get the counts only, the contract's fields)"
+    );
+    println!(
+        "  and a bidirectional one (LookupPersons: type one {{\"run\":…}} per line, each answered at once):"
+    );
+    println!();
+    let metadata = format!(
+        "-H 'authorization: Bearer {}' -H 'enlace-client: {}' \\\n    -H 'enlace-contract: {}' -H 'enlace-subject: {}'",
+        s.renta_token,
+        demo::CONSUMER_SUBSYSTEM,
+        s.demo.grpc_contract,
+        demo::PERSON
+    );
+    println!(
+        "  grpcurl -plaintext {metadata} \\\n    -d '{{\"run\":\"12345678-5\"}}' {sii_grpc} personas.v1.Personas/ListDocuments"
+    );
+    println!(
+        "  grpcurl -plaintext {metadata} \\\n    -d '{{\"run\":\"12345678-5\",\"name\":\"María José Pérez Soto\",\"birthDate\":\"1980-04-15\"}} {{\"run\":\"11111111-1\",\"name\":\"Juan Rojas\",\"birthDate\":\"1975-09-18\"}}' \\\n    {sii_grpc} personas.v1.Personas/VerifyIdentities"
+    );
+    println!(
+        "  grpcurl -plaintext {metadata} \\\n    -d @ {sii_grpc} personas.v1.Personas/LookupPersons"
     );
     println!();
     println!("More to try:");

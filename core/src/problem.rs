@@ -61,14 +61,17 @@ macro_rules! kinds {
     };
 }
 
-// gRPC codes: 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED, 5 NOT_FOUND, 6 ALREADY_EXISTS,
-// 7 PERMISSION_DENIED, 8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION, 13 INTERNAL,
-// 14 UNAVAILABLE, 16 UNAUTHENTICATED.
+// gRPC codes: 1 CANCELLED, 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED, 5 NOT_FOUND,
+// 6 ALREADY_EXISTS, 7 PERMISSION_DENIED, 8 RESOURCE_EXHAUSTED, 9 FAILED_PRECONDITION,
+// 12 UNIMPLEMENTED, 13 INTERNAL, 14 UNAVAILABLE, 16 UNAUTHENTICATED.
+// HTTP 499 (a convention, not a registered status) marks a call the other side gave up on.
 kinds! {
     InvalidIdentifier = ("invalid-identifier", 400, 3, Client, "Invalid identifier"),
     InvalidRequest = ("invalid-request", 400, 3, Client, "Invalid request"),
     BodyTooLarge = ("body-too-large", 413, 8, Client, "Body too large"),
     UnsupportedMediaType = ("unsupported-media-type", 415, 3, Client, "Unsupported media type"),
+    /// A gRPC message encoding (compression) the relay does not implement.
+    UnsupportedEncoding = ("unsupported-encoding", 415, 12, Client, "Unsupported message encoding"),
     InvalidServiceDescription = ("invalid-service-description", 422, 3, Client, "Invalid service description"),
     RemoteReference = ("remote-reference", 422, 3, Client, "Remote reference refused"),
     UnclassifiedField = ("unclassified-field", 422, 3, Client, "Response field without a class"),
@@ -100,6 +103,8 @@ kinds! {
     ResponseSchemaViolation = ("response-schema-violation", 502, 13, ProviderBackend, "Response does not match the service description"),
     PeerUnreachable = ("peer-unreachable", 502, 14, PeerNode, "Peer unreachable"),
     PeerTimeout = ("peer-timeout", 504, 4, PeerNode, "Peer timed out"),
+    /// A streamed call abandoned by one side (a reset or a client that went away).
+    Cancelled = ("cancelled", 499, 1, Client, "Call cancelled"),
     Internal = ("internal", 500, 13, ThisNode, "Internal error"),
 }
 

@@ -1,28 +1,208 @@
 //! Sockets: the plain accept loop (HTTP/1.1 and h2c), the mutual-TLS accept loop (handshake in
-//! its own task with a timeout, HTTP/2), the pooled mutual-TLS HTTP/2 connections to peers, and
-//! bounded body reading.
+//! its own task with a timeout, HTTP/2), the pooled mutual-TLS HTTP/2 connections to peers,
+//! bounded body reading, and the streamed bodies a relay feeds frame by frame.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use enlace_core::id::NodeId;
 use enlace_core::problem::{Problem, ProblemKind};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::SendRequest;
-use hyper::{Request, Response};
+use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 pub type Body = Full<Bytes>;
+
+// ---- streamed bodies ----
+
+/// The error a [`ChannelBody`] ends with when its feeder went away before the end: the relay
+/// gave up on the stream, and HTTP/2 resets it (the receiver sees a reset, never a clean end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aborted;
+
+impl std::fmt::Display for Aborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the relay aborted the stream")
+    }
+}
+
+impl std::error::Error for Aborted {}
+
+/// The receiver of a [`BodySender`] went away (the other side cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+enum Piece {
+    Frame(Frame<Bytes>),
+    End,
+    Abort,
+}
+
+/// A body fed frame by frame by a relay task through its [`BodySender`]. It ends cleanly only
+/// when told to (trailers, or [`BodySender::finish`]); if the sender is dropped before that, the
+/// body fails with [`Aborted`], so that hyper resets the HTTP/2 stream.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Piece>,
+    done: bool,
+}
+
+/// Feeds a [`ChannelBody`]. Dropping it without [`BodySender::trailers`] or
+/// [`BodySender::finish`] aborts the body.
+pub struct BodySender {
+    tx: mpsc::Sender<Piece>,
+}
+
+/// A streamed body and its feeder; at most `capacity` frames wait between them.
+pub fn body_channel(capacity: usize) -> (BodySender, ChannelBody) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (BodySender { tx }, ChannelBody { rx, done: false })
+}
+
+impl BodySender {
+    /// Sends the next DATA bytes; `Closed` when the receiver is gone.
+    pub async fn data(&self, bytes: Bytes) -> Result<(), Closed> {
+        self.tx
+            .send(Piece::Frame(Frame::data(bytes)))
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// Ends the body with trailers.
+    pub async fn trailers(self, trailers: HeaderMap) -> Result<(), Closed> {
+        self.tx
+            .send(Piece::Frame(Frame::trailers(trailers)))
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// Ends the body cleanly, without trailers.
+    pub async fn finish(self) -> Result<(), Closed> {
+        self.tx.send(Piece::End).await.map_err(|_| Closed)
+    }
+
+    /// Gives up on the body: the receiver sees [`Aborted`] (HTTP/2 resets the stream).
+    pub fn abort(self) {}
+
+    /// Fails the body now, ahead of any frame still waiting, and waits up to `wait` for the
+    /// receiver to take the failure (hyper then resets the stream with INTERNAL_ERROR). Unlike
+    /// dropping the response the stream belongs to, which resets it with CANCEL: a gRPC server
+    /// may read a cancelled request stream as ended cleanly, never a failed one.
+    pub async fn fail(self, wait: Duration) {
+        if self.tx.try_send(Piece::Abort).is_ok() {
+            let _ = tokio::time::timeout(wait, self.tx.closed()).await;
+        }
+    }
+
+    /// Resolves when the receiver is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Aborted;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Piece::Frame(f))) => {
+                if f.is_trailers() {
+                    self.done = true;
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Piece::End)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Piece::Abort)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Aborted)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Aborted)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// What a node sends to a peer node or a backend: a whole body, or a stream.
+pub enum RelayBody {
+    Full(Full<Bytes>),
+    Channel(ChannelBody),
+}
+
+impl From<Full<Bytes>> for RelayBody {
+    fn from(b: Full<Bytes>) -> Self {
+        RelayBody::Full(b)
+    }
+}
+
+impl From<ChannelBody> for RelayBody {
+    fn from(b: ChannelBody) -> Self {
+        RelayBody::Channel(b)
+    }
+}
+
+impl hyper::body::Body for RelayBody {
+    type Data = Bytes;
+    type Error = Aborted;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
+        match self.get_mut() {
+            RelayBody::Full(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+            RelayBody::Channel(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RelayBody::Full(b) => b.is_end_stream(),
+            RelayBody::Channel(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RelayBody::Full(b) => b.size_hint(),
+            RelayBody::Channel(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Reads a body of at most `limit` bytes; more is `body-too-large`.
 pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Problem>
@@ -42,6 +222,22 @@ where
             format!("could not read the body: {e}"),
         )),
     }
+}
+
+/// Whether an error is an HTTP/2 stream reset by the other side (somewhere in its sources),
+/// rather than a broken connection: the other side cancelled that one stream.
+pub fn is_reset(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<h2::Error>()
+            .is_some_and(h2::Error::is_reset)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Serves plain HTTP/1.1 and h2c on `listener` until `shutdown` turns true, then drains. The
@@ -155,7 +351,7 @@ pub struct DialMaterial {
 
 /// Pooled HTTP/2 connections to peer nodes, one multiplexed connection per peer.
 pub struct PeerPool {
-    conns: tokio::sync::Mutex<HashMap<NodeId, SendRequest<Body>>>,
+    conns: tokio::sync::Mutex<HashMap<NodeId, SendRequest<RelayBody>>>,
     material: watch::Receiver<Arc<DialMaterial>>,
     connect_timeout: Duration,
 }
@@ -177,7 +373,11 @@ impl PeerPool {
         self.conns.lock().await.clear();
     }
 
-    async fn sender(&self, peer: &NodeId, address: &str) -> Result<SendRequest<Body>, Problem> {
+    async fn sender(
+        &self,
+        peer: &NodeId,
+        address: &str,
+    ) -> Result<SendRequest<RelayBody>, Problem> {
         if let Some(s) = self.conns.lock().await.get(peer)
             && !s.is_closed()
             && s.is_ready()
@@ -189,7 +389,11 @@ impl PeerPool {
         Ok(sender)
     }
 
-    async fn connect(&self, peer: &NodeId, address: &str) -> Result<SendRequest<Body>, Problem> {
+    async fn connect(
+        &self,
+        peer: &NodeId,
+        address: &str,
+    ) -> Result<SendRequest<RelayBody>, Problem> {
         let unreachable = |detail: String| {
             Problem::new(
                 ProblemKind::PeerUnreachable,
@@ -235,32 +439,39 @@ impl PeerPool {
         }
     }
 
-    /// Sends a request to a peer, reconnecting once if the pooled connection had died.
-    pub async fn send(
+    /// Sends a request to a peer and waits up to `timeout` for the response head. The body may
+    /// be whole or streamed: a request is sent again on a new connection only when hyper hands
+    /// it back unsent (the pooled connection had died before any of it went out), so a stream
+    /// is never replayed half-sent.
+    pub async fn send<B: Into<RelayBody>>(
         &self,
         peer: &NodeId,
         address: &str,
-        req: Request<Body>,
+        req: Request<B>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, Problem> {
+        let req = req.map(Into::into);
         let mut sender = self.sender(peer, address).await?;
-        let (parts, body) = req.into_parts();
-        let retry = Request::from_parts(parts.clone(), body.clone());
-        let first = tokio::time::timeout(
-            timeout,
-            sender.send_request(Request::from_parts(parts, body)),
-        )
-        .await;
+        let first = tokio::time::timeout(timeout, sender.try_send_request(req)).await;
         let result = match first {
-            Ok(Err(e)) if e.is_closed() || e.is_canceled() => {
-                self.conns.lock().await.remove(peer);
-                sender = self.sender(peer, address).await?;
-                tokio::time::timeout(timeout, sender.send_request(retry)).await
-            }
-            other => other,
+            Ok(Ok(resp)) => Ok(Ok(resp)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(unsent) => {
+                    self.conns.lock().await.remove(peer);
+                    sender = self.sender(peer, address).await?;
+                    tokio::time::timeout(timeout, sender.send_request(unsent)).await
+                }
+                None => Ok(Err(e.into_error())),
+            },
+            Err(elapsed) => Err(elapsed),
         };
         match result {
             Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if is_reset(&e) => Err(Problem::new(
+                ProblemKind::Cancelled,
+                format!("peer node {peer} reset the stream: {e}"),
+            )
+            .caused_by(enlace_core::problem::Culprit::PeerNode)),
             Ok(Err(e)) => Err(Problem::new(
                 ProblemKind::PeerUnreachable,
                 format!("peer node {peer}: {e}"),
@@ -273,5 +484,51 @@ impl PeerPool {
                 ),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_channel_body_ends_cleanly_only_when_told() {
+        let (tx, body) = body_channel(4);
+        tx.data(Bytes::from_static(b"one")).await.unwrap();
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", "0".parse().unwrap());
+        tx.trailers(t.clone()).await.unwrap();
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&t));
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"one"));
+
+        let (tx, body) = body_channel(4);
+        tx.data(Bytes::from_static(b"one")).await.unwrap();
+        tx.finish().await.unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "one");
+
+        // Dropped (or aborted) midway: an error, so HTTP/2 resets the stream.
+        let (tx, body) = body_channel(4);
+        tx.data(Bytes::from_static(b"one")).await.unwrap();
+        tx.abort();
+        assert_eq!(body.collect().await.unwrap_err(), Aborted);
+
+        // Failed: an error too, and the feeder learns when it was taken.
+        let (tx, body) = body_channel(4);
+        tx.data(Bytes::from_static(b"one")).await.unwrap();
+        let reader = tokio::spawn(body.collect());
+        tx.fail(Duration::from_secs(5)).await;
+        assert_eq!(reader.await.unwrap().unwrap_err(), Aborted);
+    }
+
+    #[tokio::test]
+    async fn a_sender_learns_that_its_receiver_left() {
+        let (tx, body) = body_channel(1);
+        assert!(!tx.is_closed());
+        drop(body);
+        tx.closed().await;
+        assert_eq!(tx.data(Bytes::new()).await, Err(Closed));
     }
 }

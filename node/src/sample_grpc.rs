@@ -1,6 +1,7 @@
 //! The sample `personas.v1.Personas` gRPC backend of the Registro Civil, for `enlace up`, the
 //! tests and the benchmarks: the people and documents of the REST sample, over h2c, with gRPC
-//! server reflection.
+//! server reflection; one method of each kind (unary, server, client and bidirectional
+//! streaming).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,14 +9,15 @@ use std::time::Duration;
 
 use enlace_proto::personas::v1::personas_server::{Personas, PersonasServer};
 use enlace_proto::personas::v1::{
-    Address, Document, GetPersonRequest, ListDocumentsRequest, Person,
+    Address, Document, GetPersonRequest, ListDocumentsRequest, Person, VerifyIdentityRequest,
+    VerifySummary,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// `GetPerson` for this RUN answers NOT_FOUND after 3 seconds, for deadline tests.
 pub const SLOW_RUN: &str = "22222222-2";
@@ -95,10 +97,12 @@ fn not_found(run: &str) -> Status {
     Status::not_found(format!("no such person: {run}"))
 }
 
-/// The sample service. Clones share the count of open document streams.
+/// The sample service. Clones share the count of open document streams and of broken request
+/// streams.
 #[derive(Debug, Clone, Default)]
 pub struct SamplePersonas {
     open_streams: Arc<AtomicUsize>,
+    broken_requests: Arc<AtomicUsize>,
 }
 
 impl SamplePersonas {
@@ -107,6 +111,44 @@ impl SamplePersonas {
     pub fn open_streams(&self) -> usize {
         self.open_streams.load(Ordering::SeqCst)
     }
+
+    /// How many request streams (`VerifyIdentities`, `LookupPersons`) ended in an error (a
+    /// reset) rather than a clean end: what a relay that refuses a stream must cause.
+    pub fn broken_request_streams(&self) -> usize {
+        self.broken_requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a request stream as broken unless it is marked as read to its clean end: a handler
+/// dropped on a reset (hyper drops it) or ending on an error counts.
+struct Unfinished {
+    broken: Option<Arc<AtomicUsize>>,
+}
+
+impl Unfinished {
+    fn new(broken: &Arc<AtomicUsize>) -> Self {
+        Self {
+            broken: Some(Arc::clone(broken)),
+        }
+    }
+
+    /// The stream ended cleanly.
+    fn finished(mut self) {
+        self.broken = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(b) = &self.broken {
+            b.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Whether a claim matches the civil record: the RUN is known, the name and birth date equal.
+fn claim_matches(claim: &VerifyIdentityRequest) -> bool {
+    person(&claim.run).is_some_and(|p| p.name == claim.name && p.birth_date == claim.birth_date)
 }
 
 /// Counts one open stream for as long as it lives.
@@ -172,6 +214,68 @@ impl Personas for SamplePersonas {
             // The channel holds them all: nothing to wait for.
             let _ = tx.try_send(Ok(doc));
         }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn verify_identities(
+        &self,
+        request: Request<Streaming<VerifyIdentityRequest>>,
+    ) -> Result<Response<VerifySummary>, Status> {
+        let mut claims = request.into_inner();
+        let unfinished = Unfinished::new(&self.broken_requests);
+        let mut summary = VerifySummary::default();
+        loop {
+            match claims.message().await {
+                Ok(Some(claim)) => {
+                    summary.checked += 1;
+                    if claim_matches(&claim) {
+                        summary.matched += 1;
+                    } else {
+                        summary.mismatched_runs.push(claim.run);
+                    }
+                }
+                Ok(None) => {
+                    unfinished.finished();
+                    return Ok(Response::new(summary));
+                }
+                Err(status) => {
+                    return Err(Status::cancelled(format!(
+                        "the claims stream broke: {}",
+                        status.message()
+                    )));
+                }
+            }
+        }
+    }
+
+    type LookupPersonsStream = ReceiverStream<Result<Person, Status>>;
+
+    async fn lookup_persons(
+        &self,
+        request: Request<Streaming<GetPersonRequest>>,
+    ) -> Result<Response<Self::LookupPersonsStream>, Status> {
+        let mut asked = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let unfinished = Unfinished::new(&self.broken_requests);
+        tokio::spawn(async move {
+            loop {
+                let answer = match asked.message().await {
+                    Ok(Some(req)) => person(&req.run).ok_or_else(|| not_found(&req.run)),
+                    Ok(None) => {
+                        unfinished.finished();
+                        return;
+                    }
+                    Err(status) => Err(Status::cancelled(format!(
+                        "the request stream broke: {}",
+                        status.message()
+                    ))),
+                };
+                let last = answer.is_err();
+                if tx.send(answer).await.is_err() || last {
+                    return;
+                }
+            }
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -292,6 +396,58 @@ mod tests {
         assert_eq!(got[1].r#type, "passport");
 
         let err = client.list_documents(list("10000000-8")).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    }
+
+    fn claim(run: &str, name: &str, birth_date: &str) -> VerifyIdentityRequest {
+        VerifyIdentityRequest {
+            run: run.into(),
+            name: name.into(),
+            birth_date: birth_date.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn verify_identities_counts_matching_claims() {
+        let (addr, _stop) = start(SamplePersonas::default()).await;
+        let mut client = client(addr).await;
+        let claims = [
+            claim("12345678-5", "María José Pérez Soto", "1980-04-15"),
+            claim("11111111-1", "Juan Carlos Rojas Muñoz", "1975-09-18"),
+            claim("11111111-1", "Juan Rojas", "1975-09-18"),
+            claim("10000000-8", "Nadie", "2000-01-01"),
+        ];
+        let summary = client
+            .verify_identities(tonic::codegen::tokio_stream::iter(claims))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(summary.checked, 4);
+        assert_eq!(summary.matched, 2);
+        assert_eq!(summary.mismatched_runs, ["11111111-1", "10000000-8"]);
+    }
+
+    #[tokio::test]
+    async fn lookup_persons_answers_each_request_as_it_comes() {
+        let (addr, _stop) = start(SamplePersonas::default()).await;
+        let mut client = client(addr).await;
+        let (tx, rx) = mpsc::channel(1);
+        let mut answers = client
+            .lookup_persons(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        // One at a time: each answer comes before the next request is sent.
+        for (run, name) in [
+            ("12345678-5", "María José Pérez Soto"),
+            ("11111111-1", "Juan Carlos Rojas Muñoz"),
+        ] {
+            tx.send(get(run)).await.unwrap();
+            let p = answers.message().await.unwrap().expect("an answer");
+            assert_eq!(p.name, name);
+        }
+        tx.send(get("10000000-8")).await.unwrap();
+        let err = answers.message().await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "{err:?}");
     }
 

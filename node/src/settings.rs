@@ -144,6 +144,10 @@ pub struct Limits {
     /// Largest single gRPC message relayed (either direction), bytes.
     #[serde(default = "default_max_grpc_message")]
     pub max_grpc_message_bytes: usize,
+    /// How long a gRPC call without a deadline (`grpc-timeout`) may go without a frame in
+    /// either direction before the node ends it, milliseconds.
+    #[serde(default = "default_grpc_idle")]
+    pub grpc_idle_timeout_ms: u64,
 }
 
 fn default_max_body() -> usize {
@@ -164,6 +168,9 @@ fn default_handshake() -> u64 {
 fn default_max_grpc_message() -> usize {
     4 * 1024 * 1024
 }
+fn default_grpc_idle() -> u64 {
+    60_000
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -174,6 +181,7 @@ impl Default for Limits {
             upstream_timeout_ms: default_timeout(),
             handshake_timeout_ms: default_handshake(),
             max_grpc_message_bytes: default_max_grpc_message(),
+            grpc_idle_timeout_ms: default_grpc_idle(),
         }
     }
 }
@@ -264,6 +272,10 @@ impl NodeSettings {
         anyhow::ensure!(
             (16..=256 * 1024 * 1024).contains(&self.limits.max_grpc_message_bytes),
             "limits.max_grpc_message_bytes: must be between 16 bytes and 256 MiB"
+        );
+        anyhow::ensure!(
+            (100..=86_400_000).contains(&self.limits.grpc_idle_timeout_ms),
+            "limits.grpc_idle_timeout_ms: must be between 100 ms and 24 hours"
         );
         anyhow::ensure!(
             (1..=600).contains(&self.limits.clock_skew_secs),

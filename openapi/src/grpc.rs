@@ -13,9 +13,14 @@
 //! 5. [`StreamDigest`] chains the messages of one stream into a digest a signature can cover.
 //!
 //! Compression: compressed messages are refused, never inflated ([`check_encoding`],
-//! [`GrpcMessage::identity`]). Inflating untrusted input needs a bounded decompressor and buys
-//! little between nodes on a private network; a peer must send `grpc-encoding: identity` (or no
-//! `grpc-encoding` at all), and a relay should advertise `grpc-accept-encoding: identity`.
+//! [`GrpcMessage::identity`]), as `unsupported-encoding` (gRPC UNIMPLEMENTED, as the gRPC spec
+//! has a server answer an encoding it does not support). Inflating untrusted input needs a
+//! bounded decompressor and buys little between nodes on a private network; a peer must send
+//! `grpc-encoding: identity` (or no `grpc-encoding` at all), and a relay advertises
+//! `grpc-accept-encoding: identity`.
+//!
+//! Content types: only `application/grpc` and `application/grpc+proto` ([`check_content_type`]);
+//! `+json` and other codecs are refused, since messages are read as protobuf.
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -86,7 +91,7 @@ pub struct GrpcMessage {
 
 impl GrpcMessage {
     /// The payload of an uncompressed message; a compressed one is refused
-    /// (`UnsupportedMediaType`), since Enlace relays identity encoding only.
+    /// (`UnsupportedEncoding`), since Enlace relays identity encoding only.
     pub fn identity(self) -> Result<Vec<u8>, Problem> {
         if self.compressed {
             return Err(compression_refused());
@@ -96,7 +101,7 @@ impl GrpcMessage {
 }
 
 /// Checks a `grpc-encoding` header: absent or `identity` is accepted, anything else is refused
-/// with `UnsupportedMediaType`.
+/// with `UnsupportedEncoding`.
 pub fn check_encoding(grpc_encoding: Option<&str>) -> Result<(), Problem> {
     match grpc_encoding.map(str::trim) {
         None | Some("identity") => Ok(()),
@@ -106,9 +111,32 @@ pub fn check_encoding(grpc_encoding: Option<&str>) -> Result<(), Problem> {
 
 fn compression_refused() -> Problem {
     Problem::new(
-        ProblemKind::UnsupportedMediaType,
-        "compressed gRPC messages are not relayed; send identity encoding",
+        ProblemKind::UnsupportedEncoding,
+        "compressed gRPC messages are not relayed; send identity encoding \
+         (grpc-accept-encoding: identity)",
     )
+}
+
+/// The content types relayed: protobuf messages only.
+pub const CONTENT_TYPES: &[&str] = &["application/grpc", "application/grpc+proto"];
+
+/// Checks a gRPC `content-type`: `application/grpc` or `application/grpc+proto` (ASCII case
+/// ignored) is accepted; anything else (`application/grpc+json`, another codec, none) is refused
+/// with `UnsupportedMediaType`, naming what was sent.
+pub fn check_content_type(content_type: Option<&str>) -> Result<(), Problem> {
+    let sent = content_type.map(str::trim).unwrap_or("");
+    if CONTENT_TYPES.iter().any(|ct| sent.eq_ignore_ascii_case(ct)) {
+        return Ok(());
+    }
+    let shown: String = sent.chars().take(100).collect();
+    Err(Problem::new(
+        ProblemKind::UnsupportedMediaType,
+        format!(
+            "gRPC content type `{shown}` is not relayed: only application/grpc and \
+             application/grpc+proto (protobuf messages)"
+        ),
+    )
+    .with("content-type", shown))
 }
 
 /// Cuts a byte stream into gRPC messages incrementally, as DATA frames arrive: a message may
@@ -323,6 +351,31 @@ impl CompiledGrpc {
     /// The descriptor pool, for callers that need more than [`CompiledGrpc::method`].
     pub fn pool(&self) -> &DescriptorPool {
         &self.pool
+    }
+
+    /// An encoded FileDescriptorSet for server reflection that describes only the methods in
+    /// `operations` (`package.Service/Method`): other methods are removed, and so are services
+    /// left without one. Messages, enums and imports stay, so every kept method resolves.
+    /// Custom options (such as `(enlace.class)`) are not carried over.
+    pub fn reflection_set(&self, operations: &[String]) -> Vec<u8> {
+        let mut set = prost_types::FileDescriptorSet::default();
+        for file in self.pool.file_descriptor_protos() {
+            let mut file = file.clone();
+            let package = file.package.clone().unwrap_or_default();
+            for service in &mut file.service {
+                let prefix = match package.as_str() {
+                    "" => service.name().to_string(),
+                    p => format!("{p}.{}", service.name()),
+                };
+                service.method.retain(|m| {
+                    let op = format!("{prefix}/{}", m.name());
+                    operations.contains(&op)
+                });
+            }
+            file.service.retain(|s| !s.method.is_empty());
+            set.file.push(file);
+        }
+        set.encode_to_vec()
     }
 
     /// The method of a gRPC request path, exactly `/package.Service/Method`. Anything else
@@ -826,4 +879,54 @@ impl StreamDigest {
     pub fn finish(self) -> (u64, String) {
         (self.count, hex::encode(self.head))
     }
+
+    /// The value carried in `enlace-stream-digest`: `COUNT:HEX`, the count in decimal and the
+    /// last link in 64 lower-case hex digits.
+    pub fn value(&self) -> String {
+        format!("{}:{}", self.count, hex::encode(self.head))
+    }
+}
+
+/// A `COUNT:HEX` value read back ([`parse_stream_digest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainValue {
+    pub count: u64,
+    pub head: [u8; 32],
+}
+
+impl ChainValue {
+    /// Whether `digest` is this value.
+    pub fn matches(&self, digest: &StreamDigest) -> bool {
+        self.count == digest.count && self.head == digest.head
+    }
+}
+
+/// Reads a `COUNT:HEX` stream digest strictly: the count as 1 to 20 decimal digits without a
+/// leading zero (`0` itself excepted) that fits in a u64, one `:`, 64 lower-case hex digits.
+/// Anything else is refused as `SignatureInvalid` (the value arrives from a peer and is what
+/// the peer's signature covers).
+pub fn parse_stream_digest(value: &str) -> Result<ChainValue, Problem> {
+    let bad = |why: &str| {
+        let shown: String = value.chars().take(100).collect();
+        Problem::new(
+            ProblemKind::SignatureInvalid,
+            format!("stream digest `{shown}` is malformed: {why}"),
+        )
+    };
+    let (count, head) = value
+        .split_once(':')
+        .ok_or_else(|| bad("no `:` between the count and the digest"))?;
+    if count.is_empty() || count.len() > 20 || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("the count is not 1 to 20 decimal digits"));
+    }
+    if count.len() > 1 && count.starts_with('0') {
+        return Err(bad("the count has a leading zero"));
+    }
+    let count: u64 = count.parse().map_err(|_| bad("the count is too large"))?;
+    if head.len() != 64 || !head.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(bad("the digest is not 64 lower-case hex digits"));
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(head, &mut out).map_err(|_| bad("the digest is not hex"))?;
+    Ok(ChainValue { count, head: out })
 }

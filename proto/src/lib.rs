@@ -45,7 +45,7 @@ mod tests {
             .find(|f| f.name() == "personas/v1/personas.proto")
             .unwrap();
         assert_eq!(personas.service[0].name(), "Personas");
-        assert_eq!(personas.service[0].method.len(), 2);
+        assert_eq!(personas.service[0].method.len(), 4);
     }
 
     #[test]

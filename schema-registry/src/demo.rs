@@ -32,8 +32,8 @@ pub struct Demo {
     pub registro_civil_token: String,
     pub sii_token: String,
     pub contract: String,
-    /// The contract for `personas-grpc` (GetPerson and ListDocuments: names, addresses,
-    /// document types and numbers); empty unless seeded by [`seed_with_grpc`].
+    /// The contract for `personas-grpc` (all four methods: names, addresses, document types
+    /// and numbers, counts of verified identities); empty unless seeded by [`seed_with_grpc`].
     #[serde(default)]
     pub grpc_contract: String,
 }
@@ -161,8 +161,9 @@ pub async fn seed(reg: &Registry, nodes_dir: &Path, addresses: [&str; 2]) -> Res
     })
 }
 
-/// [`seed`], then a second contract for SII's `renta` on `personas-grpc` v1: `GetPerson` and
-/// `ListDocuments`, disclosing names, addresses, and document types and numbers. Kept apart
+/// [`seed`], then a second contract for SII's `renta` on `personas-grpc` v1: `GetPerson`,
+/// `ListDocuments`, `VerifyIdentities` and `LookupPersons`, disclosing names, addresses,
+/// document types and numbers, and how many identity claims were checked and matched. Kept apart
 /// from [`seed`] so that the federation `seed` builds stays the one DESIGN.md describes.
 pub async fn seed_with_grpc(
     reg: &Registry,
@@ -188,15 +189,21 @@ pub async fn seed_grpc_contract(reg: &Registry) -> Result<String, Problem> {
         operations: vec![
             "personas.v1.Personas/GetPerson".into(),
             "personas.v1.Personas/ListDocuments".into(),
+            "personas.v1.Personas/VerifyIdentities".into(),
+            "personas.v1.Personas/LookupPersons".into(),
         ],
         purpose: "tax-refund-eligibility".into(),
         legal_basis: "Decreto Ley 824 (Ley sobre Impuesto a la Renta), devolución de impuestos"
             .into(),
+        // `VerifyIdentities` discloses the counts only: which claims failed stays with the
+        // Registro Civil (`/mismatched_runs` is not allowed).
         allowed_fields: vec![
             "/name".into(),
             "/address".into(),
             "/type".into(),
             "/number".into(),
+            "/checked".into(),
+            "/matched".into(),
         ],
         subject_required: true,
         usage: Usage::Permanent,

@@ -622,12 +622,26 @@ impl TestFederation {
     /// the test puts something there (a proxy, a man in the middle); the real provider node is
     /// at `provider.provider_addr`.
     pub async fn start_behind_proxy() -> (TestFederation, std::net::SocketAddr) {
+        Self::behind_proxy(false).await
+    }
+
+    /// As [`TestFederation::start_behind_proxy`], with the gRPC contract and backend of
+    /// [`TestFederation::start_grpc`].
+    pub async fn start_grpc_behind_proxy() -> (TestFederation, std::net::SocketAddr) {
+        Self::behind_proxy(true).await
+    }
+
+    async fn behind_proxy(grpc: bool) -> (TestFederation, std::net::SocketAddr) {
         let real = free_port();
-        let f = Self::start_with(move |s, provider| {
-            if provider {
-                s.listen.provider = format!("127.0.0.1:{real}").parse().expect("addr");
-            }
-        })
+        let f = Self::start_inner(
+            120,
+            move |s, provider| {
+                if provider {
+                    s.listen.provider = format!("127.0.0.1:{real}").parse().expect("addr");
+                }
+            },
+            grpc,
+        )
         .await;
         let node = f
             .registry

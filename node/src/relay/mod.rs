@@ -1,7 +1,7 @@
 //! The node's relay: the state an exchange needs (identity, configuration snapshot, peer pool,
 //! message log, guards, compiled service descriptions), the listeners, and the start-up.
 //! The exchange itself is in `consumer.rs` (a local backend calls out) and `provider.rs` (a
-//! peer node calls in), each a sequence of named phases; `grpc.rs` relays gRPC calls (any
+//! peer node calls in), each a sequence of named phases; `grpc/` relays gRPC calls (any
 //! request whose content type starts with `application/grpc`) on both sides; `reflection.rs`
 //! answers gRPC server reflection on the consumer listener.
 
@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ConfigClient, ConfigSource};
 use crate::msglog::{LogOptions, MessageLog};
-use crate::net::{Body, PeerPool, serve_mtls, serve_plain};
+use crate::net::{Body, PeerPool, RelayBody, serve_mtls, serve_plain};
 use crate::renewal::{SigningKeyCell, TlsState};
 use crate::settings::Checked;
 use guard::{ReplayGuard, VolumeGuard};
@@ -98,8 +98,10 @@ pub struct Node {
     /// Decoded protobuf descriptor sets by digest.
     grpc_compiled: Mutex<HashMap<String, Arc<enlace_description::grpc::CompiledGrpc>>>,
     pub(crate) backend: HttpClient<HttpConnector, Body>,
-    /// HTTP/2 with prior knowledge (h2c), for gRPC backends.
-    pub(crate) grpc_backend: HttpClient<HttpConnector, Body>,
+    /// HTTP/2 with prior knowledge (h2c), for gRPC backends; request bodies may stream.
+    pub(crate) grpc_backend: HttpClient<HttpConnector, RelayBody>,
+    /// gRPC server reflection services built per local subsystem and configuration serial.
+    reflection: reflection::Cache,
     registry_http: reqwest::Client,
     /// Signed access records awaiting shipment to the registry (`access-queue.sqlite`).
     pub access: Arc<crate::access::AccessQueue>,
@@ -179,12 +181,6 @@ impl Node {
             ));
         }
         Ok(())
-    }
-
-    /// A peer's current Ed25519 signing key for `keyid` (see [`Node::peer_keys`]).
-    pub(crate) fn peer_key(&self, snap: &Snapshot, keyid: &str) -> Result<Vec<u8>, Problem> {
-        let mut keys = self.peer_keys(snap, keyid)?;
-        Ok(keys.swap_remove(0))
     }
 
     /// The Ed25519 keys a peer may sign with: its current signing certificate's and, while it
@@ -273,12 +269,12 @@ impl Node {
             .data_dir
             .join("descriptions")
             .join(&entry.digest);
-        match std::fs::read(&cache) {
+        match tokio::fs::read(&cache).await {
             Ok(b) if enlace_description::sha256_hex(&b) == entry.digest => Ok(b),
             _ => {
                 let b = self.fetch_description(&entry.digest).await?;
-                let _ = std::fs::create_dir_all(cache.parent().unwrap_or(&cache));
-                let _ = std::fs::write(&cache, &b);
+                let _ = tokio::fs::create_dir_all(cache.parent().unwrap_or(&cache)).await;
+                let _ = tokio::fs::write(&cache, &b).await;
                 Ok(b)
             }
         }
@@ -582,6 +578,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         grpc_compiled: Mutex::new(HashMap::new()),
         backend,
         grpc_backend,
+        reflection: reflection::Cache::default(),
         registry_http: crate::config::registry_client(
             &raw.registry_url,
             &TrustStore::new(std::slice::from_ref(&ca_pem), None)?,

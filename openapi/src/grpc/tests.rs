@@ -236,10 +236,16 @@ fn compressed_messages_are_refused() {
     let got = dec.push(&encode_frame(b"zz", true).unwrap()).unwrap();
     assert!(got[0].compressed);
     let err = got[0].clone().identity().unwrap_err();
-    assert_eq!(err.kind, ProblemKind::UnsupportedMediaType);
+    assert_eq!(err.kind, ProblemKind::UnsupportedEncoding);
+    assert_eq!(
+        err.kind.grpc_code(),
+        12,
+        "UNIMPLEMENTED, as the gRPC spec has it"
+    );
     assert_eq!(
         err.detail,
-        "compressed gRPC messages are not relayed; send identity encoding"
+        "compressed gRPC messages are not relayed; send identity encoding \
+         (grpc-accept-encoding: identity)"
     );
     let plain = GrpcMessage {
         compressed: false,
@@ -250,8 +256,32 @@ fn compressed_messages_are_refused() {
     check_encoding(None).unwrap();
     check_encoding(Some("identity")).unwrap();
     let err = check_encoding(Some("gzip")).unwrap_err();
-    assert_eq!(err.kind, ProblemKind::UnsupportedMediaType);
+    assert_eq!(err.kind, ProblemKind::UnsupportedEncoding);
     assert_eq!(err.extensions["grpc-encoding"], "gzip");
+}
+
+#[test]
+fn only_protobuf_content_types_are_relayed() {
+    for ok in [
+        "application/grpc",
+        "application/grpc+proto",
+        "Application/GRPC+Proto",
+    ] {
+        check_content_type(Some(ok)).unwrap();
+    }
+    for bad in [
+        None,
+        Some(""),
+        Some("application/grpc+json"),
+        Some("application/grpc+thrift"),
+        Some("application/grpc-web"),
+        Some("application/json"),
+        Some("application/grpc;charset=utf-8"),
+    ] {
+        let err = check_content_type(bad).unwrap_err();
+        assert_eq!(err.kind, ProblemKind::UnsupportedMediaType, "{bad:?}");
+        assert!(err.detail.contains("application/grpc+proto"), "{err:?}");
+    }
 }
 
 proptest! {
@@ -812,6 +842,83 @@ fn stream_digest_is_deterministic_and_order_sensitive() {
     let mut running = StreamDigest::default();
     running.update(b"a");
     assert_eq!(running.count(), 1);
+}
+
+#[test]
+fn stream_digest_values_read_back_strictly() {
+    let mut d = StreamDigest::new();
+    d.update(b"one");
+    d.update(b"two");
+    let v = parse_stream_digest(&d.value()).unwrap();
+    assert!(v.matches(&d));
+    assert_eq!(v.count, 2);
+    let mut other = d.clone();
+    other.update(b"three");
+    assert!(!v.matches(&other));
+    assert!(
+        parse_stream_digest(&StreamDigest::new().value())
+            .unwrap()
+            .count
+            == 0
+    );
+    let zeros = "0".repeat(64);
+    for bad in [
+        String::new(),
+        ":".into(),
+        format!("1{zeros}"),
+        format!(":{zeros}"),
+        format!("01:{zeros}"),
+        format!("-1:{zeros}"),
+        format!("+1:{zeros}"),
+        format!("1:{}", "0".repeat(63)),
+        format!("1:{}", "0".repeat(65)),
+        format!("1:{}", "A".repeat(64)),
+        format!("1:{zeros}:"),
+        format!("18446744073709551616:{zeros}"),
+        format!(" 1:{zeros}"),
+    ] {
+        let err = parse_stream_digest(&bad).unwrap_err();
+        assert_eq!(err.kind, ProblemKind::SignatureInvalid, "{bad:?}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn stream_digest_values_round_trip(
+        messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..32), 0..6),
+    ) {
+        let mut d = StreamDigest::new();
+        for m in &messages {
+            d.update(m);
+        }
+        let v = parse_stream_digest(&d.value()).unwrap();
+        prop_assert!(v.matches(&d));
+        prop_assert_eq!(v.count, messages.len() as u64);
+    }
+
+    #[test]
+    fn random_stream_digest_values_never_panic(value in "\\PC{0,90}") {
+        if let Ok(v) = parse_stream_digest(&value) {
+            // What parses prints back exactly: the form is canonical.
+            prop_assert_eq!(format!("{}:{}", v.count, hex::encode(v.head)), value);
+        }
+    }
+}
+
+#[test]
+fn reflection_sets_describe_only_the_allowed_methods() {
+    let grpc = personas();
+    let ops = strings(&["personas.v1.Personas/GetPerson"]);
+    let set = grpc.reflection_set(&ops);
+    let pool = prost_reflect::DescriptorPool::decode(set.as_slice()).expect("a whole set");
+    let service = pool.get_service_by_name("personas.v1.Personas").unwrap();
+    let methods: Vec<String> = service.methods().map(|m| m.name().to_string()).collect();
+    assert_eq!(methods, ["GetPerson"]);
+    // Messages stay, so the method resolves; no operation leaves no service at all.
+    assert!(pool.get_message_by_name("personas.v1.Document").is_some());
+    let none = grpc.reflection_set(&[]);
+    let pool = prost_reflect::DescriptorPool::decode(none.as_slice()).unwrap();
+    assert_eq!(pool.services().count(), 0);
 }
 
 #[test]

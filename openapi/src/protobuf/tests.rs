@@ -61,7 +61,9 @@ fn personas_descriptor_set_parses() {
         ids,
         [
             "personas.v1.Personas/GetPerson",
-            "personas.v1.Personas/ListDocuments"
+            "personas.v1.Personas/ListDocuments",
+            "personas.v1.Personas/VerifyIdentities",
+            "personas.v1.Personas/LookupPersons"
         ]
     );
 
@@ -105,6 +107,23 @@ fn personas_descriptor_set_parses() {
     assert!(!list.client_streaming && list.server_streaming);
     assert_eq!(pointers(list), ["/type", "/number", "/issued_at"]);
     assert!(list.fields.iter().all(|f| f.class == FieldClass::Personal));
+
+    let verify = d
+        .operation("personas.v1.Personas/VerifyIdentities")
+        .unwrap();
+    assert!(verify.client_streaming && !verify.server_streaming);
+    assert_eq!(
+        pointers(verify),
+        ["/checked", "/matched", "/mismatched_runs"]
+    );
+    assert_eq!(field(verify, "/checked").class, FieldClass::Statistical);
+    assert_eq!(
+        field(verify, "/mismatched_runs").class,
+        FieldClass::Personal
+    );
+    let lookup = d.operation("personas.v1.Personas/LookupPersons").unwrap();
+    assert!(lookup.client_streaming && lookup.server_streaming);
+    assert_eq!(pointers(lookup), pointers(get));
 }
 
 #[test]
@@ -432,7 +451,7 @@ fn compatibility_of_identical_and_extended_versions() {
         "service Personas {",
         "service Personas {\n  rpc GetDocument(GetPersonRequest) returns (Document);",
     );
-    assert_eq!(added_method.operations.len(), 3);
+    assert_eq!(added_method.operations.len(), 5);
     assert_eq!(compatibility(&d, &added_method), []);
 }
 
@@ -444,8 +463,14 @@ fn compatibility_reports_removed_and_changed_fields() {
         "",
     );
     let breaks = compatibility(&d, &removed);
-    assert_eq!(kinds(&breaks), ["removed-field"], "{breaks:?}");
+    // `Person` answers two methods: the break is reported for each.
+    assert_eq!(
+        kinds(&breaks),
+        ["removed-field", "removed-field"],
+        "{breaks:?}"
+    );
     assert_eq!(breaks[0].operation, "personas.v1.Personas/GetPerson");
+    assert_eq!(breaks[1].operation, "personas.v1.Personas/LookupPersons");
     assert_eq!(breaks[0].item.as_deref(), Some("/health_insurance"));
 
     let retyped = personas_with("string civil_status = 5", "int32 civil_status = 5");
@@ -473,7 +498,11 @@ fn compatibility_reports_removed_and_changed_fields() {
         "string health_insurance = 7 [(enlace.class) = \"personal\"]",
     );
     let breaks = compatibility(&d, &reclassed);
-    assert_eq!(kinds(&breaks), ["class-changed"], "{breaks:?}");
+    assert_eq!(
+        kinds(&breaks),
+        ["class-changed", "class-changed"],
+        "{breaks:?}"
+    );
 }
 
 #[test]

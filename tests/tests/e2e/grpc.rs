@@ -4,12 +4,13 @@
 use std::time::{Duration, Instant};
 
 use enlace_node::msglog;
-use enlace_proto::personas::v1::{GetPersonRequest, ListDocumentsRequest};
+use enlace_proto::personas::v1::{GetPersonRequest, ListDocumentsRequest, VerifyIdentityRequest};
 use enlace_registry::demo;
 use enlace_tests::TestFederation;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tonic::Code;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
 fn get(run: &str) -> GetPersonRequest {
     GetPersonRequest { run: run.into() }
@@ -182,6 +183,16 @@ async fn raw_call(
     frame: Vec<u8>,
     extra: &[(&'static str, &str)],
 ) -> http::HeaderMap {
+    raw_stream_call(f, path, vec![(Duration::ZERO, frame)], extra).await
+}
+
+/// As [`raw_call`], sending each chunk after its pause, then ending the request stream.
+async fn raw_stream_call(
+    f: &TestFederation,
+    path: &str,
+    chunks: Vec<(Duration, Vec<u8>)>,
+    extra: &[(&'static str, &str)],
+) -> http::HeaderMap {
     let tcp = tokio::net::TcpStream::connect(f.consumer.consumer_addr)
         .await
         .unwrap();
@@ -192,7 +203,17 @@ async fn raw_call(
     .await
     .unwrap();
     tokio::spawn(conn);
-    let mut req = http::Request::new(http_body_util::Full::new(bytes::Bytes::from(frame)));
+    let (tx, body) = enlace_node::net::body_channel(4);
+    tokio::spawn(async move {
+        for (pause, chunk) in chunks {
+            tokio::time::sleep(pause).await;
+            if tx.data(bytes::Bytes::from(chunk)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.finish().await;
+    });
+    let mut req = http::Request::new(body);
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = format!("http://{}{path}", f.consumer.consumer_addr)
         .parse()
@@ -240,14 +261,46 @@ async fn unknown_fields_and_compression_are_invalid_arguments() {
     let frame = enlace_description::grpc::encode_frame(&valid, false).unwrap();
     let status = raw_call(&f, "/personas.v1.Personas/GetPerson", frame, &[]).await;
     assert_eq!(status["grpc-status"], "0", "{status:?}");
-    // A compressed message is refused, not inflated.
+    // A compressed message is refused, not inflated: UNIMPLEMENTED, as the gRPC spec has a
+    // server answer an encoding it does not support, and identity advertised.
     let frame = enlace_description::grpc::encode_frame(&valid, true).unwrap();
     let status = raw_call(&f, "/personas.v1.Personas/GetPerson", frame, &[]).await;
+    assert_eq!(status["grpc-status"], "12", "{status:?}");
+    assert_eq!(
+        status["enlace-problem-type"],
+        "urn:enlace:problem:unsupported-encoding"
+    );
+    assert_eq!(status["grpc-accept-encoding"], "identity");
+    let frame = enlace_description::grpc::encode_frame(&valid, false).unwrap();
+    let status = raw_call(
+        &f,
+        "/personas.v1.Personas/GetPerson",
+        frame.clone(),
+        &[("grpc-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(status["grpc-status"], "12", "{status:?}");
+    // Only protobuf is relayed: `+json` and other codecs are refused, clearly.
+    let status = raw_call(
+        &f,
+        "/personas.v1.Personas/GetPerson",
+        frame.clone(),
+        &[("content-type", "application/grpc+json")],
+    )
+    .await;
     assert_eq!(status["grpc-status"], "3", "{status:?}");
     assert_eq!(
         status["enlace-problem-type"],
         "urn:enlace:problem:unsupported-media-type"
     );
+    let status = raw_call(
+        &f,
+        "/personas.v1.Personas/GetPerson",
+        frame,
+        &[("content-type", "application/grpc+proto")],
+    )
+    .await;
+    assert_eq!(status["grpc-status"], "0", "{status:?}");
     f.stop().await;
 }
 
@@ -343,4 +396,519 @@ async fn a_cancelled_stream_is_propagated_logged_and_the_logs_verify() {
         assert!(report.records >= 2, "{report:?}");
     }
     registry.running.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client and bidirectional streams
+
+fn claim(run: &str, name: &str, birth_date: &str) -> VerifyIdentityRequest {
+    VerifyIdentityRequest {
+        run: run.into(),
+        name: name.into(),
+        birth_date: birth_date.into(),
+    }
+}
+
+/// Both message logs verify as chains once the nodes have stopped; the registry stops too.
+async fn stop_and_verify_logs(f: TestFederation) {
+    let (consumer_db, provider_db) = (f.log_db(false), f.log_db(true));
+    let TestFederation {
+        registry,
+        provider,
+        consumer,
+        ..
+    } = f;
+    consumer.stop().await;
+    provider.stop().await;
+    for db in [consumer_db, provider_db] {
+        let report = msglog::verify_file(&db, &[], None).unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        assert!(report.records >= 2, "{report:?}");
+    }
+    registry.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_stream_is_relayed_and_its_chain_signed_in_request_trailers() {
+    let f = TestFederation::start_grpc(|_, _| {}).await;
+    let mut client = f.grpc_client().await;
+    let claims = [
+        claim("12345678-5", "María José Pérez Soto", "1980-04-15"),
+        claim("11111111-1", "Juan Rojas", "1975-09-18"),
+        claim("11111111-1", "Juan Carlos Rojas Muñoz", "1975-09-18"),
+    ];
+    let resp = client
+        .verify_identities(f.grpc_request(tonic::codegen::tokio_stream::iter(claims), &[]))
+        .await
+        .expect("the call succeeds");
+    let message_id = resp
+        .metadata()
+        .get("enlace-message-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a message id")
+        .to_string();
+    let summary = resp.into_inner();
+    assert_eq!(summary.checked, 3);
+    assert_eq!(summary.matched, 2);
+    // Which claims failed is not in the contract.
+    assert!(summary.mismatched_runs.is_empty(), "{summary:?}");
+
+    // Both nodes logged the request direction's chain: three messages, the same digest, and
+    // the consumer node's signature over it (its request trailers).
+    let inn = wait_for_record(&f.log_db(false), |r| {
+        r["kind"] == "response-in" && r["message_id"] == message_id
+    })
+    .await;
+    let out = wait_for_record(&f.log_db(true), |r| {
+        r["kind"] == "response-out" && r["message_id"] == message_id
+    })
+    .await;
+    let sent = header(&inn, "enlace-request-stream-digest").expect("the request chain");
+    assert!(sent.starts_with("3:"), "{sent}");
+    assert_eq!(header(&out, "enlace-request-stream-digest"), Some(sent));
+    assert_eq!(inn["request_digest"], sent);
+    assert_eq!(out["request_digest"], sent);
+    for rec in [&inn, &out] {
+        let input = header(rec, "enlace-request-trailers-signature-input").unwrap_or("");
+        assert!(
+            input.contains("tag=\"enlace-grpc-request-trailers\""),
+            "{rec:#}"
+        );
+    }
+    assert_eq!(header(&inn, "grpc-status"), Some("0"));
+    assert!(out["response_digest"].as_str().unwrap().starts_with("1:"));
+    let request_out = wait_for_record(&f.log_db(false), |r| {
+        r["kind"] == "request-out" && r["message_id"] == message_id
+    })
+    .await;
+    assert!(
+        request_out["signature_input"]
+            .as_str()
+            .unwrap()
+            .contains("tag=\"enlace-request-stream\""),
+        "{request_out:#}"
+    );
+    stop_and_verify_logs(f).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_stream_with_a_bad_message_is_refused_and_the_backend_sees_a_reset() {
+    let f = TestFederation::start_grpc(|_, _| {}).await;
+    let backend = f.grpc.as_ref().unwrap().service.clone();
+    // The second claim carries field 9, which VerifyIdentityRequest does not declare: raw
+    // frames, since a tonic client cannot send it.
+    let good = {
+        let mut m = vec![0x0a, 10];
+        m.extend_from_slice(b"12345678-5");
+        m
+    };
+    let mut bad = good.clone();
+    bad.extend_from_slice(&[0x48, 0x01]);
+    let chunks = vec![
+        (
+            Duration::ZERO,
+            enlace_description::grpc::encode_frame(&good, false).unwrap(),
+        ),
+        // Time for the first claim to reach the backend.
+        (
+            Duration::from_millis(500),
+            enlace_description::grpc::encode_frame(&bad, false).unwrap(),
+        ),
+    ];
+    let status = raw_stream_call(&f, "/personas.v1.Personas/VerifyIdentities", chunks, &[]).await;
+    assert_eq!(status["grpc-status"], "3", "{status:?}");
+    assert_eq!(
+        status["enlace-problem-type"],
+        "urn:enlace:problem:request-schema-violation"
+    );
+    // The first claim had reached the backend; the stream was then reset, never ended.
+    let until = Instant::now() + Duration::from_secs(5);
+    while backend.broken_request_streams() == 0 {
+        assert!(Instant::now() < until, "the backend never saw a reset");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bidirectional_stream_is_interactive() {
+    let f = TestFederation::start_grpc(|_, _| {}).await;
+    let mut client = f.grpc_client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let resp = client
+        .lookup_persons(f.grpc_request(ReceiverStream::new(rx), &[]))
+        .await
+        .expect("the call starts");
+    let message_id = resp
+        .metadata()
+        .get("enlace-message-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a message id")
+        .to_string();
+    let mut answers = resp.into_inner();
+    // Ping-pong: each answer arrives while the request stream is still open, before the next
+    // request is even sent.
+    for (run, name) in [
+        ("12345678-5", "María José Pérez Soto"),
+        ("11111111-1", "Juan Carlos Rojas Muñoz"),
+        ("12345678-5", "María José Pérez Soto"),
+    ] {
+        tx.send(get(run)).await.expect("the request stream is open");
+        let person = tokio::time::timeout(Duration::from_secs(5), answers.message())
+            .await
+            .expect("an answer before the next request")
+            .expect("a message")
+            .expect("not the end");
+        assert_eq!(person.name, name);
+        // Cut to the contract, message by message.
+        assert_eq!(person.birth_date, "");
+        assert_eq!(person.health_insurance, "");
+    }
+    // An unknown person: the backend's NOT_FOUND ends the call, unchanged.
+    tx.send(get("10000000-8")).await.expect("still open");
+    let err = answers.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    drop(tx);
+
+    let inn = wait_for_record(&f.log_db(false), |r| {
+        r["kind"] == "response-in" && r["message_id"] == message_id
+    })
+    .await;
+    assert!(inn["response_digest"].as_str().unwrap().starts_with("3:"));
+    assert_eq!(header(&inn, "grpc-status"), Some("5"));
+    let out = wait_for_record(&f.log_db(true), |r| {
+        r["kind"] == "response-out" && r["message_id"] == message_id
+    })
+    .await;
+    assert_eq!(out["response_digest"], inn["response_digest"]);
+    assert_eq!(
+        header(&out, "enlace-request-stream-digest"),
+        header(&inn, "enlace-request-stream-digest")
+    );
+    stop_and_verify_logs(f).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_before_the_answer_is_logged_as_cancelled_on_both_nodes() {
+    let f = TestFederation::start_grpc(|_, _| {}).await;
+    let mut client = f.grpc_client().await;
+    // The slow RUN answers after 3 s; the caller gives up after 300 ms, before any header.
+    let req = f.grpc_request(get(enlace_node::sample_grpc::SLOW_RUN), &[]);
+    let call = tokio::spawn(async move {
+        let _ = client.get_person(req).await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call.abort();
+    let inn = wait_for_record(&f.log_db(false), |r| {
+        r["operation"] == "personas.v1.Personas/GetPerson" && r["problem"] == "cancelled"
+    })
+    .await;
+    let message_id = inn["message_id"].as_str().unwrap().to_string();
+    assert!(
+        records(&f.log_db(false))
+            .iter()
+            .any(|r| r["kind"] == "request-out" && r["message_id"] == message_id)
+    );
+    let out = wait_for_record(&f.log_db(true), |r| {
+        r["message_id"] == message_id && r["problem"] == "cancelled"
+    })
+    .await;
+    assert_eq!(out["operation"], "personas.v1.Personas/GetPerson");
+    assert!(
+        records(&f.log_db(true))
+            .iter()
+            .any(|r| r["kind"] == "request-in" && r["message_id"] == message_id)
+    );
+    stop_and_verify_logs(f).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A backend that breaks the rules
+
+/// A gRPC backend written by hand (hyper, h2c) answering `GetPerson` as the requested "RUN"
+/// says, with what a generated server never sends. It records the request heads it gets.
+struct RawBackend {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// `Person { name }` encoded, plus `extra` bytes.
+fn person_bytes(name: &str, extra: &[u8]) -> Vec<u8> {
+    let mut m = vec![0x12, name.len() as u8];
+    m.extend_from_slice(name.as_bytes());
+    m.extend_from_slice(extra);
+    m
+}
+
+fn framed(payload: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::from(enlace_description::grpc::encode_frame(payload, false).unwrap())
+}
+
+fn trailers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+    let mut t = http::HeaderMap::new();
+    for (k, v) in pairs {
+        t.append(*k, v.parse().unwrap());
+    }
+    t
+}
+
+impl RawBackend {
+    async fn start() -> RawBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let recorded = recorded.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Self::answer(req, recorded).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+            }
+        });
+        RawBackend { addr, seen, task }
+    }
+
+    async fn answer(
+        req: http::Request<hyper::body::Incoming>,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
+    ) -> http::Response<enlace_node::net::ChannelBody> {
+        seen.lock().unwrap().push(req.headers().clone());
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        // GetPersonRequest { run = 1 }: the prefix, the tag, the length, the string.
+        let run = String::from_utf8_lossy(&body[7..]).to_string();
+        let (tx, rx) = enlace_node::net::body_channel(8);
+        let mut resp = http::Response::new(rx);
+        resp.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        if run == "metadata" || run == "refused" {
+            resp.headers_mut()
+                .insert("x-backend-trace", "t-1".parse().unwrap());
+        }
+        let ok = || trailers(&[("grpc-status", "0")]);
+        tokio::spawn(async move {
+            match run.as_str() {
+                "unknown-field" => {
+                    // Field 99 (varint 1), which Person does not declare.
+                    let _ = tx
+                        .data(framed(&person_bytes("Ana", &[0x98, 0x06, 0x01])))
+                        .await;
+                    let _ = tx.trailers(ok()).await;
+                }
+                "malformed" => {
+                    // A string field announcing 80 bytes and carrying 3.
+                    let _ = tx.data(framed(&[0x12, 0x50, b'A', b'n', b'a'])).await;
+                    let _ = tx.trailers(ok()).await;
+                }
+                "two" => {
+                    let _ = tx.data(framed(&person_bytes("Ana", &[]))).await;
+                    let _ = tx.data(framed(&person_bytes("Eva", &[]))).await;
+                    let _ = tx.trailers(ok()).await;
+                }
+                "none" => {
+                    let _ = tx.trailers(ok()).await;
+                }
+                "metadata" => {
+                    let _ = tx.data(framed(&person_bytes("Ana", &[]))).await;
+                    let _ = tx
+                        .trailers(trailers(&[
+                            ("grpc-status", "0"),
+                            ("x-backend-note", "checked"),
+                        ]))
+                        .await;
+                }
+                "refused" => {
+                    // A provider status with details and metadata, and Enlace fields a
+                    // backend must not be able to set.
+                    let _ = tx
+                        .trailers(trailers(&[
+                            ("grpc-status", "9"),
+                            ("grpc-message", "expediente%20cerrado"),
+                            ("grpc-status-details-bin", "CAkSEmV4cGVkaWVudGUgY2VycmFkbw"),
+                            ("x-backend-note", "closed"),
+                            ("enlace-problem-type", "urn:enlace:problem:replay"),
+                            ("enlace-error", "client"),
+                        ]))
+                        .await;
+                }
+                "reset" => {
+                    let _ = tx.data(framed(&person_bytes("Ana", &[]))).await;
+                    tx.abort();
+                }
+                "stall" => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let _ = tx.trailers(ok()).await;
+                }
+                _ => {
+                    let _ = tx
+                        .trailers(trailers(&[
+                            ("grpc-status", "5"),
+                            ("grpc-message", "unknown"),
+                        ]))
+                        .await;
+                }
+            }
+        });
+        resp
+    }
+
+    /// Which request heads reached it.
+    fn seen(&self) -> Vec<http::HeaderMap> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The federation with the provider node's gRPC backend replaced by `raw`, and calls without
+/// a deadline cut after a second of silence.
+async fn federation_with(raw: &RawBackend) -> TestFederation {
+    let addr = raw.addr;
+    TestFederation::start_grpc(move |s, provider| {
+        s.limits.grpc_idle_timeout_ms = 1_000;
+        if provider {
+            for p in &mut s.services {
+                if p.backend.starts_with("h2c://") {
+                    p.backend = format!("h2c://{addr}");
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_breaking_the_schema_is_refused_with_its_problem_type() {
+    let raw = RawBackend::start().await;
+    let f = federation_with(&raw).await;
+    let mut client = f.grpc_client().await;
+    for run in ["unknown-field", "malformed", "two", "none"] {
+        let err = client
+            .get_person(f.grpc_request(get(run), &[]))
+            .await
+            .expect_err(run);
+        assert_eq!(err.code(), Code::Internal, "{run}: {err:?}");
+        assert_eq!(
+            problem_type(&err),
+            "urn:enlace:problem:response-schema-violation",
+            "{run}"
+        );
+        assert_eq!(
+            err.metadata().get("enlace-error").unwrap(),
+            "provider-backend",
+            "{run}"
+        );
+    }
+    // Both nodes logged each refusal, and the provider node's access records name it.
+    wait_for_record(&f.log_db(false), |r| {
+        r["kind"] == "response-in" && r["problem"] == "response-schema-violation"
+    })
+    .await;
+    wait_for_record(&f.log_db(true), |r| {
+        r["kind"] == "response-out" && r["problem"] == "response-schema-violation"
+    })
+    .await;
+    stop_and_verify_logs(f).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_metadata_and_status_details_pass_through_but_never_enlace_fields() {
+    let raw = RawBackend::start().await;
+    let f = federation_with(&raw).await;
+    let mut client = f.grpc_client().await;
+    let resp = client
+        .get_person(f.grpc_request(get("metadata"), &[("x-request-ref", "expediente-77")]))
+        .await
+        .expect("the call succeeds");
+    assert_eq!(resp.metadata().get("x-backend-trace").unwrap(), "t-1");
+    assert_eq!(resp.metadata().get("x-backend-note").unwrap(), "checked");
+    assert_eq!(resp.into_inner().name, "Ana");
+    // The caller's custom metadata reached the backend; its token did not.
+    let seen = raw.seen();
+    let head = seen.last().expect("a request");
+    assert_eq!(head.get("x-request-ref").unwrap(), "expediente-77");
+    assert!(head.get("authorization").is_none(), "{head:?}");
+    assert_eq!(head.get("enlace-client").unwrap(), demo::CONSUMER_SUBSYSTEM);
+
+    // A provider status passes through unchanged, with its details and metadata; the Enlace
+    // fields the backend tried to set do not.
+    let err = client
+        .get_person(f.grpc_request(get("refused"), &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.message(), "expediente cerrado");
+    let details = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        "CAkSEmV4cGVkaWVudGUgY2VycmFkbw",
+    )
+    .unwrap();
+    assert_eq!(err.details(), details.as_slice());
+    assert_eq!(err.metadata().get("x-backend-note").unwrap(), "closed");
+    assert_eq!(err.metadata().get("x-backend-trace").unwrap(), "t-1");
+    assert!(
+        err.metadata().get("enlace-problem-type").is_none(),
+        "{err:?}"
+    );
+    assert!(err.metadata().get("enlace-error").is_none(), "{err:?}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_reset_is_a_cancellation_and_silence_an_idle_timeout() {
+    let raw = RawBackend::start().await;
+    let f = federation_with(&raw).await;
+    let mut client = f.grpc_client().await;
+    let err = client
+        .get_person(f.grpc_request(get("reset"), &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Cancelled, "{err:?}");
+    assert_eq!(problem_type(&err), "urn:enlace:problem:cancelled");
+    assert_eq!(
+        err.metadata().get("enlace-error").unwrap(),
+        "provider-backend"
+    );
+    // Closed by a response record, or a refusal when the reset came before the head.
+    wait_for_record(&f.log_db(true), |r| {
+        r["operation"] == "personas.v1.Personas/GetPerson" && r["problem"] == "cancelled"
+    })
+    .await;
+    wait_for_record(&f.log_db(false), |r| {
+        r["kind"] == "response-in" && r["problem"] == "cancelled"
+    })
+    .await;
+
+    // No deadline and a backend that says nothing: the idle timeout (1 s here) ends it.
+    let started = Instant::now();
+    let err = client
+        .get_person(f.grpc_request(get("stall"), &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("grpc_idle_timeout_ms"), "{err:?}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+    stop_and_verify_logs(f).await;
 }

@@ -9,6 +9,7 @@ mod citizen;
 mod citizen_page;
 mod config;
 mod grpc;
+mod grpc_attacks;
 mod grpc_reflection;
 mod hidden_records;
 mod message_log;

@@ -1,0 +1,799 @@
+//! The consumer node's side of a gRPC call: a local backend calls out through this node.
+//!
+//! authenticate backend → read context, content type and deadline → resolve the service by
+//! its protobuf method → check contract (fail fast) → the request: one message read whole,
+//! validated and digested; or a stream, validated and chained message by message by its own
+//! task and closed by signed trailers → sign the request head → log → send over mutual TLS →
+//! verify the response head → relay each response message (strictly decoded and chained; the
+//! single message of a unary or client-streaming call held until verified) → verify the final
+//! status and both chains → log → release the final status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use enlace_core::config::{DescriptionKind, NodeEntry, ServiceEntry};
+use enlace_core::id::{NodeId, ServiceId, SubsystemId};
+use enlace_core::problem::{Culprit, Problem, ProblemKind};
+use enlace_description::grpc::{self as wire, MethodInfo, Side, StreamDigest};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::signing::{self, Chains, Signer, Verifier};
+use super::stream::{
+    Ending, Event, Inbound, Outlet, Progress, Pump, PumpDone, StopSignal, relay, stopped, until,
+};
+use super::{
+    Bound, CHANNEL_FRAMES, Clock, Closing, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_MESSAGE,
+    GRPC_PREFIX, GRPC_STATUS, GRPC_STATUS_DETAILS, GRPC_TIMEOUT, OutBody, PROBLEM_TYPE, PROVIDER,
+    Reply, STREAM_DIGEST, allow_operation, answer, final_record, metadata, problem_trailers, put,
+    read_timeout, streamed, timeout_value, trailers_only,
+};
+use crate::msglog::RecordKind;
+use crate::net::{RelayBody, body_channel, read_body};
+use crate::relay::consumer::{
+    About, authenticate_backend, check_contract, context_record, fill_signature, read_context,
+    set_target,
+};
+use crate::relay::context::{self, Context};
+use crate::relay::{Node, Snapshot, unix_now};
+use crate::signature;
+
+/// How long a streamed call without a deadline may wait for the response head at most; its
+/// idle timeout normally ends it much sooner.
+const NO_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// A local backend's gRPC call.
+pub(crate) async fn consumer(node: Arc<Node>, req: Request<Incoming>) -> http::Response<OutBody> {
+    answer(move |reply| run(node, req, reply)).await
+}
+
+/// What is known of the call so far, for its log records.
+#[derive(Clone)]
+struct Trace {
+    message_id: String,
+    client: Option<SubsystemId>,
+    context: Option<Context>,
+    service: String,
+    operation: String,
+    peer: Option<String>,
+}
+
+impl Trace {
+    fn about(&self) -> About<'_> {
+        About {
+            message_id: &self.message_id,
+            client: self.client.as_ref(),
+            context: self.context.as_ref(),
+            service: &self.service,
+            operation: &self.operation,
+            peer: self.peer.clone(),
+        }
+    }
+}
+
+async fn run(node: Arc<Node>, req: Request<Incoming>, mut reply: Reply) {
+    let mut trace = Trace {
+        message_id: uuid::Uuid::now_v7().to_string(),
+        client: None,
+        context: None,
+        service: String::new(),
+        operation: String::new(),
+        peer: None,
+    };
+    if let Err(problem) = exchange(&node, req, &mut reply, &mut trace).await {
+        refuse(&node, &trace, problem, &mut reply).await;
+    }
+}
+
+/// Logs a refusal (a cancellation before the answer included) like a success, then answers
+/// with its status when the caller is still there.
+async fn refuse(node: &Node, trace: &Trace, problem: Problem, reply: &mut Reply) {
+    if problem.kind == ProblemKind::Cancelled {
+        tracing::info!(message_id = %trace.message_id, service = %trace.service, operation = %trace.operation, "grpc call cancelled before its answer");
+    } else {
+        tracing::info!(message_id = %trace.message_id, service = %trace.service, operation = %trace.operation, problem = problem.kind.slug(), detail = %problem.detail, "grpc call refused");
+    }
+    let mut rec = context_record(RecordKind::Refusal, problem.kind.status(), trace.about());
+    rec.problem = Some(problem.kind.slug().to_string());
+    rec.headers
+        .push((GRPC_STATUS.into(), problem.kind.grpc_code().to_string()));
+    let out = match node.log.append(rec).await {
+        Ok(_) => problem_trailers(&problem, Some(&trace.message_id)),
+        Err(p) => {
+            tracing::error!(problem = %p, "could not log a refusal");
+            problem_trailers(&p, Some(&trace.message_id))
+        }
+    };
+    reply.send(trailers_only(out));
+}
+
+/// The service version publishing `operation`: among the protobuf services whose operations
+/// include it (only `requested`, if named), exactly one service id, its latest version.
+fn resolve_by_operation<'a>(
+    snap: &'a Snapshot,
+    operation: &str,
+    requested: Option<&ServiceId>,
+) -> Result<&'a ServiceEntry, Problem> {
+    let candidates: Vec<&ServiceEntry> = snap
+        .config
+        .services
+        .iter()
+        .filter(|s| s.kind == DescriptionKind::Protobuf)
+        .filter(|s| s.operations.iter().any(|o| o == operation))
+        .filter(|s| requested.is_none_or(|r| &s.id == r))
+        .collect();
+    let mut ids: Vec<&ServiceId> = Vec::new();
+    for c in &candidates {
+        if !ids.contains(&&c.id) {
+            ids.push(&c.id);
+        }
+    }
+    match ids.len() {
+        0 => Err(Problem::new(
+            ProblemKind::UnknownService,
+            format!("no published service provides the gRPC method {operation}"),
+        )),
+        1 => candidates
+            .into_iter()
+            .max_by_key(|s| s.version)
+            .ok_or_else(|| Problem::new(ProblemKind::Internal, "no candidate")),
+        _ => Err(Problem::new(
+            ProblemKind::InvalidRequest,
+            format!(
+                "several services provide {operation}; name one in {PROVIDER}: {}",
+                ids.iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+fn provider_node<'a>(snap: &'a Snapshot, entry: &ServiceEntry) -> Result<&'a NodeEntry, Problem> {
+    let member = entry.id.member();
+    snap.config
+        .nodes
+        .iter()
+        .find(|n| &n.id.member == member)
+        .ok_or_else(|| {
+            Problem::new(
+                ProblemKind::PeerUnreachable,
+                format!("{member} has no approved node"),
+            )
+        })
+}
+
+pub(super) fn content_type(h: &HeaderMap) -> Option<&str> {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+}
+
+pub(super) fn check_encoding(h: &HeaderMap) -> Result<(), Problem> {
+    wire::check_encoding(h.get(GRPC_ENCODING).and_then(|v| v.to_str().ok()))
+}
+
+/// Decodes the single request message of a unary or server-streaming call strictly; returns
+/// its chain.
+pub(super) fn check_single_request(
+    method: &MethodInfo,
+    body: &[u8],
+    max: usize,
+) -> Result<StreamDigest, Problem> {
+    let mut decoder = wire::FrameDecoder::new(Side::Request, max);
+    let messages = decoder.push(body)?;
+    decoder.finish()?;
+    if messages.len() != 1 {
+        return Err(Problem::new(
+            ProblemKind::RequestSchemaViolation,
+            format!(
+                "{} takes exactly one request message; {} were sent",
+                method.full_name,
+                messages.len()
+            ),
+        ));
+    }
+    let mut chain = StreamDigest::new();
+    for m in messages {
+        let payload = m.identity()?;
+        method.decode_request(&payload)?;
+        chain.update(&payload);
+    }
+    Ok(chain)
+}
+
+pub(super) fn signer(node: &Node) -> Signer {
+    Signer {
+        key: node.signing_key.current(),
+        keyid: node.settings.id.to_string(),
+        created: unix_now(),
+    }
+}
+
+/// The status fields a consumer node passes on from the provider node's (verified) final
+/// status: code, message, details, problem type, culprit, and custom metadata.
+fn pass_status(from: &HeaderMap, message_id: &str) -> Result<HeaderMap, Problem> {
+    let mut h = HeaderMap::new();
+    for name in [
+        GRPC_STATUS,
+        GRPC_MESSAGE,
+        GRPC_STATUS_DETAILS,
+        PROBLEM_TYPE,
+        context::ERROR,
+    ] {
+        if let Some(v) = from.get(name) {
+            h.insert(name, v.clone());
+        }
+    }
+    let custom = metadata::custom(from).map_err(|d| {
+        Problem::new(ProblemKind::ResponseSchemaViolation, d).caused_by(Culprit::PeerNode)
+    })?;
+    metadata::append(&mut h, &custom);
+    put(&mut h, context::MESSAGE_ID, message_id);
+    Ok(h)
+}
+
+/// The head of the request to the provider node, unsigned: the context, the content type,
+/// the message id, the service, and the caller's custom metadata.
+fn request_head(
+    parts: &http::request::Parts,
+    entry: &ServiceEntry,
+    ctx: &Context,
+    message_id: &str,
+    address: &str,
+    custom: &HeaderMap,
+) -> Result<Bound, Problem> {
+    let uri: Uri = format!(
+        "https://{address}{GRPC_PREFIX}{}/v{}{}",
+        entry.id,
+        entry.version.major,
+        parts.uri.path()
+    )
+    .parse()
+    .map_err(|_| Problem::new(ProblemKind::InvalidRequest, "the path cannot be relayed"))?;
+    let mut headers = HeaderMap::new();
+    put(&mut headers, "content-type", "application/grpc");
+    ctx.write(&mut headers)?;
+    put(&mut headers, context::MESSAGE_ID, message_id);
+    put(
+        &mut headers,
+        context::SERVICE,
+        &format!("{}/{}", entry.id, entry.version),
+    );
+    metadata::append(&mut headers, custom);
+    Ok(Bound {
+        method: Method::POST,
+        uri,
+        headers,
+    })
+}
+
+/// The signed request with its body, and the unsigned fields of the hop: `te`, the encoding
+/// this node accepts, and what is left of the deadline (it can only shorten the call).
+fn outbound(sent: &Bound, body: RelayBody, clock: &Clock) -> Request<RelayBody> {
+    let mut out = Request::new(body);
+    *out.method_mut() = sent.method.clone();
+    *out.uri_mut() = sent.uri.clone();
+    *out.headers_mut() = sent.headers.clone();
+    let h = out.headers_mut();
+    put(h, "te", "trailers");
+    put(h, GRPC_ACCEPT_ENCODING, "identity");
+    if let Some(left) = clock.left() {
+        put(h, GRPC_TIMEOUT, &timeout_value(left));
+    }
+    out
+}
+
+async fn exchange(
+    node: &Arc<Node>,
+    req: Request<Incoming>,
+    reply: &mut Reply,
+    trace: &mut Trace,
+) -> Result<(), Problem> {
+    let started = Instant::now();
+    let limits = &node.settings.raw.limits;
+    let (parts, body) = req.into_parts();
+    context::check_header_section(&parts.headers, limits.max_header_bytes)?;
+    let (client, log_bodies) = authenticate_backend(node, &parts.headers, &parts.extensions)?;
+    trace.client = Some(client.clone());
+    let ctx = read_context(&parts.headers, &client)?;
+    trace.context = Some(ctx.clone());
+    let path = parts.uri.path().to_string();
+    trace.operation = path.strip_prefix('/').unwrap_or(&path).to_string();
+    wire::check_content_type(content_type(&parts.headers))?;
+    check_encoding(&parts.headers)?;
+    let idle = Duration::from_millis(limits.grpc_idle_timeout_ms);
+    let clock = Clock::new(started, read_timeout(&parts.headers)?, idle);
+    let custom = metadata::custom(&parts.headers)
+        .map_err(|d| Problem::new(ProblemKind::InvalidRequest, d))?;
+
+    // Resolve and authorise.
+    let snap = node.snapshot()?;
+    let requested = context::single(&parts.headers, PROVIDER, 300)?
+        .map(|s| s.parse::<ServiceId>())
+        .transpose()?;
+    let entry = resolve_by_operation(&snap, &trace.operation, requested.as_ref())?;
+    trace.service = format!("{}/{}", entry.id, entry.version);
+    let provider = provider_node(&snap, entry)?;
+    trace.peer = Some(provider.id.to_string());
+    let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
+    allow_operation(contract, &trace.operation)?;
+    let mut no_pump = Pump::finished(StreamDigest::new());
+    let compiled = until(
+        node.compiled_grpc(entry),
+        &clock,
+        reply.closed(),
+        &mut no_pump,
+    )
+    .await
+    .map_err(Problem::from)??;
+    let method = compiled.method(&path)?;
+    let streamed_request = method.client_streaming;
+    let mut sent = request_head(
+        &parts,
+        entry,
+        &ctx,
+        &trace.message_id,
+        &provider.address,
+        &custom,
+    )?;
+    let (peer_id, address) = (provider.id.clone(), provider.address.clone());
+
+    // The request: whole, or streamed by its own task.
+    let mut rec_body = None;
+    let (body, pump) = if streamed_request {
+        signing::sign_request_head(&signer(node), &mut sent, true)?;
+        let (tx, rx) = body_channel(CHANNEL_FRAMES);
+        let progress = Progress::default();
+        let (method, max) = (method.clone(), limits.max_grpc_message_bytes);
+        let (clock, node, sent, reported) =
+            (clock.clone(), node.clone(), sent.clone(), progress.clone());
+        let start = move |stop| {
+            pump_requests(RequestPump {
+                body,
+                method,
+                max,
+                clock,
+                node,
+                sent,
+                out: tx,
+                progress: reported,
+                stop,
+            })
+        };
+        (RelayBody::from(rx), Some((progress, start)))
+    } else {
+        let read = read_body(body, limits.max_body_bytes);
+        let whole = until(read, &clock, reply.closed(), &mut no_pump)
+            .await
+            .map_err(Problem::from)??;
+        let chain = check_single_request(&method, &whole, limits.max_grpc_message_bytes)?;
+        put(
+            &mut sent.headers,
+            signature::CONTENT_DIGEST,
+            &signature::content_digest(&whole),
+        );
+        signing::sign_request_head(&signer(node), &mut sent, false)?;
+        rec_body = log_bodies.then(|| whole.to_vec());
+        no_pump = Pump::finished(chain);
+        (RelayBody::from(Full::new(whole)), None)
+    };
+    let mut rec = context_record(RecordKind::RequestOut, 0, trace.about());
+    fill_signature(&mut rec, &sent.headers, true);
+    set_target(&mut rec, &sent.method, &sent.uri);
+    if !streamed_request {
+        rec.headers
+            .push((STREAM_DIGEST.into(), no_pump.chain().value()));
+    }
+    rec.body = rec_body;
+    node.log.append(rec).await?;
+    // The request stream starts only once the request is logged.
+    let mut pump = match pump {
+        Some((progress, start)) => Pump::spawn(progress, start),
+        None => no_pump,
+    };
+
+    // Send; wait for the response head.
+    let wait = if streamed_request {
+        clock.left().unwrap_or(NO_DEADLINE)
+    } else {
+        clock.budget(Duration::from_millis(limits.upstream_timeout_ms))?
+    };
+    let send = node
+        .pool
+        .send(&peer_id, &address, outbound(&sent, body, &clock), wait);
+    let mut send = std::pin::pin!(send);
+    let sent_or_stopped = until(send.as_mut(), &clock, reply.closed(), &mut pump).await;
+    let resp = match sent_or_stopped {
+        Err(stop) => {
+            // The request stream fails before the unanswered request is dropped.
+            pump.stop().await;
+            return Err(stop.into());
+        }
+        Ok(Ok(r)) => r,
+        Ok(Err(p)) => {
+            return Err(match clock.left() {
+                Some(left) if left.is_zero() => super::deadline_passed(),
+                _ => pump.cause(p).await,
+            });
+        }
+    };
+    let (rparts, rbody) = resp.into_parts();
+    if rparts.status != StatusCode::OK || !super::is_grpc(&rparts.headers) {
+        return Err(Problem::new(
+            ProblemKind::PeerUnreachable,
+            format!(
+                "the provider node answered HTTP {} instead of a gRPC response",
+                rparts.status
+            ),
+        )
+        .caused_by(Culprit::PeerNode));
+    }
+    let call = Call {
+        node: node.clone(),
+        snap: snap.clone(),
+        sent,
+        peer: peer_id.clone(),
+        method,
+        clock,
+        trace: trace.clone(),
+    };
+    if rparts.headers.contains_key(GRPC_STATUS) {
+        // Trailers-only: the provider node's status (a refusal, or its backend's) in headers.
+        let relayed = Relayed::status_only(rparts.headers);
+        call.finish(relayed, pump, Deliver::Head(reply, None)).await;
+        return Ok(());
+    }
+    call.verifier(|v| signing::verify_response_head(&rparts.headers, &call.sent, v))
+        .map_err(|p| p.caused_by(Culprit::PeerNode))?;
+    let mut head = HeaderMap::new();
+    put(&mut head, context::MESSAGE_ID, &trace.message_id);
+    let custom = metadata::custom(&rparts.headers).map_err(|d| {
+        Problem::new(ProblemKind::ResponseSchemaViolation, d).caused_by(Culprit::PeerNode)
+    })?;
+    metadata::append(&mut head, &custom);
+    let mut inbound = Inbound::new(
+        rbody,
+        Side::Response,
+        limits.max_grpc_message_bytes,
+        call.clock.clone(),
+        Culprit::PeerNode,
+    );
+    let keep = log_bodies.then_some(limits.max_body_bytes);
+
+    if call.method.server_streaming {
+        // Messages are released as they arrive; the final status only once verified.
+        let (tx, rx) = body_channel(CHANNEL_FRAMES);
+        reply.send(streamed(head, rx));
+        let m = call.method.clone();
+        let relayed = relay(
+            &mut inbound,
+            Outlet::Send(&tx),
+            &call.clock,
+            tx.closed(),
+            &mut pump,
+            keep,
+            |payload| {
+                m.decode_response(&payload).map_err(altered)?;
+                Ok(payload)
+            },
+        )
+        .await;
+        call.finish(Relayed::from(relayed), pump, Deliver::Stream(tx))
+            .await;
+    } else {
+        // One response message: held until the final status verifies.
+        let mut held = None;
+        let relayed = relay(
+            &mut inbound,
+            Outlet::Hold(&mut held),
+            &call.clock,
+            reply.closed(),
+            &mut pump,
+            keep,
+            Ok,
+        )
+        .await;
+        let mut relayed = Relayed::from(relayed);
+        relayed.held = held;
+        call.finish(relayed, pump, Deliver::Head(reply, Some(head)))
+            .await;
+    }
+    Ok(())
+}
+
+/// A message that fails to decode at the receiving node was altered on the way (or the
+/// sending node is broken): the node that sent it checked it strictly before it left. The
+/// chain would not match either; the message is refused as an integrity failure.
+pub(super) fn altered(p: Problem) -> Problem {
+    Problem::new(
+        ProblemKind::SignatureInvalid,
+        format!(
+            "a message the other node checked before sending does not decode here, so it was \
+             altered on the way: {}",
+            p.detail
+        ),
+    )
+    .caused_by(Culprit::PeerNode)
+}
+
+/// How a call's response came back: the provider node's final status and the messages before
+/// it.
+struct Relayed {
+    ending: Ending,
+    chain: StreamDigest,
+    kept: Option<Vec<u8>>,
+    held: Option<Vec<u8>>,
+}
+
+impl Relayed {
+    fn status_only(headers: HeaderMap) -> Relayed {
+        Relayed {
+            ending: Ending::Trailers(headers),
+            chain: StreamDigest::new(),
+            kept: None,
+            held: None,
+        }
+    }
+}
+
+impl From<super::stream::Relayed> for Relayed {
+    fn from(r: super::stream::Relayed) -> Relayed {
+        Relayed {
+            ending: r.ending,
+            chain: r.chain,
+            kept: r.kept,
+            held: None,
+        }
+    }
+}
+
+/// Where the end of the call goes: the rest of a stream already answered, or the whole answer
+/// (a head not yet sent: the verified head, or none for a trailers-only answer).
+enum Deliver<'a> {
+    Stream(crate::net::BodySender),
+    Head(&'a mut Reply, Option<HeaderMap>),
+}
+
+/// A call whose request has gone out.
+struct Call {
+    node: Arc<Node>,
+    snap: Arc<Snapshot>,
+    sent: Bound,
+    peer: NodeId,
+    method: MethodInfo,
+    clock: Arc<Clock>,
+    trace: Trace,
+}
+
+impl Call {
+    /// Runs a verification with the provider node's key (and only its key).
+    fn verifier<T>(
+        &self,
+        f: impl FnOnce(&Verifier<'_, dyn Fn(&str) -> Result<Vec<Vec<u8>>, Problem> + '_>) -> T,
+    ) -> T {
+        let peer = self.peer.to_string();
+        let key_for = move |keyid: &str| {
+            if keyid != peer {
+                return Err(Problem::new(
+                    ProblemKind::SignatureInvalid,
+                    format!("signed by {keyid}, not by the provider node {peer}"),
+                ));
+            }
+            self.node.peer_keys(&self.snap, keyid)
+        };
+        f(&Verifier {
+            now: unix_now(),
+            max_skew_secs: self.node.settings.raw.limits.clock_skew_secs,
+            key_for: &key_for,
+        })
+    }
+
+    /// Verifies the final status and releases it (with the held message when there is one),
+    /// or the problem instead; logs the exchange's closing record first.
+    async fn finish(self, relayed: Relayed, mut pump: Pump, deliver: Deliver<'_>) {
+        let id = &self.trace.message_id;
+        let streamed_request = self.method.client_streaming;
+        let sent_request = pump.chain();
+        let mut held = relayed.held;
+        let mut verified = false;
+        let (out, problem, trailers_in) = match relayed.ending {
+            Ending::Trailers(t) => {
+                let chains = Chains {
+                    received: &relayed.chain,
+                    sent_request: streamed_request.then_some(&sent_request),
+                };
+                let checked = self
+                    .verifier(|v| signing::verify_trailers(&t, &self.sent, &chains, v))
+                    .and_then(|()| {
+                        verified = true;
+                        self.check_held(&t, &relayed.chain, &mut held)
+                    })
+                    .and_then(|()| pass_status(&t, id));
+                match checked {
+                    Ok(out) => (Some(out), None, Some(t)),
+                    Err(p) => {
+                        let p = p.caused_by(Culprit::PeerNode);
+                        tracing::warn!(message_id = %id, problem = p.kind.slug(), detail = %p.detail, "grpc response refused");
+                        held = None;
+                        (
+                            Some(problem_trailers(&p, Some(id))),
+                            Some(p.kind.slug().to_string()),
+                            Some(t),
+                        )
+                    }
+                }
+            }
+            Ending::Gone => {
+                tracing::info!(message_id = %id, messages = relayed.chain.count(), "grpc call cancelled by the caller");
+                (None, Some(ProblemKind::Cancelled.slug().to_string()), None)
+            }
+            Ending::Failed(p) => {
+                tracing::info!(message_id = %id, problem = p.kind.slug(), detail = %p.detail, "grpc call failed");
+                held = None;
+                (
+                    Some(problem_trailers(&p, Some(id))),
+                    Some(p.kind.slug().to_string()),
+                    None,
+                )
+            }
+        };
+        let rec = final_record(
+            RecordKind::ResponseIn,
+            self.trace.about(),
+            &self.sent,
+            Closing {
+                trailers: trailers_in,
+                chain: Some(relayed.chain),
+                request_chain: streamed_request.then(|| sent_request.value()),
+                request_trailers: pump.trailers().cloned(),
+                problem,
+                body: relayed.kept,
+            },
+        );
+        pump.stop().await;
+        let out = match self.node.log.append(rec).await {
+            Ok(_) => out,
+            Err(p) => {
+                tracing::error!(problem = %p, "could not log a grpc response");
+                held = None;
+                verified = false;
+                Some(problem_trailers(&p, Some(id)))
+            }
+        };
+        let Some(out) = out else { return };
+        match deliver {
+            Deliver::Stream(tx) => {
+                let _ = tx.trailers(out).await;
+            }
+            Deliver::Head(reply, head) => match head {
+                Some(head) if verified => {
+                    let (tx, rx) = body_channel(2);
+                    let framed = held.and_then(|m| wire::encode_frame(&m, false).ok());
+                    if let Some(f) = framed {
+                        let _ = tx.data(Bytes::from(f)).await;
+                    }
+                    let _ = tx.trailers(out).await;
+                    reply.send(streamed(head, rx));
+                }
+                _ => {
+                    reply.send(trailers_only(out));
+                }
+            },
+        }
+    }
+
+    /// A unary or client-streaming call answered with status OK carries exactly one response
+    /// message, and it decodes: otherwise the provider node (which signed it) broke the
+    /// protocol. A message held with another status is dropped.
+    fn check_held(
+        &self,
+        trailers: &HeaderMap,
+        chain: &StreamDigest,
+        held: &mut Option<Vec<u8>>,
+    ) -> Result<(), Problem> {
+        if self.method.server_streaming {
+            return Ok(());
+        }
+        if trailers.get(GRPC_STATUS).map(|v| v.as_bytes()) != Some(b"0") {
+            *held = None;
+            return Ok(());
+        }
+        let violation = |detail: String| {
+            Problem::new(ProblemKind::ResponseSchemaViolation, detail).caused_by(Culprit::PeerNode)
+        };
+        if chain.count() != 1 {
+            return Err(violation(format!(
+                "{} answers exactly one message; the provider node sent {}",
+                self.method.full_name,
+                chain.count()
+            )));
+        }
+        let Some(m) = held.as_ref() else {
+            return Err(violation("the response message is missing".into()));
+        };
+        self.method
+            .decode_response(m)
+            .map_err(|p| violation(p.detail))?;
+        Ok(())
+    }
+}
+
+/// The request direction of a streamed request.
+struct RequestPump {
+    body: Incoming,
+    method: MethodInfo,
+    max: usize,
+    clock: Arc<Clock>,
+    node: Arc<Node>,
+    sent: Bound,
+    out: crate::net::BodySender,
+    progress: Progress,
+    stop: StopSignal,
+}
+
+/// Relays the caller's request messages to the provider node as they come, each strictly
+/// decoded and chained, then signs the chain in the request trailers. A message refused (or a
+/// caller that resets) fails the stream to the provider node: it sees a reset, never an end.
+async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
+    let RequestPump {
+        body,
+        method,
+        max,
+        clock,
+        node,
+        sent,
+        out,
+        progress,
+        mut stop,
+    } = p;
+    let mut inbound = Inbound::new(body, Side::Request, max, clock, Culprit::Client);
+    let failed = loop {
+        let next = tokio::select! {
+            biased;
+            _ = &mut stop => break stopped(),
+            n = inbound.next() => n,
+        };
+        let payload = match next {
+            Ok(Event::Message(payload)) => payload,
+            Ok(Event::End | Event::Trailers(_)) => {
+                let chain = progress.get();
+                let trailers = match signing::request_trailers(&signer(&node), &sent, &chain) {
+                    Ok(t) => t,
+                    Err(e) => break e,
+                };
+                let _ = out.trailers(trailers.clone()).await;
+                return Ok(PumpDone {
+                    chain,
+                    trailers: Some(trailers),
+                });
+            }
+            Err(e) => break e,
+        };
+        if let Err(e) = method.decode_request(&payload) {
+            break e;
+        }
+        progress.update(&payload);
+        let framed = match wire::encode_frame(&payload, false) {
+            Ok(f) => f,
+            Err(e) => break e,
+        };
+        let sent = tokio::select! {
+            biased;
+            _ = &mut stop => break stopped(),
+            r = out.data(Bytes::from(framed)) => r,
+        };
+        if sent.is_err() {
+            // The provider node stopped reading: its answer tells the rest.
+            return Ok(PumpDone {
+                chain: progress.get(),
+                trailers: None,
+            });
+        }
+    };
+    out.fail(super::stream::RESET).await;
+    Err(failed)
+}
