@@ -271,3 +271,80 @@ async fn nodes_follow_a_registry_over_https_trusting_only_the_federation_ca() {
     assert!(plain.fetch(Duration::ZERO).await.is_err());
     running.stop().await;
 }
+
+/// A server that answers every request with whatever bytes are set: a registry gone wrong, or
+/// someone in between serving an old configuration.
+async fn rogue_registry(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> String {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let bytes = body.lock().unwrap().clone();
+                    async move {
+                        let mut resp = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(bytes),
+                        ));
+                        resp.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_node_refuses_a_replayed_configuration_served_over_http_and_keeps_the_newer() {
+    let r = start_registry().await;
+    let (old, _) = fetch_signed(&r).await;
+    r.seed_demo().await;
+    let (new, _) = fetch_signed(&r).await;
+    let served = std::sync::Arc::new(std::sync::Mutex::new(serde_json::to_vec(&new).unwrap()));
+    let url = rogue_registry(served.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = ConfigClient::new(ConfigSource {
+        registry_url: url,
+        instance: instance(),
+        anchors: vec![r.running.registry.ca_pem().to_string()],
+        cache_path: dir.path().join("config.json"),
+    })
+    .unwrap();
+    assert!(
+        client.fetch(Duration::ZERO).await.unwrap(),
+        "the newer one is taken"
+    );
+    let serial = client.current().unwrap().serial;
+    // The older, validly signed configuration comes back: refused, the newer one kept, also on
+    // disk.
+    *served.lock().unwrap() = serde_json::to_vec(&old).unwrap();
+    let err = client.fetch(Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.kind, ProblemKind::ConfigReplayed, "{err}");
+    assert_eq!(client.current().unwrap().serial, serial);
+    let cached: SignedConfig =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(cached.payload, new.payload);
+    // A configuration with one byte changed, and garbage: refused as badly signed.
+    let mut forged = new.clone();
+    let text = String::from_utf8(B64.decode(&new.payload).unwrap()).unwrap();
+    forged.payload = B64.encode(text.replacen("CL-DEV", "CL-DEW", 1));
+    assert_ne!(forged.payload, new.payload);
+    *served.lock().unwrap() = serde_json::to_vec(&forged).unwrap();
+    let err = client.fetch(Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.kind, ProblemKind::ConfigSignatureInvalid, "{err}");
+    *served.lock().unwrap() = b"<html>not a configuration</html>".to_vec();
+    let err = client.fetch(Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.kind, ProblemKind::ConfigSignatureInvalid, "{err}");
+    assert_eq!(client.current().unwrap().serial, serial);
+}

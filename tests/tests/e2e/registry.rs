@@ -187,19 +187,17 @@ async fn a_member_admin_never_acts_for_another_member() {
     let rc = member_with_token(&r, RC, "RC").await;
     let sii = member_with_token(&r, SII, "SII").await;
     // SII's admin registering a subsystem or node of Registro Civil.
-    r.post(
+    refused_unchanged(
+        &r,
         "/v1/subsystems",
-        Some(&sii),
+        &sii,
         &json!({"id": demo::PROVIDER_SUBSYSTEM}),
     )
-    .await
-    .problem("forbidden", 403);
+    .await;
     let node: enlace_core::NodeId = demo::PROVIDER_NODE.parse().unwrap();
     let keys = enlace_certs::node_init(&node).unwrap();
     let node_req = json!({"id": demo::PROVIDER_NODE, "address": "127.0.0.1:8443", "tls_csr": keys.tls_csr_pem, "signing_csr": keys.signing_csr_pem});
-    r.post("/v1/nodes", Some(&sii), &node_req)
-        .await
-        .problem("forbidden", 403);
+    refused_unchanged(&r, "/v1/nodes", &sii, &node_req).await;
     // Approvals are the federation admin's, not a member's.
     approved_subsystem(&r, &rc, demo::PROVIDER_SUBSYSTEM).await;
     r.post(
@@ -209,14 +207,47 @@ async fn a_member_admin_never_acts_for_another_member() {
     )
     .await
     .ok(201);
-    r.post(
+    refused_unchanged(
+        &r,
         &format!("/v1/subsystems/{}/approve", demo::CONSUMER_SUBSYSTEM),
-        Some(&sii),
+        &sii,
+        &json!({}),
+    )
+    .await;
+    // Registro Civil's node, approved: SII's admin can neither renew nor revoke it, nor
+    // withdraw Registro Civil's subsystem.
+    r.post("/v1/nodes", Some(&rc), &node_req).await.ok(201);
+    r.post(
+        &format!("/v1/nodes/{}/approve", demo::PROVIDER_NODE),
+        Some(r.admin()),
         &json!({}),
     )
     .await
-    .problem("forbidden", 403);
+    .ok(200);
+    let keys2 = enlace_certs::node_init(&node).unwrap();
+    refused_unchanged(
+        &r,
+        &format!("/v1/nodes/{}/renew", demo::PROVIDER_NODE),
+        &sii,
+        &json!({"tls_csr": keys2.tls_csr_pem, "signing_csr": keys2.signing_csr_pem}),
+    )
+    .await;
+    refused_unchanged(
+        &r,
+        &format!("/v1/nodes/{}/revoke", demo::PROVIDER_NODE),
+        &sii,
+        &json!({"reason": "hostile"}),
+    )
+    .await;
+    refused_unchanged(
+        &r,
+        &format!("/v1/subsystems/{}/revoke", demo::PROVIDER_SUBSYSTEM),
+        &sii,
+        &json!({"reason": "hostile"}),
+    )
+    .await;
     // Publishing Registro Civil's service with SII's token.
+    let before = state(&r).await;
     upload(
         &r,
         &sii,
@@ -227,6 +258,7 @@ async fn a_member_admin_never_acts_for_another_member() {
     )
     .await
     .problem("forbidden", 403);
+    assert_eq!(state(&r).await, before, "nothing changed");
     // Claiming a concept for Registro Civil's service.
     upload(
         &r,
@@ -239,16 +271,41 @@ async fn a_member_admin_never_acts_for_another_member() {
     .await
     .ok(201);
     let claim = json!({"id": "person.name", "service": demo::PERSONAS, "operation": "getPerson", "field": "/name"});
-    r.post("/v1/concepts", Some(&sii), &claim)
-        .await
-        .problem("forbidden", 403);
+    refused_unchanged(&r, "/v1/concepts", &sii, &claim).await;
     // Proposing a contract in Registro Civil's name.
     let mut terms = contract_terms();
     terms["consumer"] = json!(demo::PROVIDER_SUBSYSTEM);
-    r.post("/v1/contracts", Some(&sii), &terms)
+    refused_unchanged(&r, "/v1/contracts", &sii, &terms).await;
+    assert_eq!(r.get("/v1/concepts", None).await.ok(200), &json!([]));
+}
+
+/// What the registry holds, as the federation admin sees it (not the audit trail, which
+/// records the refusals themselves).
+async fn state(r: &TestRegistry) -> Value {
+    let mut out = serde_json::Map::new();
+    for path in [
+        "/v1/members",
+        "/v1/subsystems",
+        "/v1/nodes",
+        "/v1/services",
+        "/v1/contracts",
+        "/v1/concepts",
+    ] {
+        out.insert(
+            path.into(),
+            r.get(path, Some(r.admin())).await.ok(200).clone(),
+        );
+    }
+    Value::Object(out)
+}
+
+/// POSTs as `token`, expects `forbidden`, and checks that nothing changed.
+async fn refused_unchanged(r: &TestRegistry, path: &str, token: &str, body: &Value) {
+    let before = state(r).await;
+    r.post(path, Some(token), body)
         .await
         .problem("forbidden", 403);
-    assert_eq!(r.get("/v1/concepts", None).await.ok(200), &json!([]));
+    assert_eq!(state(r).await, before, "{path}: nothing changed");
 }
 
 fn contract_terms() -> Value {
