@@ -324,12 +324,20 @@ async fn list_members(State(app): State<App>) -> ApiResult {
     )
 }
 
-async fn get_member(State(app): State<App>, Path(rest): Path<String>) -> ApiResult {
+async fn get_member(
+    State(app): State<App>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
     let (id, tail) = split_id(&rest, 3)?;
-    if !tail.is_empty() {
-        return Err(no_route(&rest));
+    match tail.as_slice() {
+        [] => json_response(StatusCode::OK, app.member(&id.parse()?)?),
+        ["tokens"] => {
+            let who = actor(&app, &headers)?;
+            json_response(StatusCode::OK, app.member_tokens(&who, &id.parse()?)?)
+        }
+        _ => Err(no_route(&rest)),
     }
-    json_response(StatusCode::OK, app.member(&id.parse()?)?)
 }
 
 #[derive(Deserialize)]
@@ -345,17 +353,27 @@ async fn member_action(
     body: Body,
 ) -> ApiResult {
     let (id, tail) = split_id(&rest, 3)?;
-    if tail != ["tokens"] {
-        return Err(no_route(&rest));
-    }
     let member: MemberId = id.parse()?;
     let who = actor(&app, &headers)?;
-    let req: NewToken = json_body(&headers, body).await?;
-    let token = app.issue_member_token(&who, &member, req.label).await?;
-    json_response(
-        StatusCode::CREATED,
-        json!({ "member": member, "token": token }),
-    )
+    match tail.as_slice() {
+        ["tokens"] => {
+            let req: NewToken = json_body(&headers, body).await?;
+            let token = app.issue_member_token(&who, &member, req.label).await?;
+            json_response(
+                StatusCode::CREATED,
+                json!({ "member": member, "token": token }),
+            )
+        }
+        ["tokens", "revoke"] => {
+            let req: NewToken = json_body(&headers, body).await?;
+            let revoked = app.revoke_member_tokens(&who, &member, &req.label).await?;
+            json_response(
+                StatusCode::OK,
+                json!({ "member": member, "revoked": revoked }),
+            )
+        }
+        _ => Err(no_route(&rest)),
+    }
 }
 
 // ---- subsystems ----

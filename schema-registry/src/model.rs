@@ -120,6 +120,9 @@ pub struct TokenRecord {
     pub member: MemberId,
     pub label: String,
     pub created_at: String,
+    /// When it was revoked; a revoked token authenticates nobody.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -170,6 +170,10 @@ impl Registry {
             return Ok(Actor::FederationAdmin);
         }
         match self.get::<TokenRecord>(kind::TOKEN, &hash)? {
+            Some(t) if t.revoked_at.is_some() => Err(Problem::new(
+                ProblemKind::Unauthenticated,
+                "this token was revoked",
+            )),
             Some(t) => Ok(Actor::MemberAdmin(t.member)),
             None => Err(Problem::new(
                 ProblemKind::Unauthenticated,
@@ -380,6 +384,7 @@ impl Registry {
             member: member.clone(),
             label,
             created_at: rfc3339(now()),
+            revoked_at: None,
         };
         self.commit(
             actor,
@@ -389,6 +394,53 @@ impl Registry {
         )
         .await?;
         Ok(token)
+    }
+
+    /// A member's admin tokens (label, times; never the hash), for the federation admin or
+    /// that member's admin.
+    pub fn member_tokens(&self, actor: &Actor, member: &MemberId) -> Result<Vec<Value>, Problem> {
+        if *actor != Actor::FederationAdmin {
+            Self::require_member(actor, member)?;
+        }
+        let tokens: Vec<TokenRecord> = self.list(kind::TOKEN)?;
+        Ok(tokens
+            .into_iter()
+            .filter(|t| &t.member == member)
+            .map(|t| {
+                serde_json::json!({"label": t.label, "created_at": t.created_at, "revoked_at": t.revoked_at})
+            })
+            .collect())
+    }
+
+    /// Revokes every unrevoked admin token of `member` labelled `label`: by the federation
+    /// admin, or by that member's admin (a token thought leaked). Returns how many.
+    pub async fn revoke_member_tokens(
+        &self,
+        actor: &Actor,
+        member: &MemberId,
+        label: &str,
+    ) -> Result<usize, Problem> {
+        if *actor != Actor::FederationAdmin {
+            Self::require_member(actor, member)?;
+        }
+        let _w = self.write.lock().await;
+        let at = rfc3339(now());
+        let tokens: Vec<TokenRecord> = self.list(kind::TOKEN)?;
+        let mut puts = Vec::new();
+        for mut t in tokens
+            .into_iter()
+            .filter(|t| &t.member == member && t.label == label && t.revoked_at.is_none())
+        {
+            t.revoked_at = Some(at.clone());
+            puts.push((kind::TOKEN, t.hash.clone(), to_value(&t)?));
+        }
+        if puts.is_empty() {
+            return Err(not_found("token labelled", label));
+        }
+        let n = puts.len();
+        self.commit(actor, "member.token.revoke", puts, vec![])
+            .await?;
+        Ok(n)
     }
 
     pub fn member(&self, id: &MemberId) -> Result<MemberRecord, Problem> {

@@ -1239,3 +1239,89 @@ async fn a_reused_demo_directory_gets_fresh_certificates_for_stale_nodes() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_leaked_member_token_is_revoked_by_its_member_or_the_federation_admin() {
+    let r = start_registry().await;
+    let rc = member_with_token(&r, RC, "RC").await;
+    let sii = member_with_token(&r, SII, "SII").await;
+    let leaked = r
+        .post(
+            &format!("/v1/members/{RC}/tokens"),
+            Some(r.admin()),
+            &json!({"label": "ci-pipeline"}),
+        )
+        .await
+        .ok(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    r.get(&format!("/v1/members/{RC}/tokens"), Some(&leaked))
+        .await
+        .ok(200);
+    // Another member cannot revoke, or even list, Registro Civil's tokens.
+    refused_unchanged(
+        &r,
+        &format!("/v1/members/{RC}/tokens/revoke"),
+        &sii,
+        &json!({"label": "ci-pipeline"}),
+    )
+    .await;
+    r.get(&format!("/v1/members/{RC}/tokens"), Some(&sii))
+        .await
+        .problem("forbidden", 403);
+    // Registro Civil's admin revokes it; it authenticates nobody from then on.
+    let done = r
+        .post(
+            &format!("/v1/members/{RC}/tokens/revoke"),
+            Some(&rc),
+            &json!({"label": "ci-pipeline"}),
+        )
+        .await;
+    assert_eq!(done.ok(200)["revoked"], 1);
+    let p = r
+        .get(&format!("/v1/members/{RC}/tokens"), Some(&leaked))
+        .await;
+    assert!(
+        p.problem("unauthenticated", 401)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    // The list shows labels and times, never a hash; the other token still works.
+    let list = r.get(&format!("/v1/members/{RC}/tokens"), Some(&rc)).await;
+    let list = list.ok(200).as_array().unwrap().clone();
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().all(|t| t.get("hash").is_none()));
+    assert!(
+        list.iter()
+            .any(|t| t["label"] == "ci-pipeline" && t["revoked_at"].is_string())
+    );
+    // Nothing left under that label; the federation admin may revoke the other.
+    r.post(
+        &format!("/v1/members/{RC}/tokens/revoke"),
+        Some(r.admin()),
+        &json!({"label": "ci-pipeline"}),
+    )
+    .await
+    .problem("not-found", 404);
+    r.post(
+        &format!("/v1/members/{RC}/tokens/revoke"),
+        Some(r.admin()),
+        &json!({"label": "test"}),
+    )
+    .await
+    .ok(200);
+    r.get(&format!("/v1/members/{RC}/tokens"), Some(&rc))
+        .await
+        .problem("unauthenticated", 401);
+    let audit = r.get("/v1/audit", Some(r.admin())).await;
+    assert!(
+        audit
+            .ok(200)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "member.token.revoke" && e["outcome"] == "ok")
+    );
+}
