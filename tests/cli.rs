@@ -41,10 +41,20 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// `enlace up` in the background, and the lines it printed until it was ready.
+/// `enlace up` in the background, and the lines it printed until it was ready. Dropped
+/// before it was terminated (a failed assertion), it kills the process.
 struct Up {
     child: Child,
     lines: Vec<String>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Up {
@@ -102,7 +112,7 @@ impl Up {
     }
 
     /// Sends SIGTERM and waits for a clean exit.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
@@ -128,7 +138,7 @@ async fn up_serves_a_person_through_both_nodes_and_the_subcommands_work_against_
     enlace_certs::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let base = free_base();
-    let up = Up::start(dir.path(), base);
+    let mut up = Up::start(dir.path(), base);
     let registry = format!("http://127.0.0.1:{base}");
     let sii = format!("http://127.0.0.1:{}", base + 7);
     let token = up.value("SII renta backend token");
