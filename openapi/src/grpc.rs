@@ -28,11 +28,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use prost::Message;
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
+    DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
 };
 use sha2::{Digest, Sha256};
 
 use crate::model::MAX_DESCRIPTION_BYTES;
+
+/// A decoded message, for callers that hold one without depending on prost-reflect.
+pub use prost_reflect::DynamicMessage;
 
 #[cfg(test)]
 mod tests;

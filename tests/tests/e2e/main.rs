@@ -11,6 +11,7 @@ mod config;
 mod grpc;
 mod grpc_attacks;
 mod grpc_reflection;
+mod grpc_subject;
 mod hidden_records;
 mod message_log;
 mod registry;

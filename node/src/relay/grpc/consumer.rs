@@ -177,12 +177,12 @@ pub(super) fn check_encoding(h: &HeaderMap) -> Result<(), Problem> {
 }
 
 /// Decodes the single request message of a unary or server-streaming call strictly; returns
-/// its chain.
+/// its chain and the message.
 pub(super) fn check_single_request(
     method: &MethodInfo,
     body: &[u8],
     max: usize,
-) -> Result<StreamDigest, Problem> {
+) -> Result<(StreamDigest, wire::DynamicMessage), Problem> {
     let mut decoder = wire::FrameDecoder::new(Side::Request, max);
     let messages = decoder.push(body)?;
     decoder.finish()?;
@@ -197,12 +197,15 @@ pub(super) fn check_single_request(
         ));
     }
     let mut chain = StreamDigest::new();
+    let mut decoded = None;
     for m in messages {
         let payload = m.identity()?;
-        method.decode_request(&payload)?;
+        decoded = Some(method.decode_request(&payload)?);
         chain.update(&payload);
     }
-    Ok(chain)
+    let decoded =
+        decoded.ok_or_else(|| Problem::new(ProblemKind::Internal, "no request message"))?;
+    Ok((chain, decoded))
 }
 
 pub(super) fn signer(node: &Node) -> Signer {
@@ -370,7 +373,7 @@ async fn exchange(
         let whole = until(read, &clock, reply.closed(), &mut no_pump)
             .await
             .map_err(Problem::from)??;
-        let chain = check_single_request(&method, &whole, limits.max_grpc_message_bytes)?;
+        let (chain, _) = check_single_request(&method, &whole, limits.max_grpc_message_bytes)?;
         put(
             &mut sent.headers,
             signature::CONTENT_DIGEST,
