@@ -875,6 +875,13 @@ async fn backend_metadata_and_status_details_pass_through_but_never_enlace_field
         .expect("the call succeeds");
     assert_eq!(resp.metadata().get("x-backend-trace").unwrap(), "t-1");
     assert_eq!(resp.metadata().get("x-backend-note").unwrap(), "checked");
+    let ok_id = resp
+        .metadata()
+        .get("enlace-message-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(resp.into_inner().name, "Ana");
     // The caller's custom metadata reached the backend; its token did not.
     let seen = raw.seen();
@@ -904,6 +911,37 @@ async fn backend_metadata_and_status_details_pass_through_but_never_enlace_field
         "{err:?}"
     );
     assert!(err.metadata().get("enlace-error").is_none(), "{err:?}");
+
+    // The records keep the metadata and status fields the signatures cover, so the exchanges'
+    // evidence bundles verify offline on both nodes.
+    let refused_id = err
+        .metadata()
+        .get("enlace-message-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let config = f.consumer.node.config.current().unwrap();
+    for id in [&ok_id, &refused_id] {
+        for (db, node) in [
+            (f.log_db(false), demo::CONSUMER_NODE),
+            (f.log_db(true), demo::PROVIDER_NODE),
+        ] {
+            wait_for_record(&db, |r| {
+                r["message_id"] == id.as_str()
+                    && r["kind"].as_str().unwrap().starts_with("response")
+            })
+            .await;
+            let bundle = enlace_node::bundle::create(&db, id, node, &config).unwrap();
+            let lines = bundle.verify().unwrap_or_else(|e| panic!("{node}: {e}"));
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains("final status (enlace-grpc-trailers)")),
+                "{lines:#?}"
+            );
+        }
+    }
     f.stop().await;
 }
 

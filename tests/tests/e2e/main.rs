@@ -10,6 +10,7 @@ mod citizen_page;
 mod config;
 mod grpc;
 mod grpc_attacks;
+mod grpc_evidence;
 mod grpc_reflection;
 mod grpc_subject;
 mod hidden_records;

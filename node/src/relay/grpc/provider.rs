@@ -42,7 +42,7 @@ use crate::msglog::RecordKind;
 use crate::net::{BodySender, RelayBody, body_channel, read_body};
 use crate::relay::access_emit;
 use crate::relay::consumer::{
-    self as rest_consumer, About, check_contract, context_record, fill_signature, set_target,
+    self as rest_consumer, About, check_contract, context_record, set_target,
 };
 use crate::relay::context::{self, Context};
 use crate::relay::provider::{admit, read_message_id, resolve_service, verify_peer};
@@ -240,7 +240,7 @@ async fn refuse(
         trace.about(&id, peer),
     );
     set_target(&mut rec, &req.method, &req.uri);
-    fill_signature(&mut rec, &trailers, false);
+    super::keep_section(&mut rec, &trailers, "");
     rec.request_digest = req
         .digest()
         .or_else(|| request_chain.as_ref().map(StreamDigest::value));
@@ -438,7 +438,7 @@ async fn exchange(
     let usage = admit(node, contract)?;
 
     let mut rec = context_record(RecordKind::RequestIn, 0, trace.about(&message_id, peer));
-    fill_signature(&mut rec, &req.headers, true);
+    super::request_record(&mut rec, &req.headers);
     set_target(&mut rec, &req.method, &req.uri);
     if let Some(c) = &chain {
         rec.headers.push((STREAM_DIGEST.into(), c.value()));
@@ -559,6 +559,7 @@ async fn exchange(
             kept: None,
             disclosed: BTreeSet::new(),
             held: None,
+            head: None,
         };
         call.finish(outcome, pump, Deliver::Head(reply)).await;
         return Ok(());
@@ -571,6 +572,7 @@ async fn exchange(
     })?;
     metadata::append(&mut head, &custom);
     signing::sign_response_head(&signer(node), &mut head, req)?;
+    let signed_head = head.clone();
     let (tx, rx) = body_channel(CHANNEL_FRAMES);
     reply.send(streamed(head, rx));
 
@@ -624,6 +626,7 @@ async fn exchange(
         kept: relayed.kept,
         disclosed,
         held,
+        head: Some(signed_head),
     };
     call.finish(outcome, pump, Deliver::Stream(tx)).await;
     Ok(())
@@ -671,6 +674,8 @@ struct Outcome {
     kept: Option<Vec<u8>>,
     disclosed: BTreeSet<String>,
     held: Option<Vec<u8>>,
+    /// The response head as signed and sent, for the log.
+    head: Option<HeaderMap>,
 }
 
 enum Deliver<'a> {
@@ -771,6 +776,7 @@ impl Call {
             &self.request,
             Closing {
                 trailers: status.clone(),
+                head: o.head,
                 chain: Some(chain.clone()),
                 request_chain: streamed_request.then(|| request_chain.value()),
                 request_trailers: pump.trailers().cloned(),
