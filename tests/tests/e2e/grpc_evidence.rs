@@ -1,7 +1,7 @@
 //! Evidence bundles of gRPC exchanges, exported from both nodes' message logs after real calls
 //! of every kind: every signature they hold (request head, request trailers, response head,
 //! final status) verifies offline, the bodies kept match what is signed, and a changed byte or
-//! value fails.
+//! value fails. A provider node's refusal keeps the request as the peer node sent it.
 
 use enlace_node::bundle::Bundle;
 use enlace_node::msglog::{self, RecordKind};
@@ -76,6 +76,9 @@ fn set_field(r: &mut msglog::Record, name: &str, value: &str) {
         .unwrap_or_else(|| panic!("no {name} in {:?}", r.headers));
     r.headers[i].1 = value.to_string();
 }
+
+const CONSUMER: &str = demo::CONSUMER_NODE;
+const PROVIDER: &str = demo::PROVIDER_NODE;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bundles_of_every_kind_of_grpc_call_verify_offline_and_catch_a_change() {
@@ -238,5 +241,84 @@ async fn bundles_of_every_kind_of_grpc_call_verify_offline_and_catch_a_change() 
     let canonical = &mut flipped.evidence.entries[0].canonical;
     *canonical = canonical.replacen("POST", "PUST", 1);
     assert!(flipped.verify().is_err());
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_refusal_keeps_the_request_the_peer_node_sent() {
+    let f = TestFederation::start_grpc(|_, _| {}).await;
+    let mut client = f.grpc_client().await;
+    // Refused by the provider node: the message asks about someone else than the subject.
+    let err = client
+        .get_person(f.grpc_request(get("11111111-1"), &[("x-request-ref", "expediente-77")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let id = err
+        .metadata()
+        .get("enlace-message-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap()
+        .to_string();
+    let b = bundle(&f, &id, true, 1).await;
+    let refusal = &b
+        .evidence
+        .entries
+        .iter()
+        .find(|e| e.record.kind == RecordKind::Refusal)
+        .expect("a refusal record")
+        .record;
+    for kept in [
+        "request-signature-input",
+        "request-signature",
+        "request-content-digest",
+        "request-enlace-client",
+        "request-enlace-subject",
+        "request-enlace-message-id",
+        "request-content-type",
+        "request-x-request-ref",
+    ] {
+        assert!(
+            refusal.headers.iter().any(|(k, _)| k == kept),
+            "{kept} in {:?}",
+            refusal.headers
+        );
+    }
+    let lines = b.verify().unwrap();
+    assert_lines(
+        &lines,
+        &[
+            &format!(
+                "refusal): final status (enlace-grpc-trailers): RFC 9421 signature of {PROVIDER} verifies"
+            ),
+            &format!(
+                "refusal): the refused request as the peer node sent it: RFC 9421 signature of {CONSUMER} verifies"
+            ),
+        ],
+    );
+    // What the peer sent is shown as it came: changed, its signature no longer holds, which
+    // the bundle tells without failing (a bad signature may be why a request was refused).
+    let i = b
+        .evidence
+        .entries
+        .iter()
+        .position(|e| e.record.kind == RecordKind::Refusal)
+        .unwrap();
+    let lines = forged(&b, i, |r| {
+        set_field(r, "request-x-request-ref", "expediente-78")
+    })
+    .verify()
+    .unwrap();
+    assert_lines(
+        &lines,
+        &[
+            "refusal): the refused request as the peer node sent it: the signature does not verify (a bad signature may be why",
+        ],
+    );
+    // The refusal's own signed status, changed, fails.
+    let err = forged(&b, i, |r| set_field(r, "grpc-status", "0"))
+        .verify()
+        .expect_err("a changed refusal status");
+    assert!(err.contains("final status"), "{err}");
     f.stop().await;
 }

@@ -185,6 +185,22 @@ pub(crate) fn check(
             )
         })?);
     }
+    if refusal && let Some(headers) = prefixed(&r.headers, REFUSED_REQUEST_PREFIX)? {
+        // Told, never held against the evidence: a bad signature may be why it was refused.
+        let request = Bound {
+            method,
+            uri,
+            headers,
+        };
+        let streamed = !request.headers.contains_key(signature::CONTENT_DIGEST);
+        let what = "the refused request as the peer node sent it";
+        let checked = check.signature(what, signers.consumer, &closing, &|v| {
+            verify_request(&request, streamed, v)
+        });
+        lines.push(
+            checked.unwrap_or_else(|e| format!("{e} (a bad signature may be why it was refused)")),
+        );
+    }
     Ok(lines)
 }
 

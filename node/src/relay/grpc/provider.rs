@@ -241,6 +241,7 @@ async fn refuse(
     );
     set_target(&mut rec, &req.method, &req.uri);
     super::keep_section(&mut rec, &trailers, "");
+    keep_refused_request(&mut rec, &req.headers);
     rec.request_digest = req
         .digest()
         .or_else(|| request_chain.as_ref().map(StreamDigest::value));
@@ -257,6 +258,30 @@ async fn refuse(
         return;
     }
     reply.send(trailers_only(trailers));
+}
+
+/// A refusal record holds the status it answered with; the request's Enlace fields, signature,
+/// content type and custom metadata go beside it (prefixed `request-`, as for REST), so the log
+/// shows what the peer node sent, and whether its signature held, even when it did not parse or
+/// verify.
+fn keep_refused_request(rec: &mut crate::msglog::Record, request: &HeaderMap) {
+    crate::relay::provider::keep_request_signature(rec, request);
+    let mut names = vec![http::header::CONTENT_TYPE.as_str()];
+    names.extend(
+        metadata::custom_names(request)
+            .into_iter()
+            .take(metadata::MAX_CUSTOM),
+    );
+    for name in names {
+        for v in request.get_all(name) {
+            if let Ok(v) = v.to_str() {
+                rec.headers.push((
+                    format!("{}{name}", super::REFUSED_REQUEST_PREFIX),
+                    v.chars().take(4096).collect(),
+                ));
+            }
+        }
+    }
 }
 
 /// The access record of a refused call, once the subject, the service and the contract are
