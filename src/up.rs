@@ -99,7 +99,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         "  (ListDocuments), a client stream (VerifyIdentities: you get the counts only, the contract's fields)"
     );
     println!(
-        "  and a bidirectional one (LookupPersons: type one {{\"run\":…}} per line, each answered at once):"
+        "  and a bidirectional one (LookupPersons: type {{\"run\":\"12345678-5\"}} per line, each answered at once)."
+    );
+    println!(
+        "  Every request message names the person of enlace-subject (the run is bound to it); another RUN is PERMISSION_DENIED:"
     );
     println!();
     let metadata = format!(
@@ -113,7 +116,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         "  grpcurl -plaintext {metadata} \\\n    -d '{{\"run\":\"12345678-5\"}}' {sii_grpc} personas.v1.Personas/ListDocuments"
     );
     println!(
-        "  grpcurl -plaintext {metadata} \\\n    -d '{{\"run\":\"12345678-5\",\"name\":\"María José Pérez Soto\",\"birthDate\":\"1980-04-15\"}} {{\"run\":\"11111111-1\",\"name\":\"Juan Rojas\",\"birthDate\":\"1975-09-18\"}}' \\\n    {sii_grpc} personas.v1.Personas/VerifyIdentities"
+        "  grpcurl -plaintext {metadata} \\\n    -d '{{\"run\":\"12345678-5\",\"name\":\"María José Pérez Soto\",\"birthDate\":\"1980-04-15\"}} {{\"run\":\"12345678-5\",\"name\":\"María José Peres Soto\",\"birthDate\":\"1980-04-15\"}}' \\\n    {sii_grpc} personas.v1.Personas/VerifyIdentities"
     );
     println!(
         "  grpcurl -plaintext {metadata} \\\n    -d @ {sii_grpc} personas.v1.Personas/LookupPersons"

@@ -1,6 +1,7 @@
-//! Evidence bundles: one exchange from a node's message log (request, response, both RFC 9421
-//! signatures, the chain position up to a signed head) with the certificates needed to check
-//! it offline, years later, without the node or the registry.
+//! Evidence bundles: one exchange from a node's message log (request, response, every RFC 9421
+//! signature they hold, the chain position up to a signed head) with the certificates needed to
+//! check it offline, years later, without the node or the registry. REST records hold a request
+//! and a response signature; gRPC records up to four (see `relay::grpc_evidence`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
 use crate::msglog::{Evidence, Record, RecordKind};
+use crate::relay::grpc_evidence;
 use crate::signature::{self, Expected, Message, MessageContext};
 
 pub const BUNDLE_FORMAT: &str = "enlace-evidence-bundle-v1";
@@ -86,8 +88,9 @@ fn header_map(
 
 impl Bundle {
     /// Checks everything offline: each signer's certificate chains to the CA (at the time of
-    /// the record), the chain proof up to the signed head and the head's signature, and each
-    /// record's RFC 9421 signature. Returns what was checked, line by line.
+    /// the record), the chain proof up to the signed head and the head's signature, and every
+    /// RFC 9421 signature each record holds (and the bodies kept, against what is signed).
+    /// Returns what was checked, line by line.
     pub fn verify(&self) -> Result<Vec<String>, String> {
         if self.format != BUNDLE_FORMAT {
             return Err(format!("unknown bundle format `{}`", self.format));
@@ -127,6 +130,22 @@ impl Bundle {
         }
         for e in &self.evidence.entries {
             let r = &e.record;
+            if grpc_evidence::is_grpc(r) {
+                // What this node sent (as consumer, the request direction) it signed itself.
+                let (consumer, provider) = match r.kind {
+                    RecordKind::RequestOut | RecordKind::ResponseIn => {
+                        (Some(self.node.as_str()), r.peer.as_deref())
+                    }
+                    _ => (r.peer.as_deref(), Some(self.node.as_str())),
+                };
+                let signers = grpc_evidence::Signers { consumer, provider };
+                let checked = grpc_evidence::check(r, first_at, &signers, &key_of)
+                    .map_err(|m| format!("record {}: {m}", e.seq))?;
+                for l in checked {
+                    lines.push(format!("record {} ({}): {l}", e.seq, r.kind.as_str()));
+                }
+                continue;
+            }
             let Some(signer) = signer_of(&self.node, r) else {
                 continue;
             };

@@ -293,6 +293,21 @@ pub fn request_components(headers: &HeaderMap) -> Vec<Component> {
     components
 }
 
+/// The `tag` of a `Signature-Input` holding one signature, if it parses and has one: which
+/// kind of message it signs, for a reader that must pick the rule to check it by.
+pub fn tag_of(signature_input: &str) -> Option<String> {
+    let inputs = sf::parse_dictionary(signature_input).ok()?;
+    let [(_, sf::Member::InnerList(_, params))] = inputs.as_slice() else {
+        return None;
+    };
+    params
+        .iter()
+        .find_map(|(key, value)| match (key.as_str(), value) {
+            ("tag", sf::BareItem::String(tag)) => Some(tag.clone()),
+            _ => None,
+        })
+}
+
 /// The components a response signature covers: [`RESPONSE_COMPONENTS`].
 pub fn response_components() -> Vec<Component> {
     RESPONSE_COMPONENTS.to_vec()

@@ -28,11 +28,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use prost::Message;
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
+    DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
 };
 use sha2::{Digest, Sha256};
 
 use crate::model::MAX_DESCRIPTION_BYTES;
+
+/// A decoded message, for callers that hold one without depending on prost-reflect.
+pub use prost_reflect::DynamicMessage;
 
 #[cfg(test)]
 mod tests;
@@ -311,9 +314,30 @@ pub struct MethodInfo {
     pub output: MessageDescriptor,
     pub client_streaming: bool,
     pub server_streaming: bool,
+    /// The request field naming the data subject (`(enlace.subject)`), if the method binds one.
+    pub subject: Option<SubjectBinding>,
+}
+
+/// A request field bound to the data subject, and the scheme of the identifier it holds.
+#[derive(Debug, Clone)]
+pub struct SubjectBinding {
+    pub field: FieldDescriptor,
+    /// `CL-RUN`.
+    pub scheme: String,
 }
 
 impl MethodInfo {
+    /// The person a decoded request message asks about, where the method binds one: the
+    /// scheme and the field's value (empty when the field is not set).
+    pub fn subject_of(&self, msg: &DynamicMessage) -> Option<(&str, String)> {
+        let binding = self.subject.as_ref()?;
+        let value = match msg.get_field(&binding.field).as_ref() {
+            Value::String(s) => s.clone(),
+            _ => String::new(),
+        };
+        Some((binding.scheme.as_str(), value))
+    }
+
     /// [`decode_strict`] of one request message.
     pub fn decode_request(&self, payload: &[u8]) -> Result<DynamicMessage, Problem> {
         decode_strict(&self.input, payload, Side::Request)
@@ -400,12 +424,17 @@ impl CompiledGrpc {
         let Some(method) = service.methods().find(|m| m.name() == method_name) else {
             return Err(not_found());
         };
+        // Checked at upload already; a set that slipped through binds nothing it cannot say.
+        let ext = crate::protobuf::subject_extension(&self.pool)?;
+        let subject = crate::protobuf::subject_binding(&method.input(), ext.as_ref())?
+            .map(|(field, scheme)| SubjectBinding { field, scheme });
         Ok(MethodInfo {
             full_name: format!("{}/{}", service.full_name(), method.name()),
             input: method.input(),
             output: method.output(),
             client_streaming: method.is_client_streaming(),
             server_streaming: method.is_server_streaming(),
+            subject,
         })
     }
 }

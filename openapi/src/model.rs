@@ -53,8 +53,9 @@ pub struct Input {
     /// JSON type or protobuf type name.
     pub ty: String,
     /// The data-subject scheme this input carries (`x-enlace-subject: CL-RUN` on an OpenAPI
-    /// parameter): the provider node requires `Enlace-Subject` to name the same person, so a
-    /// request cannot ask about one person while the access log names another.
+    /// parameter, `(enlace.subject) = "CL-RUN"` on a request message field): the provider node
+    /// requires `Enlace-Subject` to name the same person, so a request cannot ask about one
+    /// person while the access log names another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
 }
@@ -162,6 +163,17 @@ impl Description {
         }
         out
     }
+}
+
+/// Whether `scheme` is a data-subject scheme, the part of a subject identifier before its `:`
+/// (`CL-RUN`): `[A-Z][A-Z0-9-]{1,15}`.
+pub fn is_subject_scheme(scheme: &str) -> bool {
+    let b = scheme.as_bytes();
+    (2..=16).contains(&b.len())
+        && b[0].is_ascii_uppercase()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// SHA-256 hex of some bytes.

@@ -48,7 +48,8 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
 use crate::model::{
-    Break, Description, Field, Input, MAX_DESCRIPTION_BYTES, Operation, sha256_hex,
+    Break, Description, Field, Input, MAX_DESCRIPTION_BYTES, Operation, is_subject_scheme,
+    sha256_hex,
 };
 
 /// Deepest nesting of arrays and objects in a document, and of schemas (counting each
@@ -275,14 +276,7 @@ fn subject_binding(p: &Value, location: &str, at: &str) -> Result<Option<String>
             "`{SUBJECT_KEY}` at {at} is on a {location} parameter; only path and query parameters may carry the data subject"
         )));
     }
-    // The rule of a subject identifier's scheme.
-    let b = scheme.as_bytes();
-    let valid = (2..=16).contains(&b.len())
-        && b[0].is_ascii_uppercase()
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'-');
-    if !valid {
+    if !is_subject_scheme(scheme) {
         return Err(invalid(format!(
             "`{SUBJECT_KEY}` at {at}: `{scheme}` must match [A-Z][A-Z0-9-]{{1,15}}"
         )));

@@ -16,6 +16,13 @@
 //!   message is accepted: the field that closes the cycle is listed, not expanded again.
 //! - Nesting deeper than [`MAX_DEPTH`] or more than [`MAX_FIELDS`] fields or inputs in one
 //!   operation are refused, so a small descriptor cannot expand into an enormous list.
+//! - The data subject: `(enlace.subject) = "CL-RUN"` on a field of a method's request message
+//!   binds that field to the person `enlace-subject` names (the input's `subject`); the
+//!   provider node then requires every request message of a call to name that person. Only on
+//!   a singular `string` field directly in a request message, at most one per message, with a
+//!   scheme matching `[A-Z][A-Z0-9-]{1,15}`; anywhere else (a nested or response message, a
+//!   repeated or non-string field) it is refused. Adding, removing or moving a binding is a
+//!   breaking change (`subject-binding-changed`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -28,7 +35,8 @@ use prost_reflect::{
 };
 
 use crate::model::{
-    Break, Description, Field, Input, MAX_DESCRIPTION_BYTES, Operation, sha256_hex,
+    Break, Description, Field, Input, MAX_DESCRIPTION_BYTES, Operation, is_subject_scheme,
+    sha256_hex,
 };
 
 #[cfg(test)]
@@ -45,6 +53,29 @@ pub const OPTIONS_PROTO: &str = include_str!("protobuf/enlace_options.proto");
 /// Full name of the field option that classifies response fields.
 pub const CLASS_EXTENSION: &str = "enlace.class";
 const CLASS_EXTENSION_NUMBER: u32 = 51234;
+/// Full name of the field option that binds a request field to the data subject.
+pub const SUBJECT_EXTENSION: &str = "enlace.subject";
+const SUBJECT_EXTENSION_NUMBER: u32 = 51235;
+
+/// Earlier versions of `enlace/options.proto`, still accepted unchanged in an upload (the
+/// current one is served to its imports all the same): a service's sources need not change
+/// when Enlace adds an option.
+const PREVIOUS_OPTIONS_PROTO: &[&str] = &[
+    "// Options Enlace reads from the .proto files of the services it relays.
+syntax = \"proto3\";
+
+package enlace;
+
+import \"google/protobuf/descriptor.proto\";
+
+extend google.protobuf.FieldOptions {
+  // The class of a response field: \"public\", \"personal\", \"sensitive\", \"statistical\",
+  // \"reserved\" or \"secret\". A message-typed field's class applies to the fields inside it
+  // that carry no class of their own.
+  string class = 51234;
+}
+",
+];
 
 /// Most .proto files accepted in one upload.
 pub const MAX_SOURCE_FILES: usize = 100;
@@ -113,7 +144,7 @@ pub fn compile_sources(files: &[(String, String)]) -> Result<Description, Proble
             .with("file", name));
         }
         if name == OPTIONS_FILE {
-            if source != OPTIONS_PROTO {
+            if source != OPTIONS_PROTO && !PREVIOUS_OPTIONS_PROTO.contains(&source.as_str()) {
                 return Err(invalid(format!(
                     "`{OPTIONS_FILE}` is provided by Enlace; upload it unchanged or leave it out"
                 ))
@@ -223,6 +254,8 @@ fn bad_import(source: &str) -> Option<String> {
 /// Builds the model from a decoded pool.
 fn describe(pool: &DescriptorPool, stored: Vec<u8>) -> Result<Description, Problem> {
     let class_ext = class_extension(pool)?;
+    let subject_ext = subject_extension(pool)?;
+    let mut requests = HashSet::new();
     let mut operations = Vec::new();
     let mut unclassified: Vec<String> = Vec::new();
     let mut unclassified_ops: Vec<String> = Vec::new();
@@ -237,6 +270,13 @@ fn describe(pool: &DescriptorPool, stored: Vec<u8>) -> Result<Description, Probl
             let mut inputs = Vec::new();
             let mut stack = vec![input.full_name().to_string()];
             walk_request(&id, &input, "", &mut stack, &mut inputs)?;
+            if let Some((field, scheme)) = subject_binding(&input, subject_ext.as_ref())? {
+                let pointer = format!("/{}", field.name());
+                if let Some(bound) = inputs.iter_mut().find(|i| i.name == pointer) {
+                    bound.subject = Some(scheme);
+                }
+            }
+            requests.insert(input.full_name().to_string());
 
             let output = method.output();
             let mut walk = ResponseWalk {
@@ -271,6 +311,9 @@ fn describe(pool: &DescriptorPool, stored: Vec<u8>) -> Result<Description, Probl
                 fields,
             });
         }
+    }
+    if let Some(ext) = &subject_ext {
+        refuse_misplaced_subjects(pool, ext, &requests)?;
     }
     if operations.is_empty() {
         return Err(invalid(
@@ -313,20 +356,138 @@ fn is_infrastructure_package(package: &str) -> bool {
 
 /// The `(enlace.class)` extension, if the set defines it; refused if defined differently.
 fn class_extension(pool: &DescriptorPool) -> Result<Option<ExtensionDescriptor>, Problem> {
-    let Some(ext) = pool.get_extension_by_name(CLASS_EXTENSION) else {
+    string_option(pool, CLASS_EXTENSION, "class", CLASS_EXTENSION_NUMBER)
+}
+
+/// The `(enlace.subject)` extension, if the set defines it; refused if defined differently.
+pub(crate) fn subject_extension(
+    pool: &DescriptorPool,
+) -> Result<Option<ExtensionDescriptor>, Problem> {
+    string_option(pool, SUBJECT_EXTENSION, "subject", SUBJECT_EXTENSION_NUMBER)
+}
+
+/// A singular string field option of Enlace's, as `enlace/options.proto` defines it.
+fn string_option(
+    pool: &DescriptorPool,
+    full_name: &str,
+    name: &str,
+    number: u32,
+) -> Result<Option<ExtensionDescriptor>, Problem> {
+    let Some(ext) = pool.get_extension_by_name(full_name) else {
         return Ok(None);
     };
     let well_formed = ext.containing_message().full_name() == "google.protobuf.FieldOptions"
-        && ext.number() == CLASS_EXTENSION_NUMBER
+        && ext.number() == number
         && matches!(ext.kind(), Kind::String)
         && ext.cardinality() != Cardinality::Repeated;
     if !well_formed {
         return Err(invalid(format!(
-            "`{CLASS_EXTENSION}` must be `extend google.protobuf.FieldOptions {{ string class = \
-             {CLASS_EXTENSION_NUMBER}; }}`, as in {OPTIONS_FILE}"
+            "`{full_name}` must be `extend google.protobuf.FieldOptions {{ string {name} = \
+             {number}; }}`, as in {OPTIONS_FILE}"
         )));
     }
     Ok(Some(ext))
+}
+
+/// The field of a request message that names the data subject (`(enlace.subject)`), with its
+/// scheme: a singular `string` field directly in the message, at most one. Anything else is
+/// refused, naming the field and the rule.
+pub(crate) fn subject_binding(
+    message: &MessageDescriptor,
+    ext: Option<&ExtensionDescriptor>,
+) -> Result<Option<(FieldDescriptor, String)>, Problem> {
+    let Some(ext) = ext else {
+        return Ok(None);
+    };
+    let mut bound = Vec::new();
+    for field in message.fields() {
+        let options = field.options();
+        if !options.has_extension(ext) {
+            continue;
+        }
+        let at = format!("{}.{}", message.full_name(), field.name());
+        let value = options.get_extension(ext);
+        let Value::String(scheme) = value.as_ref() else {
+            return Err(invalid(format!("`{at}`: (enlace.subject) is not a string")));
+        };
+        if !is_subject_scheme(scheme) {
+            return Err(invalid(format!(
+                "`{at}`: (enlace.subject) = \"{scheme}\" is not a subject scheme; it must match \
+                 [A-Z][A-Z0-9-]{{1,15}}, e.g. \"CL-RUN\""
+            ))
+            .with("field", &at)
+            .with("scheme", scheme.as_str()));
+        }
+        if !matches!(field.kind(), Kind::String) || field.is_list() || field.is_map() {
+            return Err(invalid(format!(
+                "`{at}` is `{}`; (enlace.subject) names the person by their identifier, so it \
+                 goes on a singular string field",
+                type_name(&field)
+            ))
+            .with("field", &at));
+        }
+        bound.push((field, scheme.clone()));
+    }
+    if bound.len() > 1 {
+        let names: Vec<&str> = bound.iter().map(|(f, _)| f.name()).collect();
+        return Err(invalid(format!(
+            "`{}` binds the data subject to {} fields ({}); at most one field of a request \
+             message may carry (enlace.subject)",
+            message.full_name(),
+            bound.len(),
+            names.join(", ")
+        ))
+        .with("message", message.full_name()));
+    }
+    Ok(bound.pop())
+}
+
+/// `(enlace.subject)` on a field of a message a method uses other than as its request message
+/// (nested in a request, or anywhere in a response) would bind nothing: refused, so that
+/// nobody believes it does. A message no method uses binds nothing either, and harms nothing.
+fn refuse_misplaced_subjects(
+    pool: &DescriptorPool,
+    ext: &ExtensionDescriptor,
+    requests: &HashSet<String>,
+) -> Result<(), Problem> {
+    let mut queue = Vec::new();
+    for service in pool.services() {
+        if is_infrastructure_package(service.package_name()) {
+            continue;
+        }
+        for method in service.methods() {
+            queue.extend(method.input().fields().filter_map(|f| message_kind(&f)));
+            queue.push(method.output());
+        }
+    }
+    let mut seen = HashSet::new();
+    while let Some(message) = queue.pop() {
+        if !seen.insert(message.full_name().to_string()) {
+            continue;
+        }
+        if !requests.contains(message.full_name())
+            && let Some(field) = message.fields().find(|f| f.options().has_extension(ext))
+        {
+            let at = format!("{}.{}", message.full_name(), field.name());
+            return Err(invalid(format!(
+                "`{at}` carries (enlace.subject), but `{}` is not the request message of the \
+                 methods that use it; only a field directly in a request message names the \
+                 data subject",
+                message.full_name()
+            ))
+            .with("field", at));
+        }
+        queue.extend(message.fields().filter_map(|f| message_kind(&f)));
+    }
+    Ok(())
+}
+
+/// The message type of a field (map entries included), if it has one.
+fn message_kind(field: &FieldDescriptor) -> Option<MessageDescriptor> {
+    match field.kind() {
+        Kind::Message(m) => Some(m),
+        _ => None,
+    }
 }
 
 /// Walks a response message, listing every field with its class.
@@ -577,7 +738,8 @@ fn bare_kind_name(kind: &Kind) -> String {
 /// number reused under another name or type (`reused-field-number`; a type change is thus also
 /// reported per pointer as `type-changed`) or a field moved to another number
 /// (`renumbered-field`), in any message reachable from the old methods; a changed class; a new
-/// or newly required proto2 request field. Needs the `stored` bytes of both.
+/// or newly required proto2 request field; a data-subject binding added, removed or moved to
+/// another field or scheme (`subject-binding-changed`). Needs the `stored` bytes of both.
 pub fn compatibility(old: &Description, new: &Description) -> Vec<Break> {
     let mut breaks = Vec::new();
     for op in &old.operations {
@@ -601,6 +763,24 @@ pub fn compatibility(old: &Description, new: &Description) -> Vec<Break> {
                     "the method was {} and is now {}",
                     streaming_name(op),
                     streaming_name(new_op)
+                ),
+            ));
+        }
+        let (before, after) = (bound_subject(op), bound_subject(new_op));
+        if before != after {
+            let show = |b: &Option<(&str, &str)>| match b {
+                Some((field, scheme)) => format!("request field `{field}` ({scheme})"),
+                None => "nothing".to_string(),
+            };
+            breaks.push(brk(
+                "subject-binding-changed",
+                &op.id,
+                after.or(before).map(|(field, _)| field),
+                format!(
+                    "the data subject was bound to {} and is now bound to {}; callers naming \
+                     the person as before would be refused",
+                    show(&before),
+                    show(&after)
                 ),
             ));
         }
@@ -779,6 +959,13 @@ fn find_method(pool: &DescriptorPool, id: &str) -> Option<prost_reflect::MethodD
     pool.get_service_by_name(service)?
         .methods()
         .find(|m| m.name() == method)
+}
+
+/// The request field an operation binds the data subject to, and its scheme.
+fn bound_subject(op: &Operation) -> Option<(&str, &str)> {
+    op.inputs
+        .iter()
+        .find_map(|i| Some((i.name.as_str(), i.subject.as_deref()?)))
 }
 
 fn streaming_name(op: &Operation) -> &'static str {

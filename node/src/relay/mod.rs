@@ -9,6 +9,7 @@ mod access_emit;
 mod consumer;
 pub mod context;
 mod grpc;
+pub(crate) use grpc::evidence as grpc_evidence;
 mod guard;
 mod meta;
 mod provider;

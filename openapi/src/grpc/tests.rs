@@ -361,6 +361,31 @@ fn methods_are_found_by_path() {
 }
 
 #[test]
+fn a_bound_method_reads_the_subject_of_each_request_message() {
+    let grpc = personas();
+    let m = grpc.method("/personas.v1.Personas/LookupPersons").unwrap();
+    let binding = m.subject.as_ref().expect("LookupPersons binds the run");
+    assert_eq!(
+        (binding.field.name(), binding.scheme.as_str()),
+        ("run", "CL-RUN")
+    );
+    // GetPersonRequest { run = "12345678-5" }, and the empty message.
+    let mut bytes = vec![0x0a, 10];
+    bytes.extend_from_slice(b"12345678-5");
+    let msg = m.decode_request(&bytes).unwrap();
+    assert_eq!(
+        m.subject_of(&msg),
+        Some(("CL-RUN", "12345678-5".to_string()))
+    );
+    let empty = m.decode_request(&[]).unwrap();
+    assert_eq!(m.subject_of(&empty), Some(("CL-RUN", String::new())));
+    // A method without a binding reads none.
+    let t = things().method("/t.v1.Things/Get").unwrap();
+    assert!(t.subject.is_none());
+    assert_eq!(t.subject_of(&t.decode_request(&[]).unwrap()), None);
+}
+
+#[test]
 fn malformed_paths_are_refused() {
     let grpc = personas();
     for path in [

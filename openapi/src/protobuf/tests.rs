@@ -78,7 +78,7 @@ fn personas_descriptor_set_parses() {
             name: "/run".into(),
             required: false,
             ty: "string".into(),
-            subject: None,
+            subject: Some("CL-RUN".into()),
         }]
     );
     assert_eq!(
@@ -238,6 +238,182 @@ fn classes_are_inherited_and_containers_take_the_strictest() {
     let names: Vec<&str> = op.inputs.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["/id", "/next"]);
     assert_eq!(op.inputs[1].ty, "message svc.v1.Req");
+}
+
+#[test]
+fn the_demo_binds_the_run_of_every_request_to_the_subject() {
+    let d = personas();
+    for op in &d.operations {
+        let bound: Vec<(&str, &str)> = op
+            .inputs
+            .iter()
+            .filter_map(|i| Some((i.name.as_str(), i.subject.as_deref()?)))
+            .collect();
+        assert_eq!(bound, [("/run", "CL-RUN")], "{}", op.id);
+    }
+    // An earlier options file (without `subject`), uploaded unchanged, is still accepted.
+    let old = PREVIOUS_OPTIONS_PROTO[0];
+    assert!(!old.contains("subject") && SOURCE_OPTIONS.contains("string subject = 51235;"));
+    let compiled = compile_sources(&sources(&[
+        (OPTIONS_FILE, old),
+        (PERSONAS_FILE, PERSONAS_PROTO),
+    ]))
+    .unwrap();
+    assert_eq!(compiled.operations, d.operations);
+    let changed = old.replace("51234", "51236");
+    let err = compile_sources(&sources(&[
+        (OPTIONS_FILE, &changed),
+        (PERSONAS_FILE, PERSONAS_PROTO),
+    ]))
+    .unwrap_err();
+    assert!(err.detail.contains("provided by Enlace"), "{err:?}");
+}
+
+/// A service whose request `Req` carries `req_fields`, and whose response `Resp` carries
+/// `resp_fields` next to a classified `name`.
+fn subject_service(req_fields: &str, resp_fields: &str) -> Result<Description, Problem> {
+    compile_one(&format!(
+        r#"syntax = "proto3";
+        package svc.v1;
+        import "enlace/options.proto";
+        service Svc {{ rpc Get(Req) returns (Resp); }}
+        message Inner {{ string run = 1; }}
+        message Req {{ {req_fields} }}
+        message Resp {{ string name = 1 [(enlace.class) = "personal"]; {resp_fields} }}"#
+    ))
+}
+
+#[test]
+fn a_subject_binding_is_a_singular_string_of_the_request_with_a_scheme() {
+    let d = subject_service(
+        r#"string folio = 1; optional string rut = 2 [(enlace.subject) = "CL-RUT2"];"#,
+        "",
+    )
+    .unwrap();
+    let op = d.operation("svc.v1.Svc/Get").unwrap();
+    let bound: Vec<(&str, Option<&str>)> = op
+        .inputs
+        .iter()
+        .map(|i| (i.name.as_str(), i.subject.as_deref()))
+        .collect();
+    assert_eq!(bound, [("/folio", None), ("/rut", Some("CL-RUT2"))]);
+
+    for (req, resp, says) in [
+        (
+            r#"string run = 1 [(enlace.subject) = "cl-run"];"#,
+            "",
+            "is not a subject scheme",
+        ),
+        (
+            r#"string run = 1 [(enlace.subject) = "C"];"#,
+            "",
+            "is not a subject scheme",
+        ),
+        (
+            r#"string run = 1 [(enlace.subject) = "CL RUN"];"#,
+            "",
+            "is not a subject scheme",
+        ),
+        (
+            r#"int64 run = 1 [(enlace.subject) = "CL-RUN"];"#,
+            "",
+            "singular string field",
+        ),
+        (
+            r#"bytes run = 1 [(enlace.subject) = "CL-RUN"];"#,
+            "",
+            "singular string field",
+        ),
+        (
+            r#"repeated string run = 1 [(enlace.subject) = "CL-RUN"];"#,
+            "",
+            "singular string field",
+        ),
+        (
+            r#"map<string, string> run = 1 [(enlace.subject) = "CL-RUN"];"#,
+            "",
+            "singular string field",
+        ),
+        (
+            r#"Inner inner = 1 [(enlace.subject) = "CL-RUN"];"#,
+            "",
+            "singular string field",
+        ),
+        (
+            r#"string run = 1 [(enlace.subject) = "CL-RUN"]; string rut = 2 [(enlace.subject) = "CL-RUN"];"#,
+            "",
+            "at most one field",
+        ),
+        // On a response field, it would bind nothing.
+        (
+            "string run = 1;",
+            r#"string run = 2 [(enlace.subject) = "CL-RUN", (enlace.class) = "personal"];"#,
+            "is not the request message of the methods",
+        ),
+    ] {
+        let err = subject_service(req, resp).expect_err(req);
+        assert_eq!(err.kind, ProblemKind::InvalidServiceDescription, "{req}");
+        assert!(err.detail.contains(says), "{req}: {}", err.detail);
+        assert!(
+            err.detail.contains("svc.v1."),
+            "names the field: {}",
+            err.detail
+        );
+    }
+    // Deeper in the request: only top-level fields bind.
+    let err = compile_one(
+        r#"syntax = "proto3";
+        package svc.v1;
+        import "enlace/options.proto";
+        service Svc { rpc Get(Req) returns (Resp); }
+        message Inner { string run = 1 [(enlace.subject) = "CL-RUN"]; }
+        message Req { Inner inner = 1; }
+        message Resp { string name = 1 [(enlace.class) = "personal"]; }"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.detail.contains("`svc.v1.Inner.run`") && err.detail.contains("not the request"),
+        "{}",
+        err.detail
+    );
+}
+
+#[test]
+fn compatibility_reports_changed_subject_bindings() {
+    let d = personas();
+    let bound = "message GetPersonRequest {\n  // The person's RUN, with check digit: \"12345678-5\". It names the data subject: the\n  // provider node requires it to be the person `enlace-subject` names.\n  string run = 1 [(enlace.subject) = \"CL-RUN\"];";
+    let unbound = personas_with(bound, "message GetPersonRequest {\n  string run = 1;");
+    // GetPerson and LookupPersons take GetPersonRequest.
+    for (old, new) in [(&d, &unbound), (&unbound, &d)] {
+        let breaks = compatibility(old, new);
+        assert_eq!(
+            kinds(&breaks),
+            ["subject-binding-changed", "subject-binding-changed"],
+            "{breaks:#?}"
+        );
+        assert_eq!(breaks[0].operation, "personas.v1.Personas/GetPerson");
+        assert_eq!(breaks[0].item.as_deref(), Some("/run"));
+    }
+    let other_scheme = personas_with(
+        "string run = 1 [(enlace.subject) = \"CL-RUN\"];\n}\n\nmessage ListDocumentsRequest",
+        "string run = 1 [(enlace.subject) = \"CL-DNI\"];\n}\n\nmessage ListDocumentsRequest",
+    );
+    let breaks = compatibility(&d, &other_scheme);
+    assert_eq!(kinds(&breaks).len(), 2, "{breaks:#?}");
+    assert!(breaks[0].detail.contains("CL-DNI"), "{}", breaks[0].detail);
+    let moved = personas_with(
+        "message ListDocumentsRequest {\n  string run = 1 [(enlace.subject) = \"CL-RUN\"];",
+        "message ListDocumentsRequest {\n  string run = 1;\n  string holder = 2 [(enlace.subject) = \"CL-RUN\"];",
+    );
+    let breaks = compatibility(&d, &moved);
+    assert_eq!(kinds(&breaks), ["subject-binding-changed"], "{breaks:#?}");
+    assert_eq!(breaks[0].operation, "personas.v1.Personas/ListDocuments");
+    assert_eq!(breaks[0].item.as_deref(), Some("/holder"));
+    assert!(
+        breaks[0].detail.contains("`/run`") && breaks[0].detail.contains("`/holder`"),
+        "{}",
+        breaks[0].detail
+    );
 }
 
 #[test]
@@ -528,8 +704,8 @@ fn compatibility_reports_reused_field_numbers() {
 
     // Reuse in a request message is reported too.
     let request = personas_with(
-        "message GetPersonRequest {\n  // The person's RUN, with check digit: \"12345678-5\".\n  string run = 1;",
-        "message GetPersonRequest {\n  string rut = 1;",
+        "message GetPersonRequest {\n  // The person's RUN, with check digit: \"12345678-5\". It names the data subject: the\n  // provider node requires it to be the person `enlace-subject` names.\n  string run = 1 [(enlace.subject) = \"CL-RUN\"];",
+        "message GetPersonRequest {\n  string rut = 1 [(enlace.subject) = \"CL-RUN\"];",
     );
     let breaks = compatibility(&d, &request);
     let b = breaks

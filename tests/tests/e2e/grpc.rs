@@ -20,6 +20,11 @@ fn list(run: &str) -> ListDocumentsRequest {
     ListDocumentsRequest { run: run.into() }
 }
 
+/// The `enlace-subject` naming the person of `run`: requests bind their RUN to it.
+fn subject(run: &str) -> String {
+    format!("CL-RUN:{run}")
+}
+
 /// Every record of a node's message log, oldest first.
 fn records(db: &std::path::Path) -> Vec<Value> {
     let conn = rusqlite::Connection::open(db).expect("log opens");
@@ -114,7 +119,10 @@ async fn unary_call_is_relayed_and_minimised_to_the_contract() {
 
     // A provider status passes through unchanged.
     let err = client
-        .get_person(f.grpc_request(get("99999999-9"), &[]))
+        .get_person(f.grpc_request(
+            get("99999999-9"),
+            &[("enlace-subject", &subject("99999999-9"))],
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -314,11 +322,12 @@ async fn a_deadline_is_propagated_and_enforced() {
     msg.extend_from_slice(slow);
     let frame = enlace_description::grpc::encode_frame(&msg, false).unwrap();
     let started = Instant::now();
+    let named = subject(enlace_node::sample_grpc::SLOW_RUN);
     let status = raw_call(
         &f,
         "/personas.v1.Personas/GetPerson",
         frame,
-        &[("grpc-timeout", "500m")],
+        &[("grpc-timeout", "500m"), ("enlace-subject", &named)],
     )
     .await;
     assert_eq!(status["grpc-status"], "4", "{status:?}");
@@ -336,7 +345,10 @@ async fn a_deadline_is_propagated_and_enforced() {
     .await;
     // With the tonic client the call ends at the deadline as well.
     let mut client = f.grpc_client().await;
-    let mut req = f.grpc_request(get(enlace_node::sample_grpc::SLOW_RUN), &[]);
+    let mut req = f.grpc_request(
+        get(enlace_node::sample_grpc::SLOW_RUN),
+        &[("enlace-subject", &named)],
+    );
     req.set_timeout(Duration::from_millis(500));
     let started = Instant::now();
     let err = client.get_person(req).await.unwrap_err();
@@ -352,8 +364,9 @@ async fn a_deadline_is_propagated_and_enforced() {
 async fn a_cancelled_stream_is_propagated_logged_and_the_logs_verify() {
     let f = TestFederation::start_grpc(|_, _| {}).await;
     let mut client = f.grpc_client().await;
+    let many = enlace_node::sample_grpc::MANY_DOCUMENTS_RUN;
     let mut stream = client
-        .list_documents(f.grpc_request(list(enlace_node::sample_grpc::MANY_DOCUMENTS_RUN), &[]))
+        .list_documents(f.grpc_request(list(many), &[("enlace-subject", &subject(many))]))
         .await
         .expect("the call starts")
         .into_inner();
@@ -432,10 +445,11 @@ async fn stop_and_verify_logs(f: TestFederation) {
 async fn client_stream_is_relayed_and_its_chain_signed_in_request_trailers() {
     let f = TestFederation::start_grpc(|_, _| {}).await;
     let mut client = f.grpc_client().await;
+    // Claims about the person named, as a form declared them: the second one misspelt.
     let claims = [
         claim("12345678-5", "María José Pérez Soto", "1980-04-15"),
-        claim("11111111-1", "Juan Rojas", "1975-09-18"),
-        claim("11111111-1", "Juan Carlos Rojas Muñoz", "1975-09-18"),
+        claim("12345678-5", "María José Peres Soto", "1980-04-15"),
+        claim("12345678-5", "María José Pérez Soto", "1980-04-15"),
     ];
     let resp = client
         .verify_identities(f.grpc_request(tonic::codegen::tokio_stream::iter(claims), &[]))
@@ -547,10 +561,10 @@ async fn a_bidirectional_stream_is_interactive() {
         .to_string();
     let mut answers = resp.into_inner();
     // Ping-pong: each answer arrives while the request stream is still open, before the next
-    // request is even sent.
+    // request is even sent. Every request names the person `enlace-subject` names.
     for (run, name) in [
         ("12345678-5", "María José Pérez Soto"),
-        ("11111111-1", "Juan Carlos Rojas Muñoz"),
+        ("12345678-5", "María José Pérez Soto"),
         ("12345678-5", "María José Pérez Soto"),
     ] {
         tx.send(get(run)).await.expect("the request stream is open");
@@ -564,18 +578,15 @@ async fn a_bidirectional_stream_is_interactive() {
         assert_eq!(person.birth_date, "");
         assert_eq!(person.health_insurance, "");
     }
-    // An unknown person: the backend's NOT_FOUND ends the call, unchanged.
-    tx.send(get("10000000-8")).await.expect("still open");
-    let err = answers.message().await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err:?}");
     drop(tx);
+    assert!(answers.message().await.expect("a clean end").is_none());
 
     let inn = wait_for_record(&f.log_db(false), |r| {
         r["kind"] == "response-in" && r["message_id"] == message_id
     })
     .await;
     assert!(inn["response_digest"].as_str().unwrap().starts_with("3:"));
-    assert_eq!(header(&inn, "grpc-status"), Some("5"));
+    assert_eq!(header(&inn, "grpc-status"), Some("0"));
     let out = wait_for_record(&f.log_db(true), |r| {
         r["kind"] == "response-out" && r["message_id"] == message_id
     })
@@ -585,6 +596,21 @@ async fn a_bidirectional_stream_is_interactive() {
         header(&out, "enlace-request-stream-digest"),
         header(&inn, "enlace-request-stream-digest")
     );
+
+    // An unknown person: the backend's NOT_FOUND ends the call, unchanged.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut answers = client
+        .lookup_persons(f.grpc_request(
+            ReceiverStream::new(rx),
+            &[("enlace-subject", &subject("10000000-8"))],
+        ))
+        .await
+        .expect("the call starts")
+        .into_inner();
+    tx.send(get("10000000-8")).await.expect("open");
+    let err = answers.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    drop(tx);
     stop_and_verify_logs(f).await;
 }
 
@@ -593,7 +619,8 @@ async fn a_cancel_before_the_answer_is_logged_as_cancelled_on_both_nodes() {
     let f = TestFederation::start_grpc(|_, _| {}).await;
     let mut client = f.grpc_client().await;
     // The slow RUN answers after 3 s; the caller gives up after 300 ms, before any header.
-    let req = f.grpc_request(get(enlace_node::sample_grpc::SLOW_RUN), &[]);
+    let slow = enlace_node::sample_grpc::SLOW_RUN;
+    let req = f.grpc_request(get(slow), &[("enlace-subject", &subject(slow))]);
     let call = tokio::spawn(async move {
         let _ = client.get_person(req).await;
     });
@@ -625,8 +652,9 @@ async fn a_cancel_before_the_answer_is_logged_as_cancelled_on_both_nodes() {
 // ---------------------------------------------------------------------------------------------
 // A backend that breaks the rules
 
-/// A gRPC backend written by hand (hyper, h2c) answering `GetPerson` as the requested "RUN"
-/// says, with what a generated server never sends. It records the request heads it gets.
+/// A gRPC backend written by hand (hyper, h2c) answering `GetPerson` as the caller's `x-raw`
+/// metadata says, with what a generated server never sends. It records the request heads it
+/// gets.
 struct RawBackend {
     addr: std::net::SocketAddr,
     seen: std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
@@ -688,9 +716,13 @@ impl RawBackend {
         seen: std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
     ) -> http::Response<enlace_node::net::ChannelBody> {
         seen.lock().unwrap().push(req.headers().clone());
-        let body = req.into_body().collect().await.unwrap().to_bytes();
-        // GetPersonRequest { run = 1 }: the prefix, the tag, the length, the string.
-        let run = String::from_utf8_lossy(&body[7..]).to_string();
+        let run = req
+            .headers()
+            .get("x-raw")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let _ = req.into_body().collect().await;
         let (tx, rx) = enlace_node::net::body_channel(8);
         let mut resp = http::Response::new(rx);
         resp.headers_mut()
@@ -802,7 +834,7 @@ async fn a_response_breaking_the_schema_is_refused_with_its_problem_type() {
     let mut client = f.grpc_client().await;
     for run in ["unknown-field", "malformed", "two", "none"] {
         let err = client
-            .get_person(f.grpc_request(get(run), &[]))
+            .get_person(f.grpc_request(get("12345678-5"), &[("x-raw", run)]))
             .await
             .expect_err(run);
         assert_eq!(err.code(), Code::Internal, "{run}: {err:?}");
@@ -835,11 +867,21 @@ async fn backend_metadata_and_status_details_pass_through_but_never_enlace_field
     let f = federation_with(&raw).await;
     let mut client = f.grpc_client().await;
     let resp = client
-        .get_person(f.grpc_request(get("metadata"), &[("x-request-ref", "expediente-77")]))
+        .get_person(f.grpc_request(
+            get("12345678-5"),
+            &[("x-request-ref", "expediente-77"), ("x-raw", "metadata")],
+        ))
         .await
         .expect("the call succeeds");
     assert_eq!(resp.metadata().get("x-backend-trace").unwrap(), "t-1");
     assert_eq!(resp.metadata().get("x-backend-note").unwrap(), "checked");
+    let ok_id = resp
+        .metadata()
+        .get("enlace-message-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(resp.into_inner().name, "Ana");
     // The caller's custom metadata reached the backend; its token did not.
     let seen = raw.seen();
@@ -851,7 +893,7 @@ async fn backend_metadata_and_status_details_pass_through_but_never_enlace_field
     // A provider status passes through unchanged, with its details and metadata; the Enlace
     // fields the backend tried to set do not.
     let err = client
-        .get_person(f.grpc_request(get("refused"), &[]))
+        .get_person(f.grpc_request(get("12345678-5"), &[("x-raw", "refused")]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -869,6 +911,37 @@ async fn backend_metadata_and_status_details_pass_through_but_never_enlace_field
         "{err:?}"
     );
     assert!(err.metadata().get("enlace-error").is_none(), "{err:?}");
+
+    // The records keep the metadata and status fields the signatures cover, so the exchanges'
+    // evidence bundles verify offline on both nodes.
+    let refused_id = err
+        .metadata()
+        .get("enlace-message-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let config = f.consumer.node.config.current().unwrap();
+    for id in [&ok_id, &refused_id] {
+        for (db, node) in [
+            (f.log_db(false), demo::CONSUMER_NODE),
+            (f.log_db(true), demo::PROVIDER_NODE),
+        ] {
+            wait_for_record(&db, |r| {
+                r["message_id"] == id.as_str()
+                    && r["kind"].as_str().unwrap().starts_with("response")
+            })
+            .await;
+            let bundle = enlace_node::bundle::create(&db, id, node, &config).unwrap();
+            let lines = bundle.verify().unwrap_or_else(|e| panic!("{node}: {e}"));
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains("final status (enlace-grpc-trailers)")),
+                "{lines:#?}"
+            );
+        }
+    }
     f.stop().await;
 }
 
@@ -878,7 +951,7 @@ async fn a_backend_reset_is_a_cancellation_and_silence_an_idle_timeout() {
     let f = federation_with(&raw).await;
     let mut client = f.grpc_client().await;
     let err = client
-        .get_person(f.grpc_request(get("reset"), &[]))
+        .get_person(f.grpc_request(get("12345678-5"), &[("x-raw", "reset")]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Cancelled, "{err:?}");
@@ -900,7 +973,7 @@ async fn a_backend_reset_is_a_cancellation_and_silence_an_idle_timeout() {
     // No deadline and a backend that says nothing: the idle timeout (1 s here) ends it.
     let started = Instant::now();
     let err = client
-        .get_person(f.grpc_request(get("stall"), &[]))
+        .get_person(f.grpc_request(get("12345678-5"), &[("x-raw", "stall")]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");

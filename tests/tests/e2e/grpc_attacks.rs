@@ -210,10 +210,11 @@ fn claims() -> [VerifyIdentityRequest; 2] {
             name: "María José Pérez Soto".into(),
             birth_date: "1980-04-15".into(),
         },
+        // The same person (every claim names the person of `enlace-subject`), declared again.
         VerifyIdentityRequest {
-            run: "11111111-1".into(),
-            name: "Juan Carlos Rojas Muñoz".into(),
-            birth_date: "1975-09-18".into(),
+            run: "12345678-5".into(),
+            name: "María José Pérez Soto".into(),
+            birth_date: "1980-04-15".into(),
         },
     ]
 }

@@ -34,8 +34,7 @@ use super::{
 use crate::msglog::RecordKind;
 use crate::net::{RelayBody, body_channel, read_body};
 use crate::relay::consumer::{
-    About, authenticate_backend, check_contract, context_record, fill_signature, read_context,
-    set_target,
+    About, authenticate_backend, check_contract, context_record, read_context, set_target,
 };
 use crate::relay::context::{self, Context};
 use crate::relay::{Node, Snapshot, unix_now};
@@ -177,12 +176,12 @@ pub(super) fn check_encoding(h: &HeaderMap) -> Result<(), Problem> {
 }
 
 /// Decodes the single request message of a unary or server-streaming call strictly; returns
-/// its chain.
+/// its chain and the message.
 pub(super) fn check_single_request(
     method: &MethodInfo,
     body: &[u8],
     max: usize,
-) -> Result<StreamDigest, Problem> {
+) -> Result<(StreamDigest, wire::DynamicMessage), Problem> {
     let mut decoder = wire::FrameDecoder::new(Side::Request, max);
     let messages = decoder.push(body)?;
     decoder.finish()?;
@@ -197,12 +196,15 @@ pub(super) fn check_single_request(
         ));
     }
     let mut chain = StreamDigest::new();
+    let mut decoded = None;
     for m in messages {
         let payload = m.identity()?;
-        method.decode_request(&payload)?;
+        decoded = Some(method.decode_request(&payload)?);
         chain.update(&payload);
     }
-    Ok(chain)
+    let decoded =
+        decoded.ok_or_else(|| Problem::new(ProblemKind::Internal, "no request message"))?;
+    Ok((chain, decoded))
 }
 
 pub(super) fn signer(node: &Node) -> Signer {
@@ -370,7 +372,7 @@ async fn exchange(
         let whole = until(read, &clock, reply.closed(), &mut no_pump)
             .await
             .map_err(Problem::from)??;
-        let chain = check_single_request(&method, &whole, limits.max_grpc_message_bytes)?;
+        let (chain, _) = check_single_request(&method, &whole, limits.max_grpc_message_bytes)?;
         put(
             &mut sent.headers,
             signature::CONTENT_DIGEST,
@@ -382,7 +384,7 @@ async fn exchange(
         (RelayBody::from(Full::new(whole)), None)
     };
     let mut rec = context_record(RecordKind::RequestOut, 0, trace.about());
-    fill_signature(&mut rec, &sent.headers, true);
+    super::request_record(&mut rec, &sent.headers);
     set_target(&mut rec, &sent.method, &sent.uri);
     if !streamed_request {
         rec.headers
@@ -443,12 +445,13 @@ async fn exchange(
     };
     if rparts.headers.contains_key(GRPC_STATUS) {
         // Trailers-only: the provider node's status (a refusal, or its backend's) in headers.
-        let relayed = Relayed::status_only(rparts.headers);
+        let relayed = Relayed::status_only(rparts.headers, None);
         call.finish(relayed, pump, Deliver::Head(reply, None)).await;
         return Ok(());
     }
     call.verifier(|v| signing::verify_response_head(&rparts.headers, &call.sent, v))
         .map_err(|p| p.caused_by(Culprit::PeerNode))?;
+    let signed_head = Some(rparts.headers.clone());
     let mut head = HeaderMap::new();
     put(&mut head, context::MESSAGE_ID, &trace.message_id);
     let custom = metadata::custom(&rparts.headers).map_err(|d| {
@@ -482,8 +485,9 @@ async fn exchange(
             },
         )
         .await;
-        call.finish(Relayed::from(relayed), pump, Deliver::Stream(tx))
-            .await;
+        let mut relayed = Relayed::from(relayed);
+        relayed.head = signed_head;
+        call.finish(relayed, pump, Deliver::Stream(tx)).await;
     } else {
         // One response message: held until the final status verifies.
         let mut held = None;
@@ -499,6 +503,7 @@ async fn exchange(
         .await;
         let mut relayed = Relayed::from(relayed);
         relayed.held = held;
+        relayed.head = signed_head;
         call.finish(relayed, pump, Deliver::Head(reply, Some(head)))
             .await;
     }
@@ -527,15 +532,18 @@ struct Relayed {
     chain: StreamDigest,
     kept: Option<Vec<u8>>,
     held: Option<Vec<u8>>,
+    /// The response head as received (verified), for the log.
+    head: Option<HeaderMap>,
 }
 
 impl Relayed {
-    fn status_only(headers: HeaderMap) -> Relayed {
+    fn status_only(headers: HeaderMap, head: Option<HeaderMap>) -> Relayed {
         Relayed {
             ending: Ending::Trailers(headers),
             chain: StreamDigest::new(),
             kept: None,
             held: None,
+            head,
         }
     }
 }
@@ -547,6 +555,7 @@ impl From<super::stream::Relayed> for Relayed {
             chain: r.chain,
             kept: r.kept,
             held: None,
+            head: None,
         }
     }
 }
@@ -647,6 +656,7 @@ impl Call {
             &self.sent,
             Closing {
                 trailers: trailers_in,
+                head: relayed.head,
                 chain: Some(relayed.chain),
                 request_chain: streamed_request.then(|| sent_request.value()),
                 request_trailers: pump.trailers().cloned(),

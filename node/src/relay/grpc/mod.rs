@@ -6,11 +6,13 @@
 //! sequence of named phases; `stream.rs` moves messages (strictly decoded, bounded, chained)
 //! in both directions at once; `signing.rs` holds the four signatures of an exchange (request
 //! head, request trailers of a streamed request, response head, response trailers);
-//! `metadata.rs` decides which gRPC metadata crosses the nodes. Each call runs in its own task,
-//! so that its ending is recorded even when the caller resets the stream before any answer.
+//! `metadata.rs` decides which gRPC metadata crosses the nodes; `evidence.rs` checks the
+//! signatures the log records hold, offline. Each call runs in its own task, so that its ending
+//! is recorded even when the caller resets the stream before any answer.
 //! See docs/PROTOCOL.md, "gRPC".
 
 mod consumer;
+pub(crate) mod evidence;
 mod metadata;
 mod provider;
 mod signing;
@@ -56,6 +58,14 @@ const GRPC_ENCODING: &str = "grpc-encoding";
 const GRPC_ACCEPT_ENCODING: &str = "grpc-accept-encoding";
 /// Frames that may wait between a relay task and the socket.
 const CHANNEL_FRAMES: usize = 16;
+/// Prefix of the response head's fields in the record closing an exchange.
+pub(crate) const HEAD_PREFIX: &str = "enlace-head-";
+/// Prefix of the request trailers' fields (a streamed request) in the record closing an
+/// exchange.
+pub(crate) const REQUEST_TRAILERS_PREFIX: &str = "enlace-request-trailers-";
+/// Prefix of the fields of a refused request, as the peer node sent them, in the provider
+/// node's refusal record (as for REST).
+pub(crate) const REFUSED_REQUEST_PREFIX: &str = "request-";
 
 /// What the relay's listeners answer with: a whole body (REST, trailers-only gRPC) or a stream.
 pub(crate) type OutBody = Either<Body, ChannelBody>;
@@ -342,12 +352,71 @@ impl Bound {
     }
 }
 
+/// Whether a signature of a gRPC header section may cover the field `name`: `content-type`,
+/// Enlace's fields, the status fields and custom metadata.
+fn signable(name: &str) -> bool {
+    name == "content-type"
+        || name.starts_with("enlace-")
+        || [GRPC_STATUS, GRPC_MESSAGE, GRPC_STATUS_DETAILS].contains(&name)
+        || metadata::is_custom(name)
+}
+
+/// Keeps a signed header section in a log record, so that its signature can be checked from
+/// the record alone: every field the signature may cover, each value as it came (at most 4096
+/// characters), names prefixed with `prefix`. The signature goes to the record's own fields
+/// when `prefix` is empty (replacing the fields kept before), beside the others otherwise.
+fn keep_section(rec: &mut Record, section: &HeaderMap, prefix: &str) {
+    let kept = section
+        .iter()
+        .filter(|(n, _)| signable(n.as_str()))
+        .filter_map(|(n, v)| {
+            let v: String = v.to_str().ok()?.chars().take(4096).collect();
+            Some((format!("{prefix}{n}"), v))
+        });
+    let signature_field = |name: &str| {
+        section
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    if prefix.is_empty() {
+        rec.headers = kept.collect();
+        rec.signature_input = signature_field(signature::SIGNATURE_INPUT);
+        rec.signature = signature_field(signature::SIGNATURE);
+        return;
+    }
+    rec.headers.extend(kept);
+    for name in [signature::SIGNATURE_INPUT, signature::SIGNATURE] {
+        if let Some(v) = signature_field(name) {
+            rec.headers.push((format!("{prefix}{name}"), v));
+        }
+    }
+}
+
+/// A request record: the request head as [`fill_signature`] keeps it, and its custom metadata
+/// (which the signature covers).
+fn request_record(rec: &mut Record, head: &HeaderMap) {
+    fill_signature(rec, head, true);
+    for name in metadata::custom_names(head) {
+        if rec.headers.iter().any(|(k, _)| k == name) {
+            continue;
+        }
+        for v in head.get_all(name) {
+            if let Ok(v) = v.to_str() {
+                rec.headers.push((name.to_string(), v.to_string()));
+            }
+        }
+    }
+}
+
 /// What closes an exchange in a node's log: the final status as sent or received (with its
-/// signature), the chain of the response messages, the request direction's chain and signed
-/// trailers (streamed requests), the problem, and the relayed body when kept.
+/// signature), the signed response head, the chain of the response messages, the request
+/// direction's chain and signed trailers (streamed requests), the problem, and the relayed
+/// body when kept.
 #[derive(Default)]
 struct Closing {
     trailers: Option<HeaderMap>,
+    head: Option<HeaderMap>,
     chain: Option<StreamDigest>,
     request_chain: Option<String>,
     request_trailers: Option<HeaderMap>,
@@ -355,13 +424,21 @@ struct Closing {
     body: Option<Vec<u8>>,
 }
 
-/// The log record closing an exchange on either side.
+/// The log record closing an exchange on either side. The signed sections are kept as they
+/// were signed (the final status unprefixed, the head and the request trailers prefixed); the
+/// chains this node computed are `response_digest` and `request_digest`, and stand in for the
+/// signed ones only where no final status came.
 fn final_record(kind: RecordKind, about: About<'_>, request: &Bound, c: Closing) -> Record {
     let mut rec = context_record(kind, 200, about);
     set_target(&mut rec, &request.method, &request.uri);
     if let Some(t) = &c.trailers {
-        fill_signature(&mut rec, t, false);
-        rec.headers.push((GRPC_STATUS.into(), grpc_status_of(t)));
+        keep_section(&mut rec, t, "");
+        if !t.contains_key(GRPC_STATUS) {
+            rec.headers.push((GRPC_STATUS.into(), grpc_status_of(t)));
+        }
+    }
+    if let Some(h) = &c.head {
+        keep_section(&mut rec, h, HEAD_PREFIX);
     }
     let chain = c.chain.unwrap_or_default().value();
     rec.response_digest = Some(chain.clone());
@@ -369,22 +446,13 @@ fn final_record(kind: RecordKind, about: About<'_>, request: &Bound, c: Closing)
         rec.headers.push((STREAM_DIGEST.into(), chain));
     }
     rec.request_digest = request.digest().or_else(|| c.request_chain.clone());
-    if let Some(v) = c.request_chain {
-        rec.headers.retain(|(k, _)| k != REQUEST_STREAM_DIGEST);
+    if let Some(v) = c.request_chain
+        && !rec.headers.iter().any(|(k, _)| k == REQUEST_STREAM_DIGEST)
+    {
         rec.headers.push((REQUEST_STREAM_DIGEST.into(), v));
     }
     if let Some(t) = &c.request_trailers {
-        for (from, to) in [
-            (
-                signature::SIGNATURE_INPUT,
-                "enlace-request-trailers-signature-input",
-            ),
-            (signature::SIGNATURE, "enlace-request-trailers-signature"),
-        ] {
-            if let Some(v) = t.get(from).and_then(|v| v.to_str().ok()) {
-                rec.headers.push((to.into(), v.into()));
-            }
-        }
+        keep_section(&mut rec, t, REQUEST_TRAILERS_PREFIX);
     }
     rec.problem = c.problem.or_else(|| {
         c.trailers

@@ -2,10 +2,12 @@
 //!
 //! verify peer → content type → resolve service → verify the request head's signature (with
 //! the body's digest when the request is one message), freshness and replay → enforce
-//! contract (the check that counts) → validate the request message → count volume → log →
-//! forward to the gRPC backend (h2c); a streamed request is relayed message by message by its
-//! own task, each strictly decoded and chained, and its end passed on only once the consumer
-//! node's signed request trailers verify (otherwise the backend sees a reset) → sign the
+//! contract (the check that counts) → validate the request message → bind the subject (the
+//! person a bound request field names is the one `enlace-subject` names) → count volume → log
+//! → forward to the gRPC backend (h2c); a streamed request is relayed message by message by
+//! its own task, each strictly decoded, bound to the subject and chained, and its end passed on
+//! only once the consumer node's signed request trailers verify (otherwise the backend sees a
+//! reset) → sign the
 //! response head → per response message: validate, minimise, re-encode, chain (the single
 //! message of a unary or client-streaming call held until the final status) → sign the final
 //! status bound to the request → log → release it.
@@ -17,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use enlace_core::config::ServiceEntry;
 use enlace_core::contract::Contract;
-use enlace_core::id::NodeId;
+use enlace_core::id::{NodeId, SubjectId};
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use enlace_description::grpc::{self as wire, MethodInfo, Side, StreamDigest};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
@@ -40,7 +42,7 @@ use crate::msglog::RecordKind;
 use crate::net::{BodySender, RelayBody, body_channel, read_body};
 use crate::relay::access_emit;
 use crate::relay::consumer::{
-    self as rest_consumer, About, check_contract, context_record, fill_signature, set_target,
+    self as rest_consumer, About, check_contract, context_record, set_target,
 };
 use crate::relay::context::{self, Context};
 use crate::relay::provider::{admit, read_message_id, resolve_service, verify_peer};
@@ -70,6 +72,110 @@ struct Trace {
     entry: Option<ServiceEntry>,
     /// The chain of a streamed request, as far as it was received.
     request: Option<Progress>,
+    /// The person a request message asked about, when not the one `enlace-subject` names.
+    asked: Asked,
+}
+
+/// The person a request message asked about when `enlace-subject` named someone else (or no
+/// one): the refusal's access record goes to them. Shared with the request direction's task,
+/// which finds it in a streamed request.
+#[derive(Clone, Default)]
+struct Asked(Arc<std::sync::Mutex<Option<SubjectId>>>);
+
+impl Asked {
+    fn set(&self, subject: SubjectId) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(subject);
+    }
+
+    fn get(&self) -> Option<SubjectId> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The context an access record is filed under: the person asked about, if a request
+    /// message asked about someone else than `enlace-subject` names.
+    fn context(&self, named: &Context) -> Context {
+        let mut c = named.clone();
+        if let Some(s) = self.get() {
+            c.subject = Some(s);
+        }
+        c
+    }
+
+    /// Notes the person asked about in a log record (whose `subject` stays the one named).
+    fn note(&self, rec: &mut crate::msglog::Record) {
+        if let Some(s) = self.get() {
+            rec.headers.push((ASKED_SUBJECT.into(), s.to_string()));
+        }
+    }
+}
+
+/// Log record field naming the person a request message asked about when `enlace-subject`
+/// named someone else.
+const ASKED_SUBJECT: &str = "enlace-asked-subject";
+
+/// The person a request message asks about, where the method binds a field to the data
+/// subject (`(enlace.subject)`), must be the one `enlace-subject` names: the access log then
+/// names the person whose data is read, and a consumer cannot read one person's data in
+/// another's name. A bound field left empty names nobody, so it does not match either.
+fn bind_subject(
+    method: &MethodInfo,
+    msg: &wire::DynamicMessage,
+    named: Option<&SubjectId>,
+    asked: &Asked,
+) -> Result<(), Problem> {
+    let Some((scheme, value)) = method.subject_of(msg) else {
+        return Ok(());
+    };
+    let field = method
+        .subject
+        .as_ref()
+        .map(|b| b.field.name().to_string())
+        .unwrap_or_default();
+    if value.is_empty() {
+        return Err(Problem::new(
+            ProblemKind::SubjectMismatch,
+            format!(
+                "request field `{field}` names the person this call is about ({scheme}); it \
+                 is empty, so it is not the person {} names",
+                context::SUBJECT
+            ),
+        ));
+    }
+    let id = format!("{scheme}:{value}");
+    let shown: String = id.chars().take(100).collect();
+    let subject: SubjectId = id.parse().map_err(|e: enlace_core::IdError| {
+        Problem::new(
+            ProblemKind::RequestSchemaViolation,
+            format!(
+                "request field `{field}` asks about `{shown}`, which is not a valid person \
+                 identifier: {e}"
+            ),
+        )
+    })?;
+    match named {
+        Some(n) if *n == subject => Ok(()),
+        Some(n) => {
+            asked.set(subject.clone());
+            Err(Problem::new(
+                ProblemKind::SubjectMismatch,
+                format!(
+                    "{} names {n}, but request field `{field}` asks about {subject}",
+                    context::SUBJECT
+                ),
+            ))
+        }
+        None => {
+            asked.set(subject.clone());
+            Err(Problem::new(
+                ProblemKind::SubjectMismatch,
+                format!(
+                    "{} is about a person ({subject}); name them in {}",
+                    method.full_name,
+                    context::SUBJECT
+                ),
+            ))
+        }
+    }
 }
 
 impl Trace {
@@ -134,11 +240,13 @@ async fn refuse(
         trace.about(&id, peer),
     );
     set_target(&mut rec, &req.method, &req.uri);
-    fill_signature(&mut rec, &trailers, false);
+    super::keep_section(&mut rec, &trailers, "");
+    keep_refused_request(&mut rec, &req.headers);
     rec.request_digest = req
         .digest()
         .or_else(|| request_chain.as_ref().map(StreamDigest::value));
     rec.problem = Some(problem.kind.slug().to_string());
+    trace.asked.note(&mut rec);
     let access = refusal_record(node, trace, &problem, req);
     let (logged, queued) = tokio::join!(node.log.append(rec), access_emit::enqueue(node, access));
     if let Err(p) = logged.and(queued) {
@@ -150,6 +258,30 @@ async fn refuse(
         return;
     }
     reply.send(trailers_only(trailers));
+}
+
+/// A refusal record holds the status it answered with; the request's Enlace fields, signature,
+/// content type and custom metadata go beside it (prefixed `request-`, as for REST), so the log
+/// shows what the peer node sent, and whether its signature held, even when it did not parse or
+/// verify.
+fn keep_refused_request(rec: &mut crate::msglog::Record, request: &HeaderMap) {
+    crate::relay::provider::keep_request_signature(rec, request);
+    let mut names = vec![http::header::CONTENT_TYPE.as_str()];
+    names.extend(
+        metadata::custom_names(request)
+            .into_iter()
+            .take(metadata::MAX_CUSTOM),
+    );
+    for name in names {
+        for v in request.get_all(name) {
+            if let Ok(v) = v.to_str() {
+                rec.headers.push((
+                    format!("{}{name}", super::REFUSED_REQUEST_PREFIX),
+                    v.chars().take(4096).collect(),
+                ));
+            }
+        }
+    }
 }
 
 /// The access record of a refused call, once the subject, the service and the contract are
@@ -165,11 +297,13 @@ fn refusal_record(
     } else {
         trace.operation.clone()
     };
+    // A subject mismatch is recorded for the person the request asked about.
+    let context = trace.context.as_ref().map(|c| trace.asked.context(c));
     access_emit::refusal(
         node,
         problem,
         access_emit::Refused {
-            context: trace.context.as_ref(),
+            context: context.as_ref(),
             service: trace.entry.as_ref(),
             message_id: trace.message_id.as_deref(),
             operation,
@@ -319,17 +453,17 @@ async fn exchange(
     let custom = metadata::custom(&req.headers)
         .map_err(|d| Problem::new(ProblemKind::InvalidRequest, d).caused_by(Culprit::PeerNode))?;
     let chain = match &whole {
-        Some(w) => Some(check_single_request(
-            &method,
-            w,
-            limits.max_grpc_message_bytes,
-        )?),
+        Some(w) => {
+            let (chain, msg) = check_single_request(&method, w, limits.max_grpc_message_bytes)?;
+            bind_subject(&method, &msg, ctx.subject.as_ref(), &trace.asked)?;
+            Some(chain)
+        }
         None => None,
     };
     let usage = admit(node, contract)?;
 
     let mut rec = context_record(RecordKind::RequestIn, 0, trace.about(&message_id, peer));
-    fill_signature(&mut rec, &req.headers, true);
+    super::request_record(&mut rec, &req.headers);
     set_target(&mut rec, &req.method, &req.uri);
     if let Some(c) = &chain {
         rec.headers.push((STREAM_DIGEST.into(), c.value()));
@@ -347,10 +481,13 @@ async fn exchange(
             let (method, clock, node, snap) =
                 (method.clone(), clock.clone(), node.clone(), snap.clone());
             let (peer, received, max) = (peer.clone(), req.clone(), limits.max_grpc_message_bytes);
+            let (named, asked) = (ctx.subject.clone(), trace.asked.clone());
             let pump = Pump::spawn(progress.clone(), move |stop| {
                 pump_requests(RequestPump {
                     body,
                     method,
+                    named,
+                    asked,
                     max,
                     clock,
                     node,
@@ -437,6 +574,7 @@ async fn exchange(
         service: trace.service.clone(),
         operation: trace.operation.clone(),
         peer: peer.clone(),
+        asked: trace.asked.clone(),
     };
     if bparts.headers.contains_key(GRPC_STATUS) {
         // Trailers-only from the backend: its status passes on unchanged, signed.
@@ -446,6 +584,7 @@ async fn exchange(
             kept: None,
             disclosed: BTreeSet::new(),
             held: None,
+            head: None,
         };
         call.finish(outcome, pump, Deliver::Head(reply)).await;
         return Ok(());
@@ -458,6 +597,7 @@ async fn exchange(
     })?;
     metadata::append(&mut head, &custom);
     signing::sign_response_head(&signer(node), &mut head, req)?;
+    let signed_head = head.clone();
     let (tx, rx) = body_channel(CHANNEL_FRAMES);
     reply.send(streamed(head, rx));
 
@@ -511,6 +651,7 @@ async fn exchange(
         kept: relayed.kept,
         disclosed,
         held,
+        head: Some(signed_head),
     };
     call.finish(outcome, pump, Deliver::Stream(tx)).await;
     Ok(())
@@ -558,6 +699,8 @@ struct Outcome {
     kept: Option<Vec<u8>>,
     disclosed: BTreeSet<String>,
     held: Option<Vec<u8>>,
+    /// The response head as signed and sent, for the log.
+    head: Option<HeaderMap>,
 }
 
 enum Deliver<'a> {
@@ -580,6 +723,7 @@ struct Call {
     service: String,
     operation: String,
     peer: NodeId,
+    asked: Asked,
 }
 
 impl Call {
@@ -657,6 +801,7 @@ impl Call {
             &self.request,
             Closing {
                 trailers: status.clone(),
+                head: o.head,
                 chain: Some(chain.clone()),
                 request_chain: streamed_request.then(|| request_chain.value()),
                 request_trailers: pump.trailers().cloned(),
@@ -667,11 +812,20 @@ impl Call {
         pump.stop().await;
         rec.headers
             .push(("enlace-disclosed".into(), disclosed.join(",")));
+        self.asked.note(&mut rec);
+        // A request message that asked about someone else is recorded for that person, unless
+        // data of the person named had already left in this call: their record must show it
+        // (the other person's data never reached the backend).
+        let context = if disclosed.is_empty() {
+            self.asked.context(&self.context)
+        } else {
+            self.context.clone()
+        };
         let access = access_emit::record(
             &self.node,
             access_emit::Exchange {
                 message_id: id,
-                context: &self.context,
+                context: &context,
                 service: &self.entry,
                 contract: &self.contract,
                 operation: &self.operation,
@@ -718,6 +872,10 @@ impl Call {
 struct RequestPump {
     body: Incoming,
     method: MethodInfo,
+    /// The person `enlace-subject` names, whom every request message must be about where the
+    /// method binds the subject.
+    named: Option<SubjectId>,
+    asked: Asked,
     max: usize,
     clock: Arc<Clock>,
     node: Arc<Node>,
@@ -730,13 +888,16 @@ struct RequestPump {
 }
 
 /// Relays the consumer node's request messages to the backend as they come, each strictly
-/// decoded and chained, and passes the end on only once the signed request trailers verify
-/// against the chain received. A broken or missing chain, or a message that does not decode,
-/// fails the backend's stream (it sees a reset, not an end) and the call.
+/// decoded, bound to the subject and chained, and passes the end on only once the signed
+/// request trailers verify against the chain received. A broken or missing chain, a message
+/// that does not decode, or one about another person than `enlace-subject` names (which never
+/// reaches the backend) fails the backend's stream (it sees a reset, not an end) and the call.
 async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
     let RequestPump {
         body,
         method,
+        named,
+        asked,
         max,
         clock,
         node,
@@ -762,8 +923,12 @@ async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
         };
         match event {
             Event::Message(payload) => {
-                if let Err(e) = method.decode_request(&payload) {
-                    break altered(e);
+                let msg = match method.decode_request(&payload) {
+                    Ok(m) => m,
+                    Err(e) => break altered(e),
+                };
+                if let Err(e) = bind_subject(&method, &msg, named.as_ref(), &asked) {
+                    break e;
                 }
                 progress.update(&payload);
                 let framed = match wire::encode_frame(&payload, false) {

@@ -72,7 +72,7 @@ fn insert_signature(
     Ok(())
 }
 
-fn verify_with<K: Fn(&str) -> Result<Vec<Vec<u8>>, Problem> + ?Sized>(
+pub(super) fn verify_with<K: Fn(&str) -> Result<Vec<Vec<u8>>, Problem> + ?Sized>(
     headers: &HeaderMap,
     ctx: &MessageContext<'_>,
     required: &[Component],
@@ -106,7 +106,7 @@ fn field<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
 
 /// What a request head signature covers: Enlace's request components (without
 /// `content-digest` for a streamed request) and every custom metadata name present.
-fn request_head_components(headers: &HeaderMap, streamed: bool) -> Vec<Component> {
+pub(super) fn request_head_components(headers: &HeaderMap, streamed: bool) -> Vec<Component> {
     let mut c = request_components(headers);
     if streamed {
         c.retain(|c| c.name != signature::CONTENT_DIGEST);
@@ -115,7 +115,7 @@ fn request_head_components(headers: &HeaderMap, streamed: bool) -> Vec<Component
     c
 }
 
-fn request_tag(streamed: bool) -> &'static str {
+pub(super) fn request_tag(streamed: bool) -> &'static str {
     if streamed {
         REQUEST_STREAM_TAG
     } else {
@@ -175,7 +175,7 @@ pub(super) fn verify_request_head<K: Fn(&str) -> Result<Vec<Vec<u8>>, Problem> +
 
 // ---- the request trailers of a streamed request ----
 
-const REQUEST_TRAILER_COMPONENTS: &[Component] = &[
+pub(super) const REQUEST_TRAILER_COMPONENTS: &[Component] = &[
     Component::new("@method"),
     Component::new("@path"),
     Component::new("@query"),
@@ -255,7 +255,7 @@ fn request_binding(request: &Bound) -> Vec<Component> {
     c
 }
 
-fn response_head_components(headers: &HeaderMap, request: &Bound) -> Vec<Component> {
+pub(super) fn response_head_components(headers: &HeaderMap, request: &Bound) -> Vec<Component> {
     let mut c = vec![
         Component::new("@status"),
         Component::new("content-type"),
@@ -275,7 +275,7 @@ const OPTIONAL_TRAILERS: &[&str] = &[
     REQUEST_STREAM_DIGEST,
 ];
 
-fn trailer_components(trailers: &HeaderMap, request: &Bound) -> Vec<Component> {
+pub(super) fn trailer_components(trailers: &HeaderMap, request: &Bound) -> Vec<Component> {
     let mut c = vec![
         Component::new("@status"),
         Component::new(GRPC_STATUS),
