@@ -182,6 +182,7 @@ pub async fn prepare(dir: &Path, ports: Ports, backends: Backends) -> anyhow::Re
             dev_issuer: true,
             ..Default::default()
         },
+        consent_max_days: 365,
     };
     let registry = enlace_registry::start(&cfg).await?;
     let registry_url = format!("http://{}", registry.addr);

@@ -379,6 +379,7 @@ mod tests {
             request_digest: None,
             response_digest: None,
             node: "CL-DEV/GOV/61002000-3/node/a".into(),
+            authorisation_refused: None,
         };
         let key = SigningKey::generate().unwrap();
         sign_record(r, &key)

@@ -28,6 +28,7 @@ pub fn registry_config(dir: &std::path::Path) -> RegistryConfig {
             dev_issuer: true,
             ..Default::default()
         },
+        consent_max_days: 365,
     }
 }
 

@@ -1184,7 +1184,7 @@ async fn provider_run(
         node: node.clone(),
         request: req.clone(),
         method,
-        allowed: contract.terms.allowed_fields.clone(),
+        allowed: super::disclosure::allowed(node, &ctx, entry, contract, &trace.operation).await?,
         entry: entry.clone(),
         contract: contract.clone(),
         deadline,

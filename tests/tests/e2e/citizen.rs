@@ -11,22 +11,38 @@ use enlace_registry::demo;
 use enlace_tests::TestFederation;
 use reqwest::Method;
 
-/// The records the registry holds about `subject`, waiting until there are at least `n`.
-async fn registry_records(f: &TestFederation, subject: &str, n: usize) -> Vec<SignedAccessRecord> {
+/// The records the registry holds about `subject`, waiting until there are at least `n` and a
+/// signed tree head covers them (heads are signed every second while the log grows).
+pub(crate) async fn registry_records(
+    f: &TestFederation,
+    subject: &str,
+    n: usize,
+) -> Vec<SignedAccessRecord> {
     let path = f.registry.dir.path().join("registry").join("access.sqlite");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let found: Vec<SignedAccessRecord> = {
+        let (found, leaves): (Vec<SignedAccessRecord>, u64) = {
             let conn = rusqlite::Connection::open(&path).unwrap();
             let mut stmt = conn
                 .prepare("SELECT record FROM access_records WHERE subject = ?1 ORDER BY idx")
                 .unwrap();
-            stmt.query_map([subject], |r| r.get::<_, Vec<u8>>(0))
+            let found = stmt
+                .query_map([subject], |r| r.get::<_, Vec<u8>>(0))
                 .unwrap()
                 .map(|b| serde_json::from_slice(&b.unwrap()).unwrap())
-                .collect()
+                .collect();
+            let max: Option<i64> = conn
+                .query_row(
+                    "SELECT MAX(idx) FROM access_records WHERE subject = ?1",
+                    [subject],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (found, max.map_or(0, |m| m as u64 + 1))
         };
-        if found.len() >= n || Instant::now() > deadline {
+        let head = f.registry.get("/v1/access-log/tree-head", None).await;
+        let covered = head.ok(200)["tree_head"]["tree_size"].as_u64().unwrap_or(0) >= leaves;
+        if (found.len() >= n && covered) || Instant::now() > deadline {
             return found;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -96,7 +112,14 @@ async fn every_exchange_naming_a_person_reaches_the_access_log() {
     assert_eq!(r.procedure.as_deref(), Some("devolucion-renta-2026"));
     assert_eq!(r.step.as_deref(), Some("eligibility"));
     assert_eq!(r.user.as_deref(), Some("funcionaria-42"));
-    assert_eq!(r.authorisation.as_deref(), Some("auth-0001"));
+    // Not an authorisation token: nothing sensitive released, and the record says why.
+    assert_eq!(r.authorisation, None);
+    assert!(
+        r.authorisation_refused
+            .as_deref()
+            .is_some_and(|w| w.starts_with("malformed")),
+        "{r:?}"
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.node, demo::PROVIDER_NODE);
     assert!(r.at.ends_with('Z'), "{}", r.at);
@@ -185,10 +208,14 @@ async fn audit_verify_checks_the_head_the_inclusion_and_the_consistency() {
         .verify_inclusion(&first, f.registry.admin())
         .await
         .expect("the record's inclusion verifies");
-    assert!(report.lines.len() == 2, "{report:?}");
+    assert!(report.lines.len() == 3, "{report:?}");
     assert!(
         report.lines[0].contains("urn:enlace:registry:CL-DEV"),
         "{report:?}"
+    );
+    assert!(
+        report.lines[2].contains(demo::PROVIDER_NODE),
+        "the node's signature: {report:?}"
     );
     let size1 = f
         .registry

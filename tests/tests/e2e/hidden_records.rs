@@ -55,6 +55,7 @@ fn record(r: &TestRegistry, contract: &str) -> SignedAccessRecord {
         request_digest: None,
         response_digest: None,
         node: demo::PROVIDER_NODE.into(),
+        authorisation_refused: None,
     };
     sign_record(rec, &key)
 }
@@ -167,6 +168,15 @@ async fn records_hidden_for_an_investigation_appear_after_the_date_with_the_reas
         .as_str()
         .unwrap()
         .to_string();
+    // Once a signed tree head covers both records.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r.get("/v1/access-log/tree-head", None).await.ok(200)["tree_head"]["tree_size"] != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tree head of 2 leaves"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let body = citizen(&r, &token).await;
     assert_eq!(body["total"], 1, "{body:#}");
     assert_eq!(contracts(&body), vec![other_contract.clone()]);

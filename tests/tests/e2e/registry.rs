@@ -769,9 +769,9 @@ async fn contracts_follow_their_lifecycle_and_name_only_real_fields() {
     r.post("/v1/contracts", Some(sii), &terms)
         .await
         .problem("unknown-service", 404);
-    // Of all those proposals only the valid one was stored.
+    // Of all those proposals only the valid one was stored (besides the demo's two).
     let listed = r.get("/v1/contracts", Some(sii)).await;
-    assert_eq!(listed.ok(200).as_array().unwrap().len(), 2);
+    assert_eq!(listed.ok(200).as_array().unwrap().len(), 3);
 
     // The lifecycle over HTTP.
     let proposed = r.post("/v1/contracts", Some(sii), &contract_terms()).await;
