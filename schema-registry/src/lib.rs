@@ -159,11 +159,17 @@ pub struct RunningRegistry {
 
 impl RunningRegistry {
     /// Stops accepting, lets in-flight requests finish, and returns.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    /// As [`RunningRegistry::stop`], through a handle that stays (for a caller that then
+    /// replaces it with a registry started again on the same data directory).
+    pub async fn halt(&mut self) {
         let _ = self.shutdown.send(true);
         self.refresher.abort();
         self.tree_heads.abort();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
     }
 }
 

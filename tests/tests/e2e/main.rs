@@ -7,6 +7,7 @@ mod attacks;
 mod citizen;
 mod citizen_page;
 mod config;
+mod consent;
 mod grpc;
 mod grpc_reflection;
 mod hidden_records;
