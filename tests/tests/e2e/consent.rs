@@ -19,7 +19,7 @@ const PROCEDURE: &str = "deduccion-salud-2026";
 const OTHER_PERSON: &str = "CL-RUN:11111111-1";
 
 /// An ID token from the development issuer.
-pub(crate) async fn sign_in(f: &TestFederation, sub: &str) -> String {
+async fn sign_in(f: &TestFederation, sub: &str) -> String {
     f.registry
         .post("/oidc/dev/token", None, &json!({ "sub": sub }))
         .await

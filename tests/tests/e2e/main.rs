@@ -4,6 +4,7 @@
 
 mod access_log;
 mod attacks;
+mod browser;
 mod citizen;
 mod citizen_page;
 mod config;
