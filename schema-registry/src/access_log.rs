@@ -54,8 +54,7 @@ CREATE TABLE IF NOT EXISTS access_records (
     record BLOB NOT NULL,
     UNIQUE (message_id, node)
 );
-CREATE INDEX IF NOT EXISTS access_records_citizen
-    ON access_records (subject, idx, at, consumer_member, purpose, contract);
+CREATE INDEX IF NOT EXISTS access_records_subject ON access_records (subject, idx);
 CREATE TRIGGER IF NOT EXISTS access_records_no_update BEFORE UPDATE ON access_records
     BEGIN SELECT RAISE(ABORT, 'access_records is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS access_records_no_delete BEFORE DELETE ON access_records
@@ -253,8 +252,15 @@ impl AccessLog {
     /// record whose (message id, node) is stored with other bytes refuses the whole batch.
     /// Records must have been verified.
     pub fn ingest(&self, records: &[SignedAccessRecord]) -> Result<Ingested, Problem> {
-        let prepared: Vec<(&SignedAccessRecord, Vec<u8>)> =
-            records.iter().map(|r| (r, r.canonical_bytes())).collect();
+        // Serialised and hashed before the writer is taken: it holds only the inserts.
+        let prepared: Vec<(&SignedAccessRecord, Vec<u8>, Hash)> = records
+            .iter()
+            .map(|r| {
+                let bytes = r.canonical_bytes();
+                let leaf = merkle::leaf_hash(&bytes);
+                (r, bytes, leaf)
+            })
+            .collect();
         let (mut accepted, mut duplicates) = (0u64, 0u64);
         let mut store = self.writer();
         let (_, tree_size) = store.append_with(|tx, first| -> Result<Vec<Hash>, Problem> {
@@ -273,7 +279,7 @@ impl AccessLog {
                 .map_err(db)?;
             let mut seen: HashMap<(&str, &str), &[u8]> = HashMap::new();
             let mut leaves = Vec::with_capacity(prepared.len());
-            for (signed, bytes) in &prepared {
+            for (signed, bytes, leaf) in &prepared {
                 let r = &signed.record;
                 let key = (r.message_id.as_str(), r.node.as_str());
                 let idx = first + leaves.len() as u64;
@@ -295,7 +301,7 @@ impl AccessLog {
                 };
                 if inserted == 1 {
                     seen.insert(key, bytes);
-                    leaves.push(merkle::leaf_hash(bytes));
+                    leaves.push(*leaf);
                     continue;
                 }
                 // Logged already (earlier, or earlier in this batch): the same bytes, or refused.
