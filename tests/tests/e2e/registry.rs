@@ -976,6 +976,13 @@ async fn the_api_is_described_and_unknown_paths_are_problems() {
         "/v1/config",
         "/v1/once-only-check",
         "/v1/services/{service}/versions/{version}",
+        "/v1/authorisations",
+        "/v1/authorisations/{id}",
+        "/v1/citizen/authorisations",
+        "/v1/citizen/authorisations/{id}/{action}",
+        "/v1/access-log/evidence",
+        "/v1/access-log/evidence/consistency",
+        "/v1/log-heads/{node}/proof",
     ] {
         assert!(paths.contains_key(p), "{p} documented");
     }
