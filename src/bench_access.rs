@@ -48,7 +48,7 @@ pub struct AccessLogArgs {
     #[arg(long, default_value_t = 500)]
     queries: usize,
     /// Where the registry and the baseline keep their files (a fresh temporary directory by
-    /// default, removed at the end). 10 million records take about 25 GB.
+    /// default, removed at the end). 10 million records take about 30 GB (16 GB of access log).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Keep the directory at the end.
