@@ -49,6 +49,9 @@ pub enum BenchCommand {
     /// Unary gRPC calls (GetPerson) through both nodes, against the sample gRPC backend
     /// called directly.
     Grpc(LoadArgs),
+    /// The access log: ingestion of N signed records and citizen queries at the end, against
+    /// a plain indexed SQLite table.
+    AccessLog(crate::bench_access::AccessLogArgs),
 }
 
 /// Which relay a benchmark measures.
@@ -75,6 +78,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Rest(args) => bench(args, Protocol::Rest).await,
         BenchCommand::Grpc(args) => bench(args, Protocol::Grpc).await,
+        BenchCommand::AccessLog(args) => crate::bench_access::run(args).await,
     }
 }
 

@@ -198,6 +198,7 @@ pub async fn prepare(dir: &Path, ports: Ports, backends: Backends) -> anyhow::Re
             dev_issuer: true,
             ..Default::default()
         },
+        consent_max_days: 365,
     };
     let registry = enlace_registry::start(&cfg).await?;
     let registry_url = format!("http://{}", registry.addr);
@@ -232,6 +233,13 @@ pub async fn prepare(dir: &Path, ports: Ports, backends: Backends) -> anyhow::Re
         {
             tracing::info!(%node, "renewed the certificates of a demo node (they had expired or were about to)");
         }
+    }
+    if secrets.demo.consent_contract.is_empty() {
+        // Seeded before consents existed: add the contract that needs one, and remember it.
+        secrets.demo.consent_contract = demo::seed_consent_contract(&registry.registry)
+            .await
+            .context("adding the consent contract to an existing federation")?;
+        std::fs::write(&secrets_file, serde_json::to_vec_pretty(&secrets)?)?;
     }
     if secrets.demo.grpc_contract.is_empty() {
         // Seeded before `enlace up` served gRPC: add the contract once, and remember it.
@@ -385,6 +393,7 @@ mod tests {
         };
         let f = start(&dir, ports).await.expect("the federation starts");
         assert!(!f.secrets.demo.grpc_contract.is_empty());
+        assert!(!f.secrets.demo.consent_contract.is_empty());
         let rc = std::fs::read_to_string(dir.join("nodes/61002000-3/node.toml")).unwrap();
         assert!(
             rc.contains(&format!("backend = \"h2c://{}\"", f.grpc_backend)),
@@ -398,9 +407,11 @@ mod tests {
         let mut old: Secrets =
             serde_json::from_slice(&std::fs::read(&secrets_file).unwrap()).unwrap();
         old.demo.grpc_contract.clear();
+        old.demo.consent_contract.clear();
         std::fs::write(&secrets_file, serde_json::to_vec(&old).unwrap()).unwrap();
         let f = start(&dir, ports).await.expect("the federation restarts");
         assert!(!f.secrets.demo.grpc_contract.is_empty());
+        assert!(!f.secrets.demo.consent_contract.is_empty());
         // The nodes follow the registry: the new contract reaches them shortly.
         let mut answer = get_person(&f).await;
         for _ in 0..50 {

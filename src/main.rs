@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_access;
 mod federation;
 mod up;
 
@@ -63,16 +64,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the registry's signed tree head (signature, certificate chain to the CA, CRL), then
-    /// an access record's inclusion proof or the consistency of two tree heads. Exit 1 if any
-    /// check fails.
+    /// Verify access-log evidence: offline from a saved file (--evidence), or fetched from the
+    /// registry (--registry with --message-id or --from/--to). Checks the signed tree head
+    /// (signature, certificate chain to the CA, CRL), then the record's inclusion proof and the
+    /// node's signature on it, or the consistency of two tree heads. Exit 1 if any check fails.
     Verify {
-        /// The registry's base URL.
-        #[arg(long)]
-        registry: String,
-        /// The federation CA certificate (PEM).
+        /// The federation CA certificate (PEM): the only trust anchor.
         #[arg(long)]
         ca: PathBuf,
+        /// Saved evidence (`enlace audit evidence`), checked with no network.
+        #[arg(long, conflicts_with_all = ["registry", "message_id", "from", "to"])]
+        evidence: Option<PathBuf>,
+        /// The registry's base URL.
+        #[arg(long, required_unless_present = "evidence")]
+        registry: Option<String>,
         /// The access record's message id (with --token).
         #[arg(long, requires = "token", conflicts_with_all = ["from", "to"])]
         message_id: Option<String>,
@@ -85,6 +90,28 @@ enum AuditCommand {
         /// The later tree size.
         #[arg(long, requires = "from")]
         to: Option<u64>,
+    },
+    /// Save access-log evidence to a file, to verify later offline (`enlace audit verify
+    /// --evidence`): a record's (with --message-id and --token) or two tree heads' (with --from
+    /// and --to).
+    Evidence {
+        /// The registry's base URL.
+        #[arg(long)]
+        registry: String,
+        #[arg(long, requires = "token", conflicts_with_all = ["from", "to"])]
+        message_id: Option<String>,
+        /// The emitting node, when several nodes logged the message id.
+        #[arg(long, requires = "message_id")]
+        node: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, requires = "to")]
+        from: Option<u64>,
+        #[arg(long, requires = "from")]
+        to: Option<u64>,
+        /// Where to write the evidence (JSON).
+        #[arg(long, short)]
+        out: PathBuf,
     },
 }
 
@@ -286,39 +313,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Log(cmd) => log_command(cmd).await,
-        Command::Audit(AuditCommand::Verify {
-            registry,
-            ca,
-            message_id,
-            token,
-            from,
-            to,
-        }) => {
-            let ca = std::fs::read_to_string(&ca)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
-            let auditor =
-                enlace_node::access::audit::Auditor::new(&registry, &ca, reqwest::Client::new());
-            let result = match (message_id, token, from, to) {
-                (Some(id), Some(token), None, None) => auditor.verify_inclusion(&id, &token).await,
-                (None, None, Some(from), Some(to)) => auditor.verify_consistency(from, to).await,
-                _ => {
-                    eprintln!("enlace: give --message-id and --token, or --from and --to");
-                    return Ok(ExitCode::from(EXIT_CONFIG));
-                }
-            };
-            match result {
-                Ok(report) => {
-                    for line in report.lines {
-                        println!("verified: {line}");
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(p) => {
-                    eprintln!("enlace: NOT verified: {}", p.detail);
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        Command::Audit(cmd) => audit_command(cmd).await,
         Command::Node(NodeCommand::Init { id, out }) => {
             let node: enlace_core::NodeId = id.parse()?;
             let keys = enlace_certs::node_init(&node)?;
@@ -361,6 +356,100 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let info = enlace_certs::cert_info(&pem)?;
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn audit_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    use enlace_node::access::audit::{Auditor, Evidence};
+    match cmd {
+        AuditCommand::Verify {
+            ca,
+            evidence,
+            registry,
+            message_id,
+            token,
+            from,
+            to,
+        } => {
+            let ca = std::fs::read_to_string(&ca)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+            let result = match (evidence, registry, message_id, token, from, to) {
+                (Some(file), ..) => {
+                    let bytes = std::fs::read(&file)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    Evidence::parse(&bytes).and_then(|e| e.verify(&ca))
+                }
+                (None, Some(registry), Some(id), Some(token), None, None) => {
+                    Auditor::new(&registry, &ca, reqwest::Client::new())
+                        .verify_inclusion(&id, &token)
+                        .await
+                }
+                (None, Some(registry), None, None, Some(from), Some(to)) => {
+                    Auditor::new(&registry, &ca, reqwest::Client::new())
+                        .verify_consistency(from, to)
+                        .await
+                }
+                _ => {
+                    eprintln!(
+                        "enlace: give --evidence FILE, or --registry with --message-id and --token, or with --from and --to"
+                    );
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            match result {
+                Ok(report) => {
+                    for line in report.lines {
+                        println!("verified: {line}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(p) => {
+                    eprintln!("enlace: NOT verified: {}", p.detail);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::Evidence {
+            registry,
+            message_id,
+            node,
+            token,
+            from,
+            to,
+            out,
+        } => {
+            // The evidence is checked when verified, against the CA the verifier holds.
+            let auditor = Auditor::new(&registry, "", reqwest::Client::new());
+            let evidence = match (message_id, token, from, to) {
+                (Some(id), Some(token), None, None) => {
+                    auditor
+                        .fetch_access_evidence(&id, node.as_deref(), &token)
+                        .await
+                }
+                (None, None, Some(from), Some(to)) => {
+                    auditor.fetch_consistency_evidence(from, to).await
+                }
+                _ => {
+                    eprintln!("enlace: give --message-id and --token, or --from and --to");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            match evidence {
+                Ok(e) => {
+                    std::fs::write(&out, serde_json::to_vec_pretty(&e)?)?;
+                    println!(
+                        "wrote the evidence to {}; check it offline with `enlace audit verify --evidence {} --ca ca.pem`",
+                        out.display(),
+                        out.display()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(p) => {
+                    eprintln!("enlace: {}", p.detail);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
     }
 }

@@ -61,6 +61,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         "  gRPC contract                 {} (renta may call the four methods of personas-grpc)",
         s.demo.grpc_contract
     );
+    println!(
+        "  consent contract              {} (renta may read the name, and the health insurance with the person's authorisation, for {})",
+        s.demo.consent_contract,
+        demo::CONSENT_PURPOSE
+    );
     println!();
     println!(
         "Fetch a person through both nodes (you get name and address only: the contract's fields):"
@@ -120,6 +125,38 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     println!(
         "  grpcurl -plaintext {metadata} \\\n    -d @ {sii_grpc} personas.v1.Personas/LookupPersons"
+    );
+    println!();
+    println!(
+        "Sensitive data needs the person's authorisation. SII asks for it, the person grants it on the citizen page, SII reads the token:"
+    );
+    println!();
+    println!(
+        "  curl -s -X POST {registry}/v1/authorisations -H 'Authorization: Bearer {}' -H 'content-type: application/json' \\
+    -d '{{\"contract\":\"{}\",\"subject\":\"{}\",\"procedure\":\"deduccion-salud-2026\",\"reason\":\"Deducir sus gastos de salud\"}}'",
+        s.demo.sii_token,
+        s.demo.consent_contract,
+        demo::PERSON
+    );
+    println!(
+        "  open {registry}/citizen/?dev_run=12345678-5          # «Autorizar» (and later «Revocar»)"
+    );
+    println!(
+        "  curl -s {registry}/v1/authorisations/$AUTHORISATION_ID -H 'Authorization: Bearer {}'   # .token once granted",
+        s.demo.sii_token
+    );
+    println!(
+        "  curl -s {sii}/r1/{}/v1/persons/12345678-5 \\
+    -H 'Authorization: Bearer {}' -H 'Enlace-Client: {}' -H 'Enlace-Contract: {}' \\
+    -H 'Enlace-Subject: {}' -H 'Enlace-Procedure: deduccion-salud-2026' -H \"Enlace-Authorization: $TOKEN\"",
+        demo::PERSONAS,
+        s.renta_token,
+        demo::CONSUMER_SUBSYSTEM,
+        s.demo.consent_contract,
+        demo::PERSON
+    );
+    println!(
+        "  (without Enlace-Authorization, or after a revocation, healthInsurance is withheld and the rest is answered)"
     );
     println!();
     println!("More to try:");

@@ -36,6 +36,16 @@ pub use tls::{
     https_client_config, https_server_config, install_crypto_provider, peer_node_id, server_config,
 };
 
+/// The DER of the first certificate in a PEM text (for a JOSE `x5c` header).
+pub fn certificate_der(pem: &str) -> Result<Vec<u8>> {
+    Ok(encoding::first_cert(pem)?.to_vec())
+}
+
+/// The PEM text of a DER certificate.
+pub fn certificate_pem(der: &[u8]) -> String {
+    encoding::to_pem("CERTIFICATE", der)
+}
+
 /// Checks a CSR's form, size and self-signature without issuing anything, so a registry can
 /// refuse a bad one when it is submitted rather than when it is approved.
 pub fn check_csr(csr_pem: &str) -> Result<()> {

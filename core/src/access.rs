@@ -57,7 +57,8 @@ pub struct AccessRecord {
     pub step: Option<String>,
     /// The acting official at the consumer, when it named one.
     pub user: Option<String>,
-    /// The person's authorisation the exchange relied on (for sensitive fields), if any.
+    /// The person's authorisation (its id, `aut_…`) the exchange relied on to release sensitive
+    /// fields, if any.
     pub authorisation: Option<String>,
     /// `served` or `refused:<problem slug>`.
     pub result: String,
@@ -68,6 +69,11 @@ pub struct AccessRecord {
     pub response_digest: Option<String>,
     /// The provider node that emitted and signed this record.
     pub node: String,
+    /// Why the authorisation token the request carried was not accepted (`expired`, `revoked`,
+    /// `another-person`, …; see `authorisation::Refusal`): its sensitive fields were withheld.
+    /// Absent when no token was refused, so records made before it existed keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorisation_refused: Option<String>,
 }
 
 impl AccessRecord {
@@ -155,6 +161,7 @@ impl AccessRecord {
             ("step", &self.step),
             ("user", &self.user),
             ("authorisation", &self.authorisation),
+            ("authorisation_refused", &self.authorisation_refused),
             ("request_digest", &self.request_digest),
             ("response_digest", &self.response_digest),
         ] {
@@ -254,6 +261,7 @@ mod tests {
             request_digest: None,
             response_digest: Some("sha-256=:abc=:".into()),
             node: "CL-DEV/GOV/61002000-3/node/a".into(),
+            authorisation_refused: None,
         }
     }
 
@@ -267,6 +275,23 @@ mod tests {
         let back: AccessRecord = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back.canonical_bytes(), bytes);
         assert!(r.signed_bytes().starts_with(SIGNING_CONTEXT));
+    }
+
+    #[test]
+    fn a_refused_authorisation_is_recorded_and_older_records_keep_their_bytes() {
+        let r = sample();
+        let bytes = r.canonical_bytes();
+        assert!(!String::from_utf8_lossy(&bytes).contains("authorisation_refused"));
+        let mut refused = sample();
+        refused.authorisation_refused = Some("revoked".into());
+        let text = String::from_utf8(refused.canonical_bytes()).unwrap();
+        assert!(
+            text.ends_with(",\"authorisation_refused\":\"revoked\"}"),
+            "{text}"
+        );
+        let back: AccessRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, refused);
+        refused.validate().unwrap();
     }
 
     #[test]

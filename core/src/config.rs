@@ -35,6 +35,20 @@ pub struct GlobalConfig {
     /// Approved and revoked contracts (a node tells a revoked or expired contract from a
     /// missing one, and refuses both).
     pub contracts: Vec<Contract>,
+    /// Authorisations (consents) the person revoked whose tokens have not expired yet: a node
+    /// refuses their tokens. Absent from configurations issued before consents existed.
+    #[serde(default)]
+    pub revoked_authorisations: Vec<RevokedAuthorisation>,
+}
+
+/// A revoked authorisation, listed until its token would have expired anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedAuthorisation {
+    /// `aut_…`.
+    pub id: String,
+    /// The token's expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,8 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod authorisation;
 pub mod config;
 pub mod contract;
+pub mod evidence;
 pub mod id;
 pub mod loghead;
 pub mod merkle;

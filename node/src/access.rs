@@ -4,7 +4,7 @@
 //! registry is unreachable.
 //!
 //! Delivery is at least once: a batch the registry ingested whose response was lost is sent
-//! again, and the registry, idempotent on message id, does not log it twice. A record the
+//! again, and the registry, idempotent on (message id, node), does not log it twice. A record the
 //! registry refuses for good (a 4xx other than 408 and 429) is moved to `rejected`, kept for an
 //! operator, so that it does not block the records behind it.
 
@@ -379,6 +379,7 @@ mod tests {
             request_digest: None,
             response_digest: None,
             node: "CL-DEV/GOV/61002000-3/node/a".into(),
+            authorisation_refused: None,
         };
         let key = SigningKey::generate().unwrap();
         sign_record(r, &key)

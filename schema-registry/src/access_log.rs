@@ -1,41 +1,60 @@
 //! The access log: signed access records from provider nodes, verified and ingested exactly once
-//! (by message id) into SQLite and the RFC 9162 Merkle tree in one transaction; the anchored
-//! node log heads as further leaves; signed tree heads; inclusion and consistency proofs.
+//! (by emitting node and message id) into SQLite and the RFC 9162 Merkle tree in one
+//! transaction; the anchored node log heads as further leaves; signed tree heads on a schedule;
+//! inclusion and consistency proofs.
 //!
 //! Storage: `access.sqlite` in the data directory, holding `access_records` (one row per leaf
 //! that is an access record, `idx` = leaf index, the canonical JSON of the signed record as
 //! stored bytes), `log_head_leaves` (the same for anchored node log heads), `tree_heads` (every
-//! signed tree head) and the tree's own tables (see [`crate::merkle_store`]).
+//! signed tree head), `signing_certificates` (every signing certificate a node has had, see
+//! [`crate::signing_history`]) and the tree's own tables (see [`crate::merkle_store`]).
+//!
+//! One writer connection appends; queries run on a small pool of read-only connections, each in
+//! a read transaction (WAL: readers see a consistent snapshot and never wait for the writer).
+//! Citizens and auditors get proofs against the latest *scheduled* signed tree head, so a query
+//! never signs and never waits for an ingestion.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use base64::Engine;
 use enlace_core::access::SignedAccessRecord;
 use enlace_core::id::{NodeId, ServiceId};
+use enlace_core::loghead::SignedHead;
 use enlace_core::merkle::{self, ConsistencyProof, Hash, InclusionProof, SignedTreeHead};
 use enlace_core::problem::{Problem, ProblemKind};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::merkle_store::{MerkleStore, MerkleStoreError};
+pub use enlace_core::evidence::PublishedTreeHead;
+
+use crate::merkle_store::{self, MerkleStore, MerkleStoreError};
 use crate::registry::{Actor, Registry, now, rfc3339};
 
 /// Most records one `POST /v1/access-records` may carry.
 pub const MAX_RECORDS_PER_REQUEST: usize = 1000;
+/// How often a tree head is signed when the log grew.
+pub const TREE_HEAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Read connections kept open for queries.
+const READERS: usize = 8;
+/// The schema version `PRAGMA user_version` holds once migrated.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS access_records (
     idx INTEGER PRIMARY KEY,
-    message_id TEXT NOT NULL UNIQUE,
+    node TEXT NOT NULL,
+    message_id TEXT NOT NULL,
     subject TEXT NOT NULL,
     at TEXT NOT NULL,
     consumer_member TEXT NOT NULL,
     purpose TEXT NOT NULL,
-    record BLOB NOT NULL
+    contract TEXT NOT NULL,
+    record BLOB NOT NULL,
+    UNIQUE (message_id, node)
 );
-CREATE INDEX IF NOT EXISTS access_records_subject_at ON access_records (subject, at);
+CREATE INDEX IF NOT EXISTS access_records_subject ON access_records (subject, idx);
 CREATE TRIGGER IF NOT EXISTS access_records_no_update BEFORE UPDATE ON access_records
     BEGIN SELECT RAISE(ABORT, 'access_records is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS access_records_no_delete BEFORE DELETE ON access_records
@@ -51,16 +70,41 @@ CREATE TABLE IF NOT EXISTS tree_heads (
     tree_size INTEGER PRIMARY KEY,
     head TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS signing_certificates (
+    node TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    not_before INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    certificate TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    PRIMARY KEY (node, serial)
+) WITHOUT ROWID;
 ";
 
-/// A signed tree head as served: the head and the certificate of the key that signed it (the
-/// registry's configuration signer at that time).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishedTreeHead {
-    pub tree_head: SignedTreeHead,
-    pub signer_certificate: String,
-}
+/// The first schema keyed records on the message id alone: a consumer could keep an access
+/// out of the log by reusing an id with a second provider. Records are now keyed on (message id,
+/// emitting node), and carry the node and contract as columns.
+const MIGRATE_V1: &str = "
+CREATE TABLE access_records_v2 (
+    idx INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    at TEXT NOT NULL,
+    consumer_member TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    contract TEXT NOT NULL,
+    record BLOB NOT NULL,
+    UNIQUE (message_id, node)
+);
+INSERT INTO access_records_v2
+    SELECT idx, json_extract(CAST(record AS TEXT), '$.record.node'), message_id, subject, at,
+           consumer_member, purpose, json_extract(CAST(record AS TEXT), '$.record.contract'),
+           record
+    FROM access_records ORDER BY idx;
+DROP TABLE access_records;
+ALTER TABLE access_records_v2 RENAME TO access_records;
+";
 
 /// What one ingestion did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,14 +125,25 @@ pub struct RecordProof {
     pub proof: InclusionProof,
 }
 
-/// The access log's database and tree; one writer at a time.
+/// A stored record found by message id: its leaf and bytes.
+pub(crate) struct Found {
+    pub idx: u64,
+    pub bytes: Vec<u8>,
+    pub record: SignedAccessRecord,
+}
+
+/// The access log's database and tree: one writer, a pool of readers.
 pub struct AccessLog {
-    store: Mutex<MerkleStore>,
+    writer: Mutex<MerkleStore>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+    /// The latest signed tree head (also in `tree_heads`).
+    latest: RwLock<Option<PublishedTreeHead>>,
     /// Serialises signing tree heads.
     signing: tokio::sync::Mutex<()>,
 }
 
-fn db(e: impl std::fmt::Display) -> Problem {
+pub(crate) fn db(e: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %e, "access log storage failed");
     Problem::new(
         ProblemKind::Internal,
@@ -105,74 +160,155 @@ impl From<MerkleStoreError> for Problem {
     }
 }
 
+fn not_found(message_id: &str) -> Problem {
+    Problem::new(
+        ProblemKind::NotFound,
+        format!("no access record with message id {message_id}"),
+    )
+    .with("message_id", message_id)
+}
+
 impl AccessLog {
-    /// Opens (creating if needed) the log in the SQLite file at `path`: WAL, `synchronous=FULL`.
+    /// Opens (creating or migrating if needed) the log in the SQLite file at `path`: WAL,
+    /// `synchronous=FULL`.
     pub fn open(path: &Path) -> anyhow::Result<AccessLog> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Ingestion inserts into indices at random places: keep their pages in memory.
+        conn.pragma_update(None, "cache_size", -256 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let store = MerkleStore::with_connection(conn)?;
+        let latest: Option<String> = store
+            .connection()
+            .query_row(
+                "SELECT head FROM tree_heads ORDER BY tree_size DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let latest = latest.map(|t| serde_json::from_str(&t)).transpose()?;
         Ok(AccessLog {
-            store: Mutex::new(MerkleStore::with_connection(conn)?),
+            writer: Mutex::new(store),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_path_buf(),
+            latest: RwLock::new(latest),
             signing: tokio::sync::Mutex::new(()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, MerkleStore> {
+    fn writer(&self) -> MutexGuard<'_, MerkleStore> {
         // A panic while holding the lock leaves no partial transaction (SQLite rolled it back).
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends the records that are new (by message id) in one transaction; a record whose
-    /// message id is stored with other bytes refuses the whole batch. Records must have been
-    /// verified.
+    /// Runs `f` with the writer's tree (blocking: call off the async workers).
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&mut MerkleStore) -> Result<T, Problem>,
+    ) -> Result<T, Problem> {
+        f(&mut self.writer())
+    }
+
+    /// Runs `f` on a read-only connection inside one read transaction, so that every query it
+    /// makes sees the same snapshot (blocking: call off the async workers).
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Problem>,
+    ) -> Result<T, Problem> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(db)?;
+                c.busy_timeout(std::time::Duration::from_secs(5))
+                    .map_err(db)?;
+                c.pragma_update(None, "cache_size", -32 * 1024)
+                    .map_err(db)?;
+                c
+            }
+        };
+        let result = (|| {
+            let tx = conn.unchecked_transaction().map_err(db)?;
+            let out = f(&tx)?;
+            tx.finish().map_err(db)?;
+            Ok(out)
+        })();
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < READERS {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Appends the records that are new (by message id and emitting node) in one transaction; a
+    /// record whose (message id, node) is stored with other bytes refuses the whole batch.
+    /// Records must have been verified.
     pub fn ingest(&self, records: &[SignedAccessRecord]) -> Result<Ingested, Problem> {
-        let prepared: Vec<(&SignedAccessRecord, Vec<u8>)> =
-            records.iter().map(|r| (r, r.canonical_bytes())).collect();
+        // Serialised and hashed before the writer is taken: it holds only the inserts.
+        let prepared: Vec<(&SignedAccessRecord, Vec<u8>, Hash)> = records
+            .iter()
+            .map(|r| {
+                let bytes = r.canonical_bytes();
+                let leaf = merkle::leaf_hash(&bytes);
+                (r, bytes, leaf)
+            })
+            .collect();
         let (mut accepted, mut duplicates) = (0u64, 0u64);
-        let mut store = self.lock();
+        let mut store = self.writer();
         let (_, tree_size) = store.append_with(|tx, first| -> Result<Vec<Hash>, Problem> {
             let mut find = tx
-                .prepare_cached("SELECT record FROM access_records WHERE message_id = ?1")
+                .prepare_cached(
+                    "SELECT record FROM access_records WHERE message_id = ?1 AND node = ?2",
+                )
                 .map_err(db)?;
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO access_records \
-                     (idx, message_id, subject, at, consumer_member, purpose, record) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                     ON CONFLICT (message_id) DO NOTHING",
+                     (idx, node, message_id, subject, at, consumer_member, purpose, contract, record) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                     ON CONFLICT (message_id, node) DO NOTHING",
                 )
                 .map_err(db)?;
-            let mut seen: HashMap<&str, &[u8]> = HashMap::new();
+            let mut seen: HashMap<(&str, &str), &[u8]> = HashMap::new();
             let mut leaves = Vec::with_capacity(prepared.len());
-            for (signed, bytes) in &prepared {
+            for (signed, bytes, leaf) in &prepared {
                 let r = &signed.record;
+                let key = (r.message_id.as_str(), r.node.as_str());
                 let idx = first + leaves.len() as u64;
-                let inserted = match seen.get(r.message_id.as_str()) {
+                let inserted = match seen.get(&key) {
                     Some(_) => 0,
                     None => insert
                         .execute(params![
                             idx as i64,
+                            r.node,
                             r.message_id,
                             r.subject,
                             r.at,
                             r.consumer_member,
                             r.purpose,
+                            r.contract,
                             bytes,
                         ])
                         .map_err(db)?,
                 };
                 if inserted == 1 {
-                    seen.insert(&r.message_id, bytes);
-                    leaves.push(merkle::leaf_hash(bytes));
+                    seen.insert(key, bytes);
+                    leaves.push(*leaf);
                     continue;
                 }
                 // Logged already (earlier, or earlier in this batch): the same bytes, or refused.
-                let stored: Option<Vec<u8>> = match seen.get(r.message_id.as_str()) {
+                let stored: Option<Vec<u8>> = match seen.get(&key) {
                     Some(b) => Some(b.to_vec()),
                     None => find
-                        .query_row([&r.message_id], |row| row.get(0))
+                        .query_row(params![r.message_id, r.node], |row| row.get(0))
                         .optional()
                         .map_err(db)?,
                 };
@@ -180,8 +316,8 @@ impl AccessLog {
                     return Err(Problem::new(
                         ProblemKind::AlreadyExists,
                         format!(
-                            "message id {} is already logged with another record",
-                            r.message_id
+                            "node {} already logged another record under message id {}",
+                            r.node, r.message_id
                         ),
                     )
                     .with("message_id", &r.message_id));
@@ -198,188 +334,279 @@ impl AccessLog {
         })
     }
 
-    /// Appends an anchored node log head (its canonical JSON) as a leaf, once per node and
-    /// sequence number.
-    pub fn append_log_head(&self, head: &enlace_core::loghead::SignedHead) -> Result<(), Problem> {
+    /// Anchors a node's signed log head (verified by the caller) and appends it as a leaf, in
+    /// one transaction: a head that contradicts one already anchored (same sequence number,
+    /// another hash) or goes backwards is refused. Returns whether it was new.
+    pub fn anchor_log_head(&self, head: &SignedHead) -> Result<bool, Problem> {
         let entry = serde_json::to_vec(head).map_err(db)?;
-        let mut store = self.lock();
-        store.append_with(|tx, first| -> Result<Vec<Hash>, Problem> {
-            let inserted = tx
-                .execute(
-                    "INSERT OR IGNORE INTO log_head_leaves (idx, node, seq, entry) \
-                     VALUES (?1, ?2, ?3, ?4)",
+        let mut fresh = false;
+        self.writer()
+            .append_with(|tx, first| -> Result<Vec<Hash>, Problem> {
+                let same: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT entry FROM log_head_leaves WHERE node = ?1 AND seq = ?2",
+                        params![head.node, head.seq as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db)?;
+                if let Some(same) = same {
+                    let same: SignedHead = serde_json::from_slice(&same).map_err(db)?;
+                    if same.hash_hex == head.hash_hex {
+                        return Ok(Vec::new());
+                    }
+                    return Err(Problem::new(
+                        ProblemKind::AlreadyExists,
+                        format!(
+                            "node {} already anchored another hash at seq {}: its log was rewritten",
+                            head.node, head.seq
+                        ),
+                    ));
+                }
+                let last: Option<i64> = tx
+                    .query_row(
+                        "SELECT MAX(seq) FROM log_head_leaves WHERE node = ?1",
+                        [&head.node],
+                        |r| r.get(0),
+                    )
+                    .map_err(db)?;
+                if let Some(last) = last
+                    && last as u64 > head.seq
+                {
+                    return Err(Problem::new(
+                        ProblemKind::InvalidRequest,
+                        format!("seq {} is below the last anchored seq {last}", head.seq),
+                    ));
+                }
+                tx.execute(
+                    "INSERT INTO log_head_leaves (idx, node, seq, entry) VALUES (?1, ?2, ?3, ?4)",
                     params![first as i64, head.node, head.seq as i64, entry],
                 )
                 .map_err(db)?;
-            Ok(if inserted == 1 {
-                vec![merkle::leaf_hash(&entry)]
-            } else {
-                Vec::new()
-            })
-        })?;
-        Ok(())
+                fresh = true;
+                Ok(vec![merkle::leaf_hash(&entry)])
+            })?;
+        Ok(fresh)
+    }
+
+    /// A node's anchored heads, oldest first.
+    pub fn log_heads(&self, node: &str) -> Result<Vec<SignedHead>, Problem> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT entry FROM log_head_leaves WHERE node = ?1 ORDER BY seq")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([node], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_slice(&row.map_err(db)?).map_err(db)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// An anchored head and its inclusion proof in the tree of `size` leaves.
+    pub fn log_head_proof(
+        &self,
+        node: &str,
+        seq: u64,
+        size: u64,
+    ) -> Result<(SignedHead, InclusionProof), Problem> {
+        self.read(|conn| {
+            let row: Option<(i64, Vec<u8>)> = conn
+                .query_row(
+                    "SELECT idx, entry FROM log_head_leaves WHERE node = ?1 AND seq = ?2",
+                    params![node, seq as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            let (idx, entry) = row.ok_or_else(|| {
+                Problem::new(
+                    ProblemKind::NotFound,
+                    format!("node {node} anchored no head at seq {seq}"),
+                )
+            })?;
+            if idx as u64 >= size {
+                return Err(Problem::new(
+                    ProblemKind::NotFound,
+                    format!("the head is leaf {idx}, beyond the tree of {size} leaves"),
+                ));
+            }
+            let head = serde_json::from_slice(&entry).map_err(db)?;
+            let proof = merkle_store::inclusion_proofs_at(conn, &[idx as u64], size)?.remove(0);
+            Ok((head, proof))
+        })
     }
 
     /// The number of leaves.
     pub fn size(&self) -> Result<u64, Problem> {
-        Ok(self.lock().size()?)
+        self.read(|conn| Ok(merkle_store::size_at(conn)?))
     }
 
     /// The latest signed tree head, if any was signed.
-    pub fn latest_head(&self) -> Result<Option<PublishedTreeHead>, Problem> {
-        self.head_where("ORDER BY tree_size DESC LIMIT 1", [])
+    pub fn latest_head(&self) -> Option<PublishedTreeHead> {
+        self.latest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The signed tree head of `size` leaves, if one was signed.
     pub fn head_at(&self, size: u64) -> Result<Option<PublishedTreeHead>, Problem> {
-        self.head_where("WHERE tree_size = ?1", [size as i64])
-    }
-
-    fn head_where<P: rusqlite::Params>(
-        &self,
-        clause: &str,
-        p: P,
-    ) -> Result<Option<PublishedTreeHead>, Problem> {
-        let store = self.lock();
-        let text: Option<String> = store
-            .connection()
-            .query_row(&format!("SELECT head FROM tree_heads {clause}"), p, |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(db)?;
-        text.map(|t| serde_json::from_str(&t).map_err(db))
-            .transpose()
+        self.read(|conn| {
+            let text: Option<String> = conn
+                .query_row(
+                    "SELECT head FROM tree_heads WHERE tree_size = ?1",
+                    [size as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            text.map(|t| serde_json::from_str(&t).map_err(db))
+                .transpose()
+        })
     }
 
     /// The current size and root.
     fn current(&self) -> Result<(u64, Hash), Problem> {
-        let store = self.lock();
-        let size = store.size()?;
-        Ok((size, store.root(size)?))
+        self.read(|conn| {
+            let size = merkle_store::size_at(conn)?;
+            Ok((size, merkle_store::root_at(conn, size)?))
+        })
     }
 
-    /// Stores a signed head (the first one signed for a size is kept).
+    /// Stores a signed head (the first one signed for a size is kept) and makes it the latest.
     fn store_head(&self, head: &PublishedTreeHead) -> Result<(), Problem> {
         let text = serde_json::to_string(head).map_err(db)?;
-        self.lock()
+        self.writer()
             .connection()
             .execute(
                 "INSERT OR IGNORE INTO tree_heads (tree_size, head) VALUES (?1, ?2)",
                 params![head.tree_head.tree_size as i64, text],
             )
             .map_err(db)?;
+        let mut latest = self.latest.write().unwrap_or_else(|p| p.into_inner());
+        if latest
+            .as_ref()
+            .is_none_or(|l| l.tree_head.tree_size < head.tree_head.tree_size)
+        {
+            *latest = Some(head.clone());
+        }
         Ok(())
     }
 
-    /// The stored record with `message_id` and its inclusion proof in the tree of `size`
-    /// leaves, with the parsed record (for the caller's access check).
-    pub fn inclusion(
-        &self,
-        message_id: &str,
-        size: u64,
-    ) -> Result<(RecordProof, SignedAccessRecord), Problem> {
-        let store = self.lock();
-        let row: Option<(i64, Vec<u8>)> = store
-            .connection()
-            .query_row(
-                "SELECT idx, record FROM access_records WHERE message_id = ?1",
-                [message_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(db)?;
-        let not_found = || {
-            Problem::new(
-                ProblemKind::NotFound,
-                format!("no access record with message id {message_id}"),
-            )
-            .with("message_id", message_id)
-        };
-        let (idx, bytes) = row.ok_or_else(not_found)?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(db)?;
-        let parsed: SignedAccessRecord = serde_json::from_slice(&bytes).map_err(db)?;
-        if idx as u64 >= size {
+    /// The stored records with `message_id` (one per emitting node; `node` narrows to one).
+    pub(crate) fn find(&self, message_id: &str, node: Option<&str>) -> Result<Vec<Found>, Problem> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT idx, record FROM access_records WHERE message_id = ?1 \
+                     AND (?2 IS NULL OR node = ?2) ORDER BY idx",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![message_id, node], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (idx, bytes) = row.map_err(db)?;
+                let record = serde_json::from_slice(&bytes).map_err(db)?;
+                out.push(Found {
+                    idx: idx as u64,
+                    bytes,
+                    record,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The inclusion proof of leaf `idx` in the tree of `size` leaves.
+    pub(crate) fn inclusion_proof(&self, idx: u64, size: u64) -> Result<InclusionProof, Problem> {
+        if idx >= size {
             return Err(Problem::new(
                 ProblemKind::NotFound,
                 format!("the record is leaf {idx}, beyond the tree of {size} leaves"),
             )
             .with("leaf_index", idx));
         }
-        let proof = store.inclusion_proof(idx as u64, size)?;
-        Ok((
-            RecordProof {
-                record: value,
-                proof,
-            },
-            parsed,
-        ))
+        self.read(|conn| Ok(merkle_store::inclusion_proofs_at(conn, &[idx], size)?.remove(0)))
     }
 
     /// A page of the records about `subject` within the tree of `size` leaves, oldest first,
-    /// filtered (each filter `None` for all), with each record's inclusion proof; and how many
-    /// records match in all.
+    /// filtered, with each record's inclusion proof; and how many records match in all. One
+    /// read transaction: the count, the page and the proofs see the same snapshot.
     pub(crate) fn subject_page(
         &self,
         subject: &str,
         filter: &crate::citizen::Filter,
         size: u64,
     ) -> Result<(Vec<RecordProof>, u64), Problem> {
-        let store = self.lock();
-        let conn = store.connection();
-        let cond = "subject = ?1 AND idx < ?2 AND (?3 IS NULL OR at >= ?3) \
-                    AND (?4 IS NULL OR at < ?4) AND (?5 IS NULL OR consumer_member = ?5) \
-                    AND (?6 IS NULL OR purpose = ?6) \
-                    AND NOT EXISTS (SELECT 1 FROM json_each(?7) h \
-                        WHERE json_extract(h.value, '$[0]') = json_extract(CAST(record AS TEXT), '$.record.contract') \
-                        AND at < json_extract(h.value, '$[1]'))";
-        let args = params![
-            subject,
-            size as i64,
-            filter.from,
-            filter.to,
-            filter.institution,
-            filter.purpose,
-            filter.hidden
+        use rusqlite::types::Value as Sql;
+        let mut cond = String::from(
+            "subject = ?1 AND idx < ?2 AND (?3 IS NULL OR at >= ?3) AND (?4 IS NULL OR at < ?4) \
+             AND (?5 IS NULL OR consumer_member = ?5) AND (?6 IS NULL OR purpose = ?6)",
+        );
+        let opt = |v: &Option<String>| v.clone().map_or(Sql::Null, Sql::Text);
+        let mut args: Vec<Sql> = vec![
+            Sql::Text(subject.to_string()),
+            Sql::Integer(size as i64),
+            opt(&filter.from),
+            opt(&filter.to),
+            opt(&filter.institution),
+            opt(&filter.purpose),
         ];
-        let total: i64 = conn
-            .query_row(
-                &format!("SELECT COUNT(*) FROM access_records WHERE {cond}"),
-                args,
-                |r| r.get(0),
-            )
-            .map_err(db)?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT idx, record FROM access_records WHERE {cond} ORDER BY idx LIMIT ?8 OFFSET ?9"
-            ))
-            .map_err(db)?;
-        let rows: Vec<(i64, Vec<u8>)> = stmt
-            .query_map(
-                params![
-                    subject,
-                    size as i64,
-                    filter.from,
-                    filter.to,
-                    filter.institution,
-                    filter.purpose,
-                    filter.hidden,
-                    filter.limit as i64,
-                    filter.offset as i64
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(db)?
-            .collect::<Result<_, _>>()
-            .map_err(db)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (idx, bytes) in rows {
-            out.push(RecordProof {
-                record: serde_json::from_slice(&bytes).map_err(db)?,
-                proof: store.inclusion_proof(idx as u64, size)?,
-            });
+        // Hidings in force: the records of a contract made before a date are left out.
+        for (contract, until) in &filter.hidden {
+            let n = args.len();
+            cond.push_str(&format!(
+                " AND NOT (contract = ?{} AND at < ?{})",
+                n + 1,
+                n + 2
+            ));
+            args.push(Sql::Text(contract.clone()));
+            args.push(Sql::Text(until.clone()));
         }
-        Ok((out, total as u64))
+        self.read(|conn| {
+            let total: i64 = conn
+                .prepare_cached(&format!("SELECT COUNT(*) FROM access_records WHERE {cond}"))
+                .map_err(db)?
+                .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
+                .map_err(db)?;
+            let n = args.len();
+            let mut page_args = args.clone();
+            page_args.push(Sql::Integer(filter.limit as i64));
+            page_args.push(Sql::Integer(filter.offset as i64));
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT idx, record FROM access_records WHERE {cond} \
+                     ORDER BY idx LIMIT ?{} OFFSET ?{}",
+                    n + 1,
+                    n + 2
+                ))
+                .map_err(db)?;
+            let rows: Vec<(i64, Vec<u8>)> = stmt
+                .query_map(rusqlite::params_from_iter(page_args.iter()), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            let indices: Vec<u64> = rows.iter().map(|(i, _)| *i as u64).collect();
+            let proofs = merkle_store::inclusion_proofs_at(conn, &indices, size)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for ((_, bytes), proof) in rows.into_iter().zip(proofs) {
+                out.push(RecordProof {
+                    record: serde_json::from_slice(&bytes).map_err(db)?,
+                    proof,
+                });
+            }
+            Ok((out, total as u64))
+        })
     }
 
     /// The consistency proof between the trees of `from` and `to` leaves.
@@ -390,21 +617,93 @@ impl AccessLog {
                 format!("from ({from}) must not exceed to ({to})"),
             ));
         }
-        Ok(self.lock().consistency_proof(from, to)?)
+        self.read(|conn| Ok(merkle_store::consistency_proof_at(conn, from, to)?))
     }
 }
 
+/// Moves a first-version database to the current schema, in one transaction.
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let has_node: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('access_records') WHERE name = 'node'")?
+        .exists([])?;
+    let exists: bool = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'access_records'")?
+        .exists([])?;
+    if version >= SCHEMA_VERSION || !exists || has_node {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(MIGRATE_V1)?;
+    tx.commit()?;
+    tracing::info!("migrated the access log to records keyed by message id and node");
+    Ok(())
+}
+
 /// Runs blocking log work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
     tokio::task::spawn_blocking(f).await.map_err(db)?
 }
 
+/// Verifies each record's signature with the key of its node that was valid at the record's
+/// time, on every core when the batch is large.
+fn verify_signatures(
+    records: &[SignedAccessRecord],
+    keys: &crate::signing_history::BatchKeys,
+) -> Result<(), Problem> {
+    let check = |chunk: &[SignedAccessRecord]| -> Result<(), Problem> {
+        for signed in chunk {
+            let r = &signed.record;
+            if !keys.had_key_at(&r.node, &r.at) {
+                return Err(Problem::new(
+                    ProblemKind::SignatureInvalid,
+                    format!(
+                        "node {} had no valid signing certificate at {}",
+                        r.node, r.at
+                    ),
+                )
+                .with("message_id", &r.message_id));
+            }
+            let ok = signed
+                .signature()
+                .is_some_and(|sig| keys.verifies(&r.node, &r.at, &r.signed_bytes(), &sig));
+            if !ok {
+                return Err(Problem::new(
+                    ProblemKind::SignatureInvalid,
+                    format!(
+                        "the access record's signature does not verify with {}'s signing key",
+                        r.node
+                    ),
+                )
+                .with("message_id", &r.message_id));
+            }
+        }
+        Ok(())
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if records.len() < 64 || threads < 2 {
+        return check(records);
+    }
+    let chunk = records.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = records
+            .chunks(chunk)
+            .map(|c| s.spawn(move || check(c)))
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| Problem::new(ProblemKind::Internal, "a verifier thread panicked"))??;
+        }
+        Ok(())
+    })
+}
+
 impl Registry {
     /// Verifies and ingests signed access records: each must validate, be signed by the node it
-    /// names with that node's current signing key, and be about a service of that node's member.
-    /// One bad record refuses the request and nothing is ingested.
+    /// names with the signing key that node held at the record's time, and be about a service of
+    /// that node's member. One bad record refuses the request and nothing is ingested.
     pub async fn ingest_access_records(
         &self,
         records: Vec<SignedAccessRecord>,
@@ -417,7 +716,8 @@ impl Registry {
             )
             .with("limit", MAX_RECORDS_PER_REQUEST));
         }
-        let mut keys: HashMap<String, Vec<u8>> = HashMap::new();
+        let latest_allowed = now() + time::Duration::minutes(5);
+        let mut nodes: Vec<NodeId> = Vec::new();
         for signed in &records {
             let r = &signed.record;
             r.validate()?;
@@ -432,40 +732,36 @@ impl Registry {
                 )
                 .with("message_id", &r.message_id));
             }
-            if !keys.contains_key(&r.node) {
-                keys.insert(r.node.clone(), self.node_signing_key(&node)?);
+            let at =
+                time::OffsetDateTime::parse(&r.at, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| Problem::new(ProblemKind::InvalidRequest, "at: not RFC 3339"))?;
+            if at > latest_allowed {
+                return Err(Problem::new(
+                    ProblemKind::InvalidRequest,
+                    format!("the record's time {} is in the future", r.at),
+                )
+                .with("message_id", &r.message_id));
+            }
+            if !nodes.contains(&node) {
+                nodes.push(node);
             }
         }
+        let keys = self.batch_signing_keys(&nodes).await?;
         blocking(move || {
-            for signed in &records {
-                let key = &keys[&signed.record.node];
-                let ok = signed.signature().is_some_and(|sig| {
-                    enlace_certs::verify_ed25519(key, &signed.record.signed_bytes(), &sig)
-                });
-                if !ok {
-                    return Err(Problem::new(
-                        ProblemKind::SignatureInvalid,
-                        format!(
-                            "the access record's signature does not verify with {}'s signing key",
-                            signed.record.node
-                        ),
-                    )
-                    .with("message_id", &signed.record.message_id));
-                }
-            }
+            verify_signatures(&records, &keys)?;
             log.ingest(&records)
         })
         .await
     }
 
-    /// The latest signed tree head, signing one first when the tree grew since (or none was
-    /// signed yet).
+    /// Signs a tree head of the current tree when it grew since the latest one (or none was
+    /// signed yet), and returns the latest head. Called on a schedule; queries read the latest.
     pub async fn sign_tree_head(&self) -> Result<PublishedTreeHead, Problem> {
         let log = self.access_log()?.clone();
         let _one = log.signing.lock().await;
         let (latest, (size, root)) = {
             let log = log.clone();
-            blocking(move || Ok((log.latest_head()?, log.current()?))).await?
+            blocking(move || Ok((log.latest_head(), log.current()?))).await?
         };
         if let Some(latest) = latest
             && latest.tree_head.tree_size == size
@@ -497,6 +793,14 @@ impl Registry {
         Ok(head)
     }
 
+    /// The latest scheduled signed tree head (signed now only if none was ever signed).
+    pub async fn current_tree_head(&self) -> Result<PublishedTreeHead, Problem> {
+        match self.access_log()?.latest_head() {
+            Some(h) => Ok(h),
+            None => self.sign_tree_head().await,
+        }
+    }
+
     /// A stored signed tree head of `size` leaves.
     pub async fn tree_head_at(&self, size: u64) -> Result<PublishedTreeHead, Problem> {
         let log = self.access_log()?.clone();
@@ -509,41 +813,77 @@ impl Registry {
         })
     }
 
+    /// The records with `message_id` (narrowed to `node`'s if given) that `actor` may read: the
+    /// federation admin every record, a member admin those its member consumed or provided.
+    /// Whose record it is is checked before anything about the tree, so that a caller learns
+    /// nothing of records it may not read.
+    pub(crate) async fn readable_record(
+        &self,
+        actor: &Actor,
+        message_id: &str,
+        node: Option<&str>,
+    ) -> Result<Found, Problem> {
+        let log = self.access_log()?.clone();
+        let (id, n) = (message_id.to_string(), node.map(String::from));
+        let found = blocking(move || log.find(&id, n.as_deref())).await?;
+        let mut mine: Vec<Found> = found
+            .into_iter()
+            .filter(|f| match actor {
+                Actor::FederationAdmin => true,
+                Actor::MemberAdmin(m) => {
+                    m.to_string() == f.record.record.consumer_member
+                        || f.record
+                            .record
+                            .provider_service
+                            .parse::<ServiceId>()
+                            .is_ok_and(|s| s.member() == m)
+                }
+            })
+            .collect();
+        match mine.len() {
+            0 => Err(not_found(message_id)),
+            1 => Ok(mine.remove(0)),
+            _ => Err(Problem::new(
+                ProblemKind::InvalidRequest,
+                format!("several nodes logged message id {message_id}: name one with `node`"),
+            )
+            .with("message_id", message_id)),
+        }
+    }
+
     /// A record and its inclusion proof in the tree of `size` leaves (the latest signed head's
-    /// size when `None`). The federation admin sees every record; a member admin those its
-    /// member consumed or provided; others learn nothing (not found).
+    /// size when `None`), for an admin who may read it (see [`Registry::readable_record`]).
     pub async fn access_record_proof(
         &self,
         actor: &Actor,
         message_id: String,
+        node: Option<String>,
+        size: Option<u64>,
+    ) -> Result<RecordProof, Problem> {
+        let found = self
+            .readable_record(actor, &message_id, node.as_deref())
+            .await?;
+        self.record_proof(found, size).await
+    }
+
+    /// A found record's inclusion proof in the tree of `size` leaves (the latest head's size
+    /// when `None`).
+    pub(crate) async fn record_proof(
+        &self,
+        found: Found,
         size: Option<u64>,
     ) -> Result<RecordProof, Problem> {
         let log = self.access_log()?.clone();
         let size = match size {
             Some(s) => s,
-            None => self.sign_tree_head().await?.tree_head.tree_size,
+            None => self.current_tree_head().await?.tree_head.tree_size,
         };
-        let id = message_id.clone();
-        let (proof, record) = blocking(move || log.inclusion(&id, size)).await?;
-        let allowed = match actor {
-            Actor::FederationAdmin => true,
-            Actor::MemberAdmin(m) => {
-                m.to_string() == record.record.consumer_member
-                    || record
-                        .record
-                        .provider_service
-                        .parse::<ServiceId>()
-                        .is_ok_and(|s| s.member() == m)
-            }
-        };
-        if !allowed {
-            return Err(Problem::new(
-                ProblemKind::NotFound,
-                format!("no access record with message id {message_id}"),
-            )
-            .with("message_id", message_id));
-        }
-        Ok(proof)
+        let idx = found.idx;
+        let proof = blocking(move || log.inclusion_proof(idx, size)).await?;
+        Ok(RecordProof {
+            record: serde_json::from_slice(&found.bytes).map_err(db)?,
+            proof,
+        })
     }
 
     /// The consistency proof between two tree sizes.

@@ -94,6 +94,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
+/// The OAuth access token a person's page sends beside the ID token (ClaveÚnica mode).
+fn access_token(headers: &HeaderMap) -> Option<&str> {
+    headers.get(crate::oidc::ACCESS_TOKEN_HEADER)?.to_str().ok()
+}
+
 fn actor(app: &Registry, headers: &HeaderMap) -> Result<Actor, Problem> {
     let token = bearer(headers).ok_or_else(|| {
         Problem::new(
@@ -195,6 +200,21 @@ pub fn router(app: App) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/log-heads", post(anchor_log_head))
         .route("/v1/log-heads/{*node}", get(log_heads))
+        .route("/v1/access-log/evidence", get(access_evidence))
+        .route(
+            "/v1/access-log/evidence/consistency",
+            get(consistency_evidence),
+        )
+        .route(
+            "/v1/authorisations",
+            post(request_authorisation).get(list_authorisations),
+        )
+        .route("/v1/authorisations/{id}", get(get_authorisation))
+        .route("/v1/citizen/authorisations", get(citizen_authorisations))
+        .route(
+            "/v1/citizen/authorisations/{id}/{action}",
+            post(citizen_act),
+        )
         .route("/v1/access-records", post(ingest_access_records))
         .route("/v1/access-log/tree-head", get(tree_head))
         .route("/v1/access-log/tree-heads", get(tree_head_at))
@@ -208,6 +228,7 @@ pub fn router(app: App) -> Router {
         .route("/.well-known/openid-configuration", get(oidc_discovery))
         .route("/oidc/jwks", get(oidc_jwks))
         .route("/oidc/dev/token", post(oidc_dev_token))
+        .route("/oidc/userinfo", post(oidc_userinfo))
         .merge(crate::citizen_page::routes())
         .fallback(|req: Request| async move { no_route(req.uri().path()) })
         .layer(middleware::from_fn_with_state(app.clone(), audit_refusals))
@@ -220,6 +241,8 @@ async fn audit_refusals(State(app): State<App>, req: Request, next: Next) -> Res
     let path: String = req.uri().path().chars().take(512).collect();
     let who = match actor(&app, req.headers()) {
         Ok(a) => a.label(),
+        // An OpenID Connect ID token: a person (who exactly is not known until it verifies).
+        Err(_) if bearer(req.headers()).is_some_and(|t| t.contains('.')) => "citizen".to_string(),
         Err(_) if bearer(req.headers()).is_some() => "invalid-token".to_string(),
         Err(_) => "anonymous".to_string(),
     };
@@ -765,9 +788,28 @@ async fn anchor_log_head(State(app): State<App>, headers: HeaderMap, body: Body)
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn log_heads(State(app): State<App>, Path(node): Path<String>) -> ApiResult {
-    let node: NodeId = node.parse()?;
-    json_response(StatusCode::OK, app.log_heads(&node)?)
+#[derive(Deserialize)]
+struct SeqQuery {
+    seq: Option<u64>,
+}
+
+/// `NODE`: the node's anchored heads; `NODE/proof?seq=N`: one head's inclusion in the access
+/// log's tree, against the latest signed tree head.
+async fn log_heads(
+    State(app): State<App>,
+    Path(rest): Path<String>,
+    Query(q): Query<SeqQuery>,
+) -> ApiResult {
+    let (id, tail) = split_id(&rest, 5)?;
+    let node: NodeId = id.parse()?;
+    match tail.as_slice() {
+        [] => json_response(StatusCode::OK, app.log_heads(&node)?),
+        ["proof"] => {
+            let seq = required("seq", q.seq)?;
+            json_response(StatusCode::OK, app.log_head_evidence(&node, seq).await?)
+        }
+        _ => Err(no_route(&rest)),
+    }
 }
 
 // ---- the access log ----
@@ -795,7 +837,7 @@ async fn ingest_access_records(
 }
 
 async fn tree_head(State(app): State<App>) -> ApiResult {
-    json_response(StatusCode::OK, app.sign_tree_head().await?)
+    json_response(StatusCode::OK, app.current_tree_head().await?)
 }
 
 #[derive(Deserialize)]
@@ -820,7 +862,33 @@ async fn tree_head_at(State(app): State<App>, Query(q): Query<SizeQuery>) -> Api
 #[derive(Deserialize)]
 struct InclusionQuery {
     message_id: Option<String>,
+    /// The emitting node, when several nodes logged the message id.
+    node: Option<String>,
     size: Option<u64>,
+}
+
+/// Who reads a record: an admin (bearer token) or the person (OpenID Connect ID token).
+enum Reader {
+    Admin(Actor),
+    Person(enlace_core::id::SubjectId),
+}
+
+async fn reader(app: &Registry, headers: &HeaderMap) -> Result<Reader, Problem> {
+    match actor(app, headers) {
+        Ok(who) => Ok(Reader::Admin(who)),
+        // An ID token: the person reads the records about them, and only those.
+        Err(_) if bearer(headers).is_some_and(|t| t.contains('.')) && app.oidc().is_ok() => Ok(
+            Reader::Person(app.citizen(bearer(headers), access_token(headers)).await?),
+        ),
+        Err(p) => Err(p),
+    }
+}
+
+fn node_param(node: Option<String>) -> Result<Option<String>, Problem> {
+    match node {
+        Some(n) => Ok(Some(n.parse::<NodeId>()?.to_string())),
+        None => Ok(None),
+    }
 }
 
 async fn inclusion_proof(
@@ -829,22 +897,96 @@ async fn inclusion_proof(
     headers: HeaderMap,
 ) -> ApiResult {
     let message_id = required("message_id", q.message_id)?;
-    let who = match actor(&app, &headers) {
-        Ok(who) => who,
-        // An ID token: the person reads the records about them, and only those.
-        Err(_) if bearer(&headers).is_some_and(|t| t.contains('.')) && app.oidc().is_ok() => {
-            let person = app.citizen(bearer(&headers)).await?;
-            return json_response(
-                StatusCode::OK,
-                app.citizen_record_proof(&person, message_id, q.size)
-                    .await?,
-            );
+    let node = node_param(q.node)?;
+    let proof = match reader(&app, &headers).await? {
+        Reader::Person(person) => {
+            app.citizen_record_proof(&person, message_id, node, q.size)
+                .await?
         }
-        Err(p) => return Err(p.into()),
+        Reader::Admin(who) => {
+            app.access_record_proof(&who, message_id, node, q.size)
+                .await?
+        }
     };
+    json_response(StatusCode::OK, proof)
+}
+
+/// A record's evidence for offline checking (see [`crate::evidence`]), for whoever may read it.
+async fn access_evidence(
+    State(app): State<App>,
+    Query(q): Query<InclusionQuery>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let message_id = required("message_id", q.message_id)?;
+    let node = node_param(q.node)?;
+    let found = match reader(&app, &headers).await? {
+        Reader::Person(person) => {
+            app.citizen_record(&person, &message_id, node.as_deref())
+                .await?
+        }
+        Reader::Admin(who) => {
+            app.readable_record(&who, &message_id, node.as_deref())
+                .await?
+        }
+    };
+    json_response(StatusCode::OK, app.access_evidence(found).await?)
+}
+
+async fn consistency_evidence(
+    State(app): State<App>,
+    Query(q): Query<ConsistencyQuery>,
+) -> ApiResult {
+    let (from, to) = (required("from", q.from)?, required("to", q.to)?);
+    json_response(StatusCode::OK, app.consistency_evidence(from, to).await?)
+}
+
+// ---- authorisations (consents) ----
+
+async fn request_authorisation(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let who = actor(&app, &headers)?;
+    let req: crate::authorisation::NewAuthorisation = json_body(&headers, body).await?;
+    json_response(
+        StatusCode::CREATED,
+        app.request_authorisation(&who, req).await?,
+    )
+}
+
+async fn list_authorisations(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+    let who = actor(&app, &headers)?;
+    json_response(StatusCode::OK, app.authorisations_of_member(&who)?)
+}
+
+async fn get_authorisation(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let who = actor(&app, &headers)?;
+    json_response(StatusCode::OK, app.authorisation_for(&who, &id)?)
+}
+
+async fn citizen_authorisations(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+    let person = app
+        .citizen(bearer(&headers), access_token(&headers))
+        .await?;
+    json_response(StatusCode::OK, app.citizen_authorisations(&person)?)
+}
+
+async fn citizen_act(
+    State(app): State<App>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let person = app
+        .citizen(bearer(&headers), access_token(&headers))
+        .await?;
     json_response(
         StatusCode::OK,
-        app.access_record_proof(&who, message_id, q.size).await?,
+        app.citizen_act(&person, &id, &action).await?,
     )
 }
 
@@ -868,7 +1010,9 @@ async fn citizen_records(
     Query(q): Query<crate::citizen::CitizenQuery>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let person = app.citizen(bearer(&headers)).await?;
+    let person = app
+        .citizen(bearer(&headers), access_token(&headers))
+        .await?;
     json_response(StatusCode::OK, app.citizen_records(&person, &q).await?)
 }
 
@@ -906,16 +1050,27 @@ async fn oidc_dev_token(State(app): State<App>, headers: HeaderMap, body: Body) 
         .dev
         .as_ref()
         .ok_or_else(|| Problem::new(ProblemKind::NotFound, "off"))?;
-    let token = dev.token(&oidc.issuer, &oidc.audience, &sub);
-    json_response(
-        StatusCode::OK,
-        json!({
-            "id_token": token,
-            "token_type": "Bearer",
-            "expires_in": 600,
-            "warning": "development issuer: anyone can sign in as anyone",
-        }),
-    )
+    let tokens = dev.tokens(&oidc.issuer, &oidc.audience, &sub);
+    let mut body = json!({
+        "id_token": tokens.id_token,
+        "token_type": "Bearer",
+        "expires_in": 600,
+        "warning": "development issuer: anyone can sign in as anyone",
+    });
+    if let Some(access) = tokens.access_token {
+        body["access_token"] = json!(access);
+    }
+    json_response(StatusCode::OK, body)
+}
+
+/// DEVELOPMENT ONLY: the userinfo endpoint of the development issuer in ClaveÚnica mode
+/// (`POST` with the bearer access token, as ClaveÚnica's), answering with `RolUnico`.
+async fn oidc_userinfo(State(app): State<App>, headers: HeaderMap) -> ApiResult {
+    let oidc = dev_issuer(&app)?;
+    let info = bearer(&headers)
+        .and_then(|t| oidc.dev.as_ref()?.userinfo(t))
+        .ok_or_else(|| Problem::new(ProblemKind::Unauthenticated, "unknown access token"))?;
+    json_response(StatusCode::OK, info)
 }
 
 #[derive(Deserialize)]

@@ -40,9 +40,9 @@ pub(crate) struct Filter {
     pub to: Option<String>,
     pub institution: Option<String>,
     pub purpose: Option<String>,
-    /// Hidings in force, as a JSON array of `[contract, until]`: the records of `contract` made
-    /// before `until` are left out (see [`crate::hiding`]).
-    pub hidden: String,
+    /// Hidings in force, `(contract, until)`: the records of `contract` made before `until` are
+    /// left out (see [`crate::hiding`]).
+    pub hidden: Vec<(String, String)>,
     pub limit: u64,
     pub offset: u64,
 }
@@ -84,7 +84,7 @@ impl CitizenQuery {
                 to: time_param("to", &self.to)?,
                 institution: self.institution.clone(),
                 purpose: self.purpose.clone(),
-                hidden: "[]".into(),
+                hidden: Vec::new(),
                 limit: size,
                 offset: (page - 1) * size,
             },
@@ -147,12 +147,23 @@ pub fn sentence(record: &SignedAccessRecord, institution: &str) -> String {
         })
         .unwrap_or_else(|| r.at.clone());
     match r.result.strip_prefix(REFUSED_PREFIX) {
-        None => format!(
-            "The {institution} consulted your {} on {when} for {}, under contract {}.",
-            field_list(&r.fields),
-            r.purpose,
-            r.contract
-        ),
+        None => {
+            let mut s = format!(
+                "The {institution} consulted your {} on {when} for {}, under contract {}.",
+                field_list(&r.fields),
+                r.purpose,
+                r.contract
+            );
+            if let Some(id) = &r.authorisation {
+                s.push_str(&format!(" It relied on your authorisation {id}."));
+            }
+            if let Some(why) = &r.authorisation_refused {
+                s.push_str(&format!(
+                    " The authorisation it presented was not accepted ({why}): sensitive data was withheld."
+                ));
+            }
+            s
+        }
         Some(cause) => format!(
             "The {institution} asked for your data on {when} for {}, under contract {}; it was refused ({cause}) and nothing was disclosed.",
             r.purpose, r.contract
@@ -176,8 +187,14 @@ impl Registry {
         })
     }
 
-    /// The person an ID token (`Authorization: Bearer`) speaks for.
-    pub async fn citizen(&self, token: Option<&str>) -> Result<SubjectId, Problem> {
+    /// The person an ID token (`Authorization: Bearer`) speaks for; in ClaveÚnica mode the
+    /// access token (`Enlace-Access-Token`) lets the registry read the RUN from the userinfo
+    /// endpoint when the ID token does not carry it.
+    pub async fn citizen(
+        &self,
+        token: Option<&str>,
+        access_token: Option<&str>,
+    ) -> Result<SubjectId, Problem> {
         let oidc = self.oidc()?;
         let token = token.ok_or_else(|| {
             Problem::new(
@@ -185,7 +202,7 @@ impl Registry {
                 "sign in: send Authorization: Bearer <ID token>",
             )
         })?;
-        oidc.verify(token).await
+        oidc.verify(token, access_token).await
     }
 
     fn institution_name(&self, member: &str) -> String {
@@ -207,14 +224,12 @@ impl Registry {
         let (mut filter, page, page_size) = q.filter()?;
         let hidings = self.hidings_of(&subject.to_string())?;
         let now = crate::hiding::now_utc_seconds();
-        let in_force: Vec<(&str, &str)> = hidings
+        filter.hidden = hidings
             .iter()
             .filter(|h| h.active_at(&now))
-            .map(|h| (h.contract.as_str(), h.until.as_str()))
+            .map(|h| (h.contract.clone(), h.until.clone()))
             .collect();
-        filter.hidden = serde_json::to_string(&in_force)
-            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
-        let head = self.sign_tree_head().await?;
+        let head = self.current_tree_head().await?;
         let log = self.access_log()?.clone();
         let size = head.tree_head.tree_size;
         let who = subject.to_string();
@@ -258,35 +273,58 @@ impl Registry {
         }))
     }
 
+    /// The record about `subject` with `message_id` (and `node`, when several nodes logged the
+    /// id). Whose record it is, and whether it is hidden, is checked before anything else: another
+    /// person's record, or a hidden one, is not found, whatever else is asked.
+    pub(crate) async fn citizen_record(
+        &self,
+        subject: &SubjectId,
+        message_id: &str,
+        node: Option<&str>,
+    ) -> Result<crate::access_log::Found, Problem> {
+        let log = self.access_log()?.clone();
+        let (id, n) = (message_id.to_string(), node.map(String::from));
+        let found = tokio::task::spawn_blocking(move || log.find(&id, n.as_deref()))
+            .await
+            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))??;
+        let now = crate::hiding::now_utc_seconds();
+        let hidings = self.hidings_of(&subject.to_string())?;
+        let mut mine: Vec<_> = found
+            .into_iter()
+            .filter(|f| {
+                let r = &f.record.record;
+                r.subject == subject.to_string()
+                    && !hidings
+                        .iter()
+                        .any(|h| h.active_at(&now) && h.covers(&r.contract, &r.at))
+            })
+            .collect();
+        match mine.len() {
+            1 => Ok(mine.remove(0)),
+            0 => Err(Problem::new(
+                ProblemKind::NotFound,
+                format!("no access record with message id {message_id}"),
+            )
+            .with("message_id", message_id)),
+            _ => Err(Problem::new(
+                ProblemKind::InvalidRequest,
+                format!("several nodes logged message id {message_id}: name one with `node`"),
+            )),
+        }
+    }
+
     /// A record about `subject` and its inclusion proof; another person's record is not found.
     pub async fn citizen_record_proof(
         &self,
         subject: &SubjectId,
         message_id: String,
+        node: Option<String>,
         size: Option<u64>,
     ) -> Result<RecordProof, Problem> {
-        let log = self.access_log()?.clone();
-        let size = match size {
-            Some(s) => s,
-            None => self.sign_tree_head().await?.tree_head.tree_size,
-        };
-        let id = message_id.clone();
-        let (proof, record) = tokio::task::spawn_blocking(move || log.inclusion(&id, size))
-            .await
-            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))??;
-        let now = crate::hiding::now_utc_seconds();
-        let hidden = self
-            .hidings_of(&subject.to_string())?
-            .iter()
-            .any(|h| h.active_at(&now) && h.covers(&record.record.contract, &record.record.at));
-        if hidden || record.record.subject != subject.to_string() {
-            return Err(Problem::new(
-                ProblemKind::NotFound,
-                format!("no access record with message id {message_id}"),
-            )
-            .with("message_id", message_id));
-        }
-        Ok(proof)
+        let found = self
+            .citizen_record(subject, &message_id, node.as_deref())
+            .await?;
+        self.record_proof(found, size).await
     }
 }
 

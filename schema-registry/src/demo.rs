@@ -36,7 +36,15 @@ pub struct Demo {
     /// and numbers, counts of verified identities); empty unless seeded by [`seed_with_grpc`].
     #[serde(default)]
     pub grpc_contract: String,
+    /// The contract for the name and the health insurance (a sensitive field), with the
+    /// person's authorisation, for [`CONSENT_PURPOSE`]; empty in a federation seeded before it
+    /// existed (see [`seed_consent_contract`]).
+    #[serde(default)]
+    pub consent_contract: String,
 }
+
+/// The purpose of the contract that needs the person's authorisation.
+pub const CONSENT_PURPOSE: &str = "health-expense-deduction";
 
 fn id<T: std::str::FromStr<Err = enlace_core::IdError>>(s: &str) -> T {
     // The constants above are valid identifiers; a typo is caught by the tests.
@@ -153,12 +161,48 @@ pub async fn seed(reg: &Registry, nodes_dir: &Path, addresses: [&str; 2]) -> Res
     let contract = reg.propose_contract(&sii_admin, terms).await?;
     reg.act_on_contract(&rc_admin, &contract.id, ContractAction::Approve)
         .await?;
+    let consent_contract = seed_consent_contract(reg).await?;
     Ok(Demo {
         registro_civil_token: rc_token,
         sii_token,
         contract: contract.id.to_string(),
         grpc_contract: String::new(),
+        consent_contract,
     })
+}
+
+/// SII's second contract on `personas`: the name and the health insurance (`sensitive`) for
+/// the deduction of health expenses, which requires the person's authorisation; proposed by SII,
+/// approved by the Registro Civil; returns its id.
+pub async fn seed_consent_contract(reg: &Registry) -> Result<String, Problem> {
+    let now = time::OffsetDateTime::now_utc();
+    let terms = ContractTerms {
+        consumer: id(CONSUMER_SUBSYSTEM),
+        provider: id(PERSONAS),
+        versions: VersionRange {
+            min: id("v1.0"),
+            max: id("v1.9999"),
+        },
+        operations: vec!["getPerson".into()],
+        purpose: CONSENT_PURPOSE.into(),
+        legal_basis: "Decreto Ley 824, deducción de gastos de salud; dato sensible tratado con autorización del titular (Ley 19.628, art. 10)".into(),
+        allowed_fields: vec!["/name".into(), "/healthInsurance".into()],
+        subject_required: true,
+        usage: Usage::Permanent,
+        volume_limit: Some(VolumeLimit {
+            max_requests: 1_000_000,
+            period: Period::Day,
+        }),
+        valid_from: now - time::Duration::minutes(5),
+        valid_until: now + time::Duration::days(365),
+        authorisation_required: true,
+    };
+    let sii_admin = Actor::MemberAdmin(id(SII));
+    let rc_admin = Actor::MemberAdmin(id(REGISTRO_CIVIL));
+    let contract = reg.propose_contract(&sii_admin, terms).await?;
+    reg.act_on_contract(&rc_admin, &contract.id, ContractAction::Approve)
+        .await?;
+    Ok(contract.id.to_string())
 }
 
 /// [`seed`], then a second contract for SII's `renta` on `personas-grpc` v1: `GetPerson`,

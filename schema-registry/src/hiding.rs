@@ -152,13 +152,22 @@ impl Registry {
         };
         let doc = serde_json::to_value(&hiding)
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
-        self.commit(
-            actor,
-            "access-log.hide",
-            vec![(HIDING, hiding.id.clone(), doc)],
-            vec![],
-        )
-        .await?;
+        let committed = self
+            .commit(
+                actor,
+                "access-log.hide",
+                vec![(HIDING, hiding.id.clone(), doc)],
+                vec![],
+            )
+            .await;
+        // Reloaded from the store at the next read, whether or not publishing failed after
+        // the commit.
+        *self
+            .caches
+            .hidings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        committed?;
         Ok(hiding)
     }
 
@@ -170,13 +179,25 @@ impl Registry {
         Ok(all)
     }
 
-    /// The hidings about `subject`.
+    /// The hidings about `subject` (the index is loaded from the store on first use and again
+    /// after each [`Registry::create_hiding`]).
     pub(crate) fn hidings_of(&self, subject: &str) -> Result<Vec<Hiding>, Problem> {
-        Ok(self
-            .list::<Hiding>(HIDING)?
-            .into_iter()
-            .filter(|h| h.subject == subject)
-            .collect())
+        let mut index = self
+            .caches
+            .hidings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if index.is_none() {
+            let mut by: std::collections::HashMap<String, Vec<Hiding>> = Default::default();
+            for h in self.list::<Hiding>(HIDING)? {
+                by.entry(h.subject.clone()).or_default().push(h);
+            }
+            *index = Some(by);
+        }
+        Ok(index
+            .as_ref()
+            .and_then(|i| i.get(subject).cloned())
+            .unwrap_or_default())
     }
 }
 

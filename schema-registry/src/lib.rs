@@ -1,12 +1,17 @@
 //! The Enlace schema registry: members, subsystems, nodes, services and their descriptions,
-//! data concepts, data contracts, the audit trail, and the signed global configuration.
+//! data concepts, data contracts, the audit trail, the signed global configuration, and the
+//! citizen side: the access log, the citizen API and page, hidings and authorisations.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+mod anchors;
 mod api;
+pub mod authorisation;
+mod caches;
 pub mod citizen;
 pub mod citizen_page;
 pub mod demo;
+mod evidence;
 pub mod hiding;
 pub mod merkle_store;
 mod model;
@@ -14,6 +19,7 @@ pub mod oidc;
 mod once_only;
 mod publish;
 mod registry;
+mod signing_history;
 mod store;
 
 use std::net::SocketAddr;
@@ -61,9 +67,13 @@ pub struct RegistryConfig {
     /// HTTP, for loopback only.
     #[serde(default)]
     pub tls_names: Vec<String>,
-    /// OpenID Connect for the citizen API (`[oidc]`: `dev_issuer`, `issuer`, `audience`).
+    /// OpenID Connect for the citizen API (`[oidc]`: `dev_issuer`, `issuer`, `audience`, …).
     #[serde(default)]
     pub oidc: oidc::OidcConfig,
+    /// The longest, in days, a person's authorisation (consent) token is valid; never beyond
+    /// the contract's end.
+    #[serde(default = "default_consent_days")]
+    pub consent_max_days: u32,
 }
 
 fn default_listen() -> SocketAddr {
@@ -77,6 +87,9 @@ fn default_config_validity() -> u64 {
 }
 fn default_cert_hours() -> u64 {
     7 * 24
+}
+fn default_consent_days() -> u32 {
+    365
 }
 
 impl RegistryConfig {
@@ -111,7 +124,23 @@ impl RegistryConfig {
             (1..=24 * 90).contains(&self.node_cert_validity_hours),
             "node_cert_validity_hours: must be between 1 and 2160"
         );
+        anyhow::ensure!(
+            (1..=366).contains(&self.consent_max_days),
+            "consent_max_days: must be between 1 and 366"
+        );
+        self.check_dev_issuer()?;
         self.oidc.validate()?;
+        Ok(())
+    }
+
+    /// The development issuer signs a token for anyone: refused unless the registry listens
+    /// only on loopback.
+    pub fn check_dev_issuer(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.oidc.dev_issuer || self.listen.ip().is_loopback(),
+            "oidc.dev_issuer: the development issuer signs a token for anyone; it is refused unless the registry listens only on loopback (listen = {})",
+            self.listen
+        );
         Ok(())
     }
 }
@@ -130,11 +159,17 @@ pub struct RunningRegistry {
 
 impl RunningRegistry {
     /// Stops accepting, lets in-flight requests finish, and returns.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    /// As [`RunningRegistry::stop`], through a handle that stays (for a caller that then
+    /// replaces it with a registry started again on the same data directory).
+    pub async fn halt(&mut self) {
         let _ = self.shutdown.send(true);
         self.refresher.abort();
         self.tree_heads.abort();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -189,6 +224,7 @@ fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
 /// Opens the store, the CA and the token, issues a configuration, and serves the API.
 pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
     enlace_certs::install_crypto_provider();
+    cfg.check_dev_issuer()?;
     let instance: Instance = cfg.instance.parse()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -202,12 +238,16 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         instance,
         config_validity: validity,
         node_cert_validity: time::Duration::hours(cfg.node_cert_validity_hours as i64),
+        consent_validity: time::Duration::days(i64::from(cfg.consent_max_days)),
     };
     let registry = Registry::new(store, ca, signer, settings, &admin_token)
         .map_err(|p| anyhow::anyhow!("{p}"))?;
     let access_log = access_log::AccessLog::open(&cfg.data_dir.join("access.sqlite"))
         .context("opening access.sqlite")?;
     registry.attach_access_log(Arc::new(access_log));
+    registry
+        .import_legacy_log_heads()
+        .map_err(|p| anyhow::anyhow!("importing anchored log heads: {p}"))?;
     registry
         .publish()
         .await
@@ -256,7 +296,7 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
     };
     let tree_heads = tokio::spawn(access_log::sign_tree_heads(
         registry.clone(),
-        std::time::Duration::from_secs(2),
+        access_log::TREE_HEAD_INTERVAL,
     ));
     tracing::info!(%addr, https = !cfg.tls_names.is_empty(), "registry listening");
     Ok(RunningRegistry {
@@ -347,5 +387,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("config_validity_secs"), "{e}");
+        let e = RegistryConfig::from_toml(
+            "instance = \"CL\"\ndata_dir = \"/x\"\nlisten = \"0.0.0.0:7400\"\ntls_names = [\"registro.example\"]\n[oidc]\ndev_issuer = true",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("oidc.dev_issuer"), "{e}");
+        let ok = RegistryConfig::from_toml(
+            "instance = \"CL\"\ndata_dir = \"/x\"\nlisten = \"0.0.0.0:7400\"\ntls_names = [\"registro.example\"]\n[oidc]\nissuer = \"https://accounts.claveunica.gob.cl/openid\"\nsubject_from = \"clave-unica\"",
+        )
+        .unwrap();
+        assert_eq!(ok.oidc.subject_from, oidc::SubjectFrom::ClaveUnica);
+        let e = RegistryConfig::from_toml(
+            "instance = \"CL\"\ndata_dir = \"/x\"\nconsent_max_days = 400",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("consent_max_days"), "{e}");
     }
 }

@@ -14,6 +14,7 @@
 //! a handle notices when another connection appended and reloads it.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 
 use enlace_core::merkle::{
@@ -145,46 +146,83 @@ impl MerkleStore {
 
     /// The root of the tree of the first `size` leaves, for the current or any past size.
     pub fn root(&self, size: u64) -> MerkleResult<Hash> {
-        self.check_size(size)?;
-        subtree(&self.conn, 0, size)
+        root_at(&self.conn, size)
     }
 
     /// The inclusion proof of leaf `index` in the tree of the first `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> MerkleResult<InclusionProof> {
-        self.check_size(size)?;
-        let src = Source::new(&self.conn);
-        let path = merkle::inclusion_proof(&src, index, size).ok_or_else(|| {
-            out_of_range(format!("leaf {index} is beyond the tree of {size} leaves"))
-        })?;
-        Ok(InclusionProof {
-            leaf_index: index,
-            tree_size: size,
-            inclusion_path: src.finish(path)?,
-        })
+        Ok(inclusion_proofs_at(&self.conn, &[index], size)?.remove(0))
     }
 
     /// The consistency proof between the trees of the first `size1` and `size2` leaves.
     pub fn consistency_proof(&self, size1: u64, size2: u64) -> MerkleResult<ConsistencyProof> {
-        self.check_size(size2)?;
-        let src = Source::new(&self.conn);
-        let path = merkle::consistency_proof(&src, size1, size2)
-            .ok_or_else(|| out_of_range(format!("size {size1} is larger than size {size2}")))?;
-        Ok(ConsistencyProof {
-            tree_size_1: size1,
-            tree_size_2: size2,
-            consistency_path: src.finish(path)?,
-        })
+        consistency_proof_at(&self.conn, size1, size2)
     }
+}
 
-    fn check_size(&self, size: u64) -> MerkleResult<()> {
-        let stored = self.size()?;
-        if size > stored {
-            return Err(out_of_range(format!(
-                "size {size} is beyond the tree of {stored} leaves"
-            )));
-        }
-        Ok(())
+// Reads on any connection to the tree's database (the writer's, or a read-only one): the
+// registry answers queries on read connections while one writer appends.
+
+/// The number of leaves stored.
+pub fn size_at(conn: &Connection) -> MerkleResult<u64> {
+    stored_size(conn)
+}
+
+/// The root of the tree of the first `size` leaves.
+pub fn root_at(conn: &Connection, size: u64) -> MerkleResult<Hash> {
+    check_size(conn, size)?;
+    subtree(conn, 0, size)
+}
+
+/// The inclusion proofs of leaves `indices` in the tree of the first `size` leaves. The
+/// subtrees the proofs share (the tree's right edge) are read once.
+pub fn inclusion_proofs_at(
+    conn: &Connection,
+    indices: &[u64],
+    size: u64,
+) -> MerkleResult<Vec<InclusionProof>> {
+    check_size(conn, size)?;
+    let src = Source::new(conn);
+    let mut out = Vec::with_capacity(indices.len());
+    for &index in indices {
+        let path = merkle::inclusion_proof(&src, index, size).ok_or_else(|| {
+            out_of_range(format!("leaf {index} is beyond the tree of {size} leaves"))
+        })?;
+        out.push(InclusionProof {
+            leaf_index: index,
+            tree_size: size,
+            inclusion_path: path,
+        });
     }
+    src.finish(())?;
+    Ok(out)
+}
+
+/// The consistency proof between the trees of the first `size1` and `size2` leaves.
+pub fn consistency_proof_at(
+    conn: &Connection,
+    size1: u64,
+    size2: u64,
+) -> MerkleResult<ConsistencyProof> {
+    check_size(conn, size2)?;
+    let src = Source::new(conn);
+    let path = merkle::consistency_proof(&src, size1, size2)
+        .ok_or_else(|| out_of_range(format!("size {size1} is larger than size {size2}")))?;
+    Ok(ConsistencyProof {
+        tree_size_1: size1,
+        tree_size_2: size2,
+        consistency_path: src.finish(path)?,
+    })
+}
+
+fn check_size(conn: &Connection, size: u64) -> MerkleResult<()> {
+    let stored = stored_size(conn)?;
+    if size > stored {
+        return Err(out_of_range(format!(
+            "size {size} is beyond the tree of {stored} leaves"
+        )));
+    }
+    Ok(())
 }
 
 impl Frontier {
@@ -278,10 +316,12 @@ fn subtree(conn: &Connection, start: u64, end: u64) -> MerkleResult<Hash> {
 }
 
 /// [`TreeHashes`] over the stored tree. The trait cannot fail, so the first error is kept and
-/// returned by [`Source::finish`] (the proof is discarded).
+/// returned by [`Source::finish`] (the proof is discarded). Subtrees that are not stored nodes
+/// (on the tree's right edge) are remembered, so proofs made with one source share them.
 struct Source<'a> {
     conn: &'a Connection,
     error: RefCell<Option<MerkleStoreError>>,
+    computed: RefCell<HashMap<(u64, u64), Hash>>,
 }
 
 impl<'a> Source<'a> {
@@ -289,6 +329,7 @@ impl<'a> Source<'a> {
         Source {
             conn,
             error: RefCell::new(None),
+            computed: RefCell::new(HashMap::new()),
         }
     }
 
@@ -299,7 +340,7 @@ impl<'a> Source<'a> {
         })
     }
 
-    fn finish(self, proof: Vec<Hash>) -> MerkleResult<Vec<Hash>> {
+    fn finish<T>(self, proof: T) -> MerkleResult<T> {
         match self.error.into_inner() {
             Some(e) => Err(e),
             None => Ok(proof),
@@ -312,7 +353,16 @@ impl TreeHashes for Source<'_> {
         self.keep(node(self.conn, 0, i))
     }
     fn subtree(&self, start: u64, end: u64) -> Hash {
-        self.keep(subtree(self.conn, start, end))
+        let n = end - start;
+        if n == 0 || (n.is_power_of_two() && start.is_multiple_of(n)) {
+            return self.keep(subtree(self.conn, start, end));
+        }
+        if let Some(h) = self.computed.borrow().get(&(start, end)) {
+            return *h;
+        }
+        let h = self.keep(subtree(self.conn, start, end));
+        self.computed.borrow_mut().insert((start, end), h);
+        h
     }
 }
 

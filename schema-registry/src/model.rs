@@ -135,8 +135,3 @@ pub struct RevokedRecord {
 
 /// A node's anchored message-log head, as received (signature verified on receipt).
 pub type LogHeadRecord = enlace_core::loghead::SignedHead;
-
-/// Store id of an anchored head: node, then the zero-padded sequence number.
-pub fn log_head_key(node: &str, seq: u64) -> String {
-    format!("{node}#{seq:020}")
-}

@@ -47,6 +47,11 @@ impl Signer {
         self.not_after - now < self.validity / 3
     }
 
+    /// The signing certificate (PEM).
+    pub fn certificate(&self) -> &str {
+        &self.cert_pem
+    }
+
     /// The Ed25519 signature of arbitrary bytes (a tree head's signed text), with the
     /// certificate it verifies under.
     pub fn sign_bytes(&self, msg: &[u8]) -> (Vec<u8>, &str) {
@@ -102,6 +107,7 @@ impl Registry {
             .unwrap_or(0)
             + 1;
         let config = self.config_body(serial, issued_at)?;
+        self.remember_signing_certificates(&config);
         let signed = signer.sign(&config)?;
         let crl = config.crl.clone();
         let body = serde_json::to_vec(&signed)

@@ -56,6 +56,8 @@ pub struct Settings {
     pub config_validity: time::Duration,
     /// How long node certificates are valid.
     pub node_cert_validity: time::Duration,
+    /// The longest a person's authorisation (consent) token is valid.
+    pub consent_validity: time::Duration,
 }
 
 pub(crate) fn now() -> OffsetDateTime {
@@ -108,6 +110,8 @@ pub struct Registry {
     access_log: std::sync::OnceLock<Arc<crate::access_log::AccessLog>>,
     /// OpenID Connect for the citizen API, attached by [`crate::start`] when configured.
     pub(crate) oidc: std::sync::OnceLock<Arc<crate::oidc::Oidc>>,
+    /// In-memory indexes of the citizen side (hidings, authorisations, signing keys).
+    pub(crate) caches: crate::caches::Caches,
 }
 
 pub fn token_hash(token: &str) -> String {
@@ -133,6 +137,7 @@ impl Registry {
             admin_token_hash: token_hash(admin_token),
             access_log: std::sync::OnceLock::new(),
             oidc: std::sync::OnceLock::new(),
+            caches: Default::default(),
         });
         Ok(reg)
     }
@@ -1261,6 +1266,7 @@ impl Registry {
                 .into_iter()
                 .filter(|c| matches!(c.state, ContractState::Approved | ContractState::Revoked))
                 .collect(),
+            revoked_authorisations: self.revoked_authorisations(issued_at)?,
         })
     }
 }
@@ -1326,80 +1332,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Registry {
-    /// Anchors a node's signed log head: the signature must verify with the node's current
-    /// signing certificate, and a head must never contradict one already anchored (same
-    /// sequence number, other hash) or go backwards.
-    pub async fn anchor_log_head(&self, head: crate::model::LogHeadRecord) -> Result<(), Problem> {
-        use base64::Engine;
-        let node: NodeId = head.node.parse()?;
-        let hash_ok =
-            head.hash_hex.len() == 64 && head.hash_hex.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hash_ok || head.at.len() > 64 {
-            return Err(Problem::new(
-                ProblemKind::InvalidRequest,
-                "hash_hex: 64 hex characters; at: an RFC 3339 time",
-            ));
-        }
-        let key = self.node_signing_key(&node)?;
-        let sig = base64::engine::general_purpose::STANDARD
-            .decode(&head.signature_b64)
-            .map_err(|_| {
-                Problem::new(ProblemKind::SignatureInvalid, "signature_b64 is not base64")
-            })?;
-        if !enlace_certs::verify_ed25519(&key, head.signed_text().as_bytes(), &sig) {
-            return Err(Problem::new(
-                ProblemKind::SignatureInvalid,
-                format!("the head's signature does not verify with {node}'s signing key"),
-            ));
-        }
-        let _w = self.write.lock().await;
-        let heads = self.log_heads(&node)?;
-        if let Some(same) = heads.iter().find(|h| h.seq == head.seq) {
-            if same.hash_hex == head.hash_hex {
-                // Anchored already; its leaf may be missing if appending it failed last time.
-                drop(_w);
-                return self.log_head_leaf(head).await;
-            }
-            return Err(Problem::new(
-                ProblemKind::AlreadyExists,
-                format!(
-                    "node {node} already anchored another hash at seq {}: its log was rewritten",
-                    head.seq
-                ),
-            ));
-        }
-        if let Some(last) = heads.last()
-            && last.seq > head.seq
-        {
-            return Err(Problem::new(
-                ProblemKind::InvalidRequest,
-                format!(
-                    "seq {} is below the last anchored seq {}",
-                    head.seq, last.seq
-                ),
-            ));
-        }
-        let key = crate::model::log_head_key(&head.node, head.seq);
-        self.store.commit(Change {
-            puts: vec![(kind::LOG_HEAD, key, to_value(&head)?)],
-            ..Change::default()
-        })?;
-        drop(_w);
-        self.log_head_leaf(head).await
-    }
-
-    /// Appends an anchored head to the access log as a leaf (once), so that the nodes' log heads
-    /// are covered by the registry's signed tree heads.
-    async fn log_head_leaf(&self, head: crate::model::LogHeadRecord) -> Result<(), Problem> {
-        let Some(log) = self.access_log.get() else {
-            return Ok(());
-        };
-        let log = log.clone();
-        tokio::task::spawn_blocking(move || log.append_log_head(&head))
-            .await
-            .map_err(internal)?
-    }
-
     /// The Ed25519 public key of `node`'s signing certificate: the node must be approved and
     /// unrevoked, and the certificate must chain to the federation CA, not be revoked by the
     /// current CRL, be valid now and name the node.
@@ -1418,18 +1350,6 @@ impl Registry {
             Some(&self.current_config().crl),
         )?;
         enlace_certs::verify_signer(&trust, cert, &node.uri(), now())
-    }
-
-    /// A node's anchored heads, oldest first.
-    pub fn log_heads(&self, node: &NodeId) -> Result<Vec<crate::model::LogHeadRecord>, Problem> {
-        let prefix = format!("{node}#");
-        let all: Vec<crate::model::LogHeadRecord> = self.list(kind::LOG_HEAD)?;
-        let mut mine: Vec<_> = all
-            .into_iter()
-            .filter(|h| format!("{}#", h.node) == prefix)
-            .collect();
-        mine.sort_by_key(|h| h.seq);
-        Ok(mine)
     }
 }
 

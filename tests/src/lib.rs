@@ -28,6 +28,7 @@ pub fn registry_config(dir: &std::path::Path) -> RegistryConfig {
             dev_issuer: true,
             ..Default::default()
         },
+        consent_max_days: 365,
     }
 }
 
@@ -43,8 +44,18 @@ pub async fn start_registry_in(dir: tempfile::TempDir) -> TestRegistry {
 /// A registry whose configurations are valid for `validity_secs` (reissued every 10 s or on a
 /// change, whichever comes first).
 pub async fn start_registry_with(dir: tempfile::TempDir, validity_secs: u64) -> TestRegistry {
+    start_registry_on(dir, validity_secs, 0).await
+}
+
+/// As [`start_registry_with`], listening on `port` (0: any).
+pub async fn start_registry_on(
+    dir: tempfile::TempDir,
+    validity_secs: u64,
+    port: u16,
+) -> TestRegistry {
     let mut cfg = registry_config(dir.path());
     cfg.config_validity_secs = validity_secs;
+    cfg.listen = format!("127.0.0.1:{port}").parse().expect("loopback");
     let running = enlace_registry::start(&cfg).await.expect("registry starts");
     let url = format!("http://{}", running.addr);
     TestRegistry {
@@ -274,8 +285,13 @@ impl TestFederation {
         adjust: impl Fn(&mut enlace_node::settings::NodeSettings, bool),
         with_grpc: bool,
     ) -> TestFederation {
-        let registry =
-            start_registry_with(tempfile::tempdir().expect("tempdir"), validity_secs).await;
+        // A port below the ephemeral range, so the registry can be restarted on it.
+        let registry = start_registry_on(
+            tempfile::tempdir().expect("tempdir"),
+            validity_secs,
+            free_port(),
+        )
+        .await;
         let (p_port, c_port) = (free_port(), free_port());
         let nodes_dir = registry.dir.path().join("nodes");
         let addresses = [
@@ -432,6 +448,21 @@ impl TestFederation {
 }
 
 impl TestFederation {
+    /// Stops the registry while the nodes keep running (they keep their configuration and
+    /// queue their access records).
+    pub async fn stop_registry(&mut self) {
+        self.registry.running.halt().await;
+    }
+
+    /// Starts the registry again on the same address and data directory.
+    pub async fn start_registry_again(&mut self) {
+        let mut cfg = registry_config(self.registry.dir.path());
+        cfg.listen = self.registry.running.addr;
+        self.registry.running = enlace_registry::start(&cfg)
+            .await
+            .expect("the registry starts again");
+    }
+
     /// A tonic client of `personas.v1.Personas` pointed at the SII node's consumer listener.
     pub async fn grpc_client(
         &self,

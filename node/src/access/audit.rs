@@ -1,17 +1,27 @@
-//! `enlace audit verify`: checks, from outside the registry, that a signed tree head is the
-//! registry's (its certificate chains to the federation CA, is not revoked, and names
-//! `urn:enlace:registry:INSTANCE`), then that an access record is in the tree it commits to, or
-//! that two heads are consistent (the later tree extends the earlier one).
+//! `enlace audit`: checks access-log evidence from outside the registry, offline. A record's
+//! evidence (the record, its inclusion proof, the signed tree head, the node's signing
+//! certificate, the CRL) or two heads' (both heads and the consistency proof) is saved from the
+//! registry once (`enlace audit evidence`) and verified later with nothing but the federation
+//! CA (`enlace audit verify --evidence`): each signer certificate must chain to the CA, name the
+//! registry or the node, be unrevoked by the saved CRL and valid when it signed; the tree head's
+//! and the record's signatures must verify; the proof must lead to the signed root.
 
 use base64::Engine;
 use enlace_certs::TrustStore;
-use enlace_core::access::SignedAccessRecord;
-use enlace_core::merkle::{ConsistencyProof, Hash, InclusionProof, SignedTreeHead};
+use enlace_core::evidence::{
+    ACCESS_EVIDENCE_FORMAT, AccessEvidence, CONSISTENCY_EVIDENCE_FORMAT, ConsistencyEvidence,
+    LOG_HEAD_EVIDENCE_FORMAT, LogHeadEvidence, PublishedTreeHead,
+};
+use enlace_core::merkle::{Hash, SignedTreeHead};
 use enlace_core::problem::{Problem, ProblemKind};
-use serde::Deserialize;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// The URI prefix of the registry's signing certificate.
 const REGISTRY_URI_PREFIX: &str = "urn:enlace:registry:";
+/// Largest evidence document read.
+pub const MAX_EVIDENCE_BYTES: usize = 1024 * 1024;
 
 /// What was verified, one sentence a line.
 #[derive(Debug, Clone, Default)]
@@ -19,24 +29,202 @@ pub struct Report {
     pub lines: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct Published {
-    tree_head: SignedTreeHead,
-    signer_certificate: String,
-}
-
-#[derive(Deserialize)]
-struct RecordProof {
-    record: serde_json::Value,
-    proof: InclusionProof,
-}
-
 fn failed(detail: impl Into<String>) -> Problem {
     Problem::new(ProblemKind::SignatureInvalid, detail)
 }
 
-/// The registry at `registry` with the federation CA `ca_pem`: the client and the trust it is
-/// checked against.
+fn time_of(what: &str, at: &str) -> Result<OffsetDateTime, Problem> {
+    OffsetDateTime::parse(at, &Rfc3339)
+        .map_err(|_| failed(format!("{what}: `{at}` is not an RFC 3339 time")))
+}
+
+/// Checks a tree head: its certificate (CA, CRL, registry URI, valid when the head was signed)
+/// and its signature; returns its root.
+fn checked_head(
+    trust: &TrustStore,
+    published: &PublishedTreeHead,
+    report: &mut Report,
+) -> Result<Hash, Problem> {
+    let head: &SignedTreeHead = &published.tree_head;
+    let instance = head
+        .signer
+        .strip_prefix(REGISTRY_URI_PREFIX)
+        .ok_or_else(|| {
+            failed(format!(
+                "the head's signer `{}` is not a registry",
+                head.signer
+            ))
+        })?;
+    let instance: enlace_core::id::Instance = instance.parse()?;
+    let expected = enlace_certs::registry_uri(&instance);
+    let signed_at = time_of("the tree head's timestamp", &head.timestamp)?;
+    let key =
+        enlace_certs::verify_signer(trust, &published.signer_certificate, &expected, signed_at)
+            .map_err(|p| failed(format!("the tree head's signer: {}", p.detail)))?;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(&head.signature_b64)
+        .map_err(|_| failed("the tree head's signature is not base64"))?;
+    if !enlace_certs::verify_ed25519(&key, head.signed_text().as_bytes(), &sig) {
+        return Err(failed(format!(
+            "the signature of the tree head of size {} does not verify",
+            head.tree_size
+        )));
+    }
+    let root = head
+        .root_hash()
+        .ok_or_else(|| failed("the tree head's root is not 64 hex digits"))?;
+    report.lines.push(format!(
+        "tree head of size {} (root {}, {}) signed by {expected}, whose certificate chains to the CA, was valid then and is not revoked",
+        head.tree_size, head.root_hash_hex, head.timestamp
+    ));
+    Ok(root)
+}
+
+fn trust(ca_pem: &str, crl: &str) -> Result<TrustStore, Problem> {
+    TrustStore::new(&[ca_pem.to_string()], Some(crl))
+        .map_err(|p| failed(format!("the CA or the saved CRL: {}", p.detail)))
+}
+
+/// Verifies a record's evidence against the federation CA `ca_pem`, with no network: the tree
+/// head, the inclusion proof (the leaf recomputed from the record), and the node's signature on
+/// the record with its signing certificate of the record's time.
+pub fn verify_access_evidence(e: &AccessEvidence, ca_pem: &str) -> Result<Report, Problem> {
+    if e.format != ACCESS_EVIDENCE_FORMAT {
+        return Err(failed(format!("unknown evidence format `{}`", e.format)));
+    }
+    let trust = trust(ca_pem, &e.crl)?;
+    let mut report = Report::default();
+    let root = checked_head(&trust, &e.tree_head, &mut report)?;
+    let r = &e.record.record;
+    if e.proof.tree_size != e.tree_head.tree_head.tree_size {
+        return Err(failed(format!(
+            "the proof is for a tree of {} leaves, the head for {}",
+            e.proof.tree_size, e.tree_head.tree_head.tree_size
+        )));
+    }
+    if !e.proof.verify(&e.record.leaf_hash(), &root) {
+        return Err(failed(format!(
+            "the inclusion proof of {} does not lead to the signed root: the record or the log was altered",
+            r.message_id
+        )));
+    }
+    report.lines.push(format!(
+        "record {} ({} about {}, {}) is leaf {} of the tree of {} leaves: the inclusion proof leads to the signed root",
+        r.message_id, r.consumer_member, r.subject, r.result, e.proof.leaf_index, e.proof.tree_size
+    ));
+    let node: enlace_core::id::NodeId = r.node.parse()?;
+    let at = time_of("the record's time", &r.at)?;
+    let key = enlace_certs::verify_signer(&trust, &e.node_signing_certificate, &node.uri(), at)
+        .map_err(|p| failed(format!("the node's signing certificate: {}", p.detail)))?;
+    let signed = e
+        .record
+        .signature()
+        .is_some_and(|sig| enlace_certs::verify_ed25519(&key, &r.signed_bytes(), &sig));
+    if !signed {
+        return Err(failed(format!(
+            "the record's signature does not verify with {node}'s signing key"
+        )));
+    }
+    report.lines.push(format!(
+        "the record is signed by {node}, whose signing certificate chains to the CA and was valid at {}",
+        r.at
+    ));
+    Ok(report)
+}
+
+/// Verifies two saved heads and the consistency proof between them, with no network.
+pub fn verify_consistency_evidence(
+    e: &ConsistencyEvidence,
+    ca_pem: &str,
+) -> Result<Report, Problem> {
+    if e.format != CONSISTENCY_EVIDENCE_FORMAT {
+        return Err(failed(format!("unknown evidence format `{}`", e.format)));
+    }
+    let trust = trust(ca_pem, &e.crl)?;
+    let mut report = Report::default();
+    let root1 = checked_head(&trust, &e.first, &mut report)?;
+    let root2 = checked_head(&trust, &e.second, &mut report)?;
+    let (from, to) = (e.first.tree_head.tree_size, e.second.tree_head.tree_size);
+    if e.proof.tree_size_1 != from || e.proof.tree_size_2 != to || !e.proof.verify(&root1, &root2) {
+        return Err(failed(format!(
+            "the consistency proof from {from} to {to} leaves does not verify: the log was rewritten"
+        )));
+    }
+    report.lines.push(format!(
+        "the tree of {to} leaves extends the tree of {from} leaves: the consistency proof verifies"
+    ));
+    Ok(report)
+}
+
+/// Verifies that a node's anchored log head is a leaf of a signed tree head, with no network.
+pub fn verify_log_head_evidence(e: &LogHeadEvidence, ca_pem: &str) -> Result<Report, Problem> {
+    if e.format != LOG_HEAD_EVIDENCE_FORMAT {
+        return Err(failed(format!("unknown evidence format `{}`", e.format)));
+    }
+    let trust = trust(ca_pem, &e.crl)?;
+    let mut report = Report::default();
+    let root = checked_head(&trust, &e.tree_head, &mut report)?;
+    let entry = serde_json::to_vec(&e.head).map_err(|e| failed(e.to_string()))?;
+    let leaf = enlace_core::merkle::leaf_hash(&entry);
+    if e.proof.tree_size != e.tree_head.tree_head.tree_size || !e.proof.verify(&leaf, &root) {
+        return Err(failed(format!(
+            "the log head of {} at seq {} is not in the signed tree",
+            e.head.node, e.head.seq
+        )));
+    }
+    report.lines.push(format!(
+        "{}'s log head at seq {} ({}) is leaf {} of the tree of {} leaves",
+        e.head.node, e.head.seq, e.head.hash_hex, e.proof.leaf_index, e.proof.tree_size
+    ));
+    Ok(report)
+}
+
+/// Saved evidence of any kind, as read from a file.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Evidence {
+    Access(Box<AccessEvidence>),
+    Consistency(ConsistencyEvidence),
+    LogHead(LogHeadEvidence),
+}
+
+impl Evidence {
+    /// Parses saved evidence by its `format`.
+    pub fn parse(bytes: &[u8]) -> Result<Evidence, Problem> {
+        if bytes.len() > MAX_EVIDENCE_BYTES {
+            return Err(failed(format!(
+                "the evidence is larger than {MAX_EVIDENCE_BYTES} bytes"
+            )));
+        }
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| failed(format!("the evidence is not JSON: {e}")))?;
+        let bad = |e: serde_json::Error| failed(format!("the evidence is malformed: {e}"));
+        match v["format"].as_str() {
+            Some(ACCESS_EVIDENCE_FORMAT) => Ok(Evidence::Access(Box::new(
+                serde_json::from_value(v).map_err(bad)?,
+            ))),
+            Some(CONSISTENCY_EVIDENCE_FORMAT) => Ok(Evidence::Consistency(
+                serde_json::from_value(v).map_err(bad)?,
+            )),
+            Some(LOG_HEAD_EVIDENCE_FORMAT) => {
+                Ok(Evidence::LogHead(serde_json::from_value(v).map_err(bad)?))
+            }
+            other => Err(failed(format!("unknown evidence format {other:?}"))),
+        }
+    }
+
+    /// Verifies it against the federation CA, offline.
+    pub fn verify(&self, ca_pem: &str) -> Result<Report, Problem> {
+        match self {
+            Evidence::Access(e) => verify_access_evidence(e, ca_pem),
+            Evidence::Consistency(e) => verify_consistency_evidence(e, ca_pem),
+            Evidence::LogHead(e) => verify_log_head_evidence(e, ca_pem),
+        }
+    }
+}
+
+/// The registry at `registry` with the federation CA `ca_pem`: fetches evidence, which is then
+/// checked exactly as saved evidence is.
 pub struct Auditor {
     registry: String,
     ca_pem: String,
@@ -52,163 +240,86 @@ impl Auditor {
         }
     }
 
-    async fn get(&self, path: &str, token: Option<&str>) -> Result<reqwest::Response, Problem> {
+    async fn get(&self, path: &str, token: Option<&str>) -> Result<Vec<u8>, Problem> {
         let mut req = self.http.get(format!("{}{path}", self.registry));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.map_err(|e| {
+        let unreachable = |e: String| {
             Problem::new(
                 ProblemKind::PeerUnreachable,
                 format!("the registry is unreachable: {e}"),
             )
-        })?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
+        };
+        let resp = req.send().await.map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| unreachable(e.to_string()))?;
+        if !status.is_success() {
             return Err(Problem::new(
                 ProblemKind::PeerUnreachable,
-                format!("GET {path}: the registry answered {status}: {text}"),
+                format!(
+                    "GET {path}: the registry answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                ),
             ));
         }
-        Ok(resp)
+        Ok(bytes.to_vec())
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(
+    /// The evidence of the record with `message_id` (of `node`, when several nodes logged it),
+    /// read with `token` (an admin's token, or the person's ID token).
+    pub async fn fetch_access_evidence(
         &self,
-        path: &str,
-        token: Option<&str>,
-    ) -> Result<T, Problem> {
-        let bytes =
-            self.get(path, token).await?.bytes().await.map_err(|e| {
-                Problem::new(ProblemKind::PeerUnreachable, format!("GET {path}: {e}"))
-            })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| failed(format!("GET {path}: not the expected document: {e}")))
-    }
-
-    /// Checks a served head: its certificate (CA, CRL, registry URI) and its signature; returns
-    /// the head and its root.
-    async fn checked_head(
-        &self,
-        path: &str,
-        report: &mut Report,
-    ) -> Result<(SignedTreeHead, Hash), Problem> {
-        let published: Published = self.json(path, None).await?;
-        let crl =
-            self.get("/v1/crl", None).await?.text().await.map_err(|e| {
-                Problem::new(ProblemKind::PeerUnreachable, format!("GET /v1/crl: {e}"))
-            })?;
-        let trust = TrustStore::new(std::slice::from_ref(&self.ca_pem), Some(&crl))?;
-        let head = published.tree_head;
-        let instance = head
-            .signer
-            .strip_prefix(REGISTRY_URI_PREFIX)
-            .ok_or_else(|| {
-                failed(format!(
-                    "the head's signer `{}` is not a registry",
-                    head.signer
-                ))
-            })?;
-        let instance: enlace_core::id::Instance = instance.parse()?;
-        let expected = enlace_certs::registry_uri(&instance);
-        let key = enlace_certs::verify_signer(
-            &trust,
-            &published.signer_certificate,
-            &expected,
-            time::OffsetDateTime::now_utc(),
-        )
-        .map_err(|p| failed(format!("the tree head's signer: {}", p.detail)))?;
-        let sig = base64::engine::general_purpose::STANDARD
-            .decode(&head.signature_b64)
-            .map_err(|_| failed("the tree head's signature is not base64"))?;
-        if !enlace_certs::verify_ed25519(&key, head.signed_text().as_bytes(), &sig) {
-            return Err(failed(format!(
-                "the signature of the tree head of size {} does not verify",
-                head.tree_size
-            )));
-        }
-        let root = head
-            .root_hash()
-            .ok_or_else(|| failed("the tree head's root is not 64 hex digits"))?;
-        report.lines.push(format!(
-            "tree head of size {} (root {}, {}) signed by {expected}, whose certificate chains to the CA and is not revoked",
-            head.tree_size, head.root_hash_hex, head.timestamp
-        ));
-        Ok((head, root))
-    }
-
-    /// The latest signed head, then the record with `message_id` and its inclusion proof
-    /// against it (the leaf hash recomputed from the record served). `token` authorises the
-    /// read of the record (an admin's or the person's).
-    pub async fn verify_inclusion(&self, message_id: &str, token: &str) -> Result<Report, Problem> {
-        let mut report = Report::default();
-        let (head, root) = self
-            .checked_head("/v1/access-log/tree-head", &mut report)
-            .await?;
-        let path = format!(
-            "/v1/access-log/proof/inclusion?message_id={}&size={}",
-            urlencode(message_id),
-            head.tree_size
+        message_id: &str,
+        node: Option<&str>,
+        token: &str,
+    ) -> Result<Evidence, Problem> {
+        let mut path = format!(
+            "/v1/access-log/evidence?message_id={}",
+            urlencode(message_id)
         );
-        let served: RecordProof = self.json(&path, Some(token)).await?;
-        let record: SignedAccessRecord = serde_json::from_value(served.record)
-            .map_err(|e| failed(format!("the record served is not an access record: {e}")))?;
-        if record.record.message_id != message_id {
-            return Err(failed(
+        if let Some(n) = node {
+            path.push_str(&format!("&node={}", urlencode(n)));
+        }
+        let e = Evidence::parse(&self.get(&path, Some(token)).await?)?;
+        match &e {
+            Evidence::Access(a) if a.record.record.message_id == message_id => Ok(e),
+            _ => Err(failed(
                 "the registry served another record than the one asked for",
-            ));
+            )),
         }
-        if served.proof.tree_size != head.tree_size {
-            return Err(failed(format!(
-                "the proof is for a tree of {} leaves, the head for {}",
-                served.proof.tree_size, head.tree_size
-            )));
-        }
-        let leaf = record.leaf_hash();
-        if !served.proof.verify(&leaf, &root) {
-            return Err(failed(format!(
-                "the inclusion proof of {message_id} does not lead to the signed root"
-            )));
-        }
-        report.lines.push(format!(
-            "record {message_id} ({} about {}, {}) is leaf {} of the tree of {} leaves: the inclusion proof leads to the signed root",
-            record.record.consumer_member,
-            record.record.subject,
-            record.record.result,
-            served.proof.leaf_index,
-            head.tree_size
-        ));
-        Ok(report)
     }
 
-    /// The signed heads of sizes `from` and `to`, and the consistency proof between them.
-    pub async fn verify_consistency(&self, from: u64, to: u64) -> Result<Report, Problem> {
-        let mut report = Report::default();
-        let (_, root1) = self
-            .checked_head(
-                &format!("/v1/access-log/tree-heads?size={from}"),
-                &mut report,
-            )
-            .await?;
-        let (_, root2) = self
-            .checked_head(&format!("/v1/access-log/tree-heads?size={to}"), &mut report)
-            .await?;
-        let proof: ConsistencyProof = self
-            .json(
-                &format!("/v1/access-log/proof/consistency?from={from}&to={to}"),
-                None,
-            )
-            .await?;
-        if proof.tree_size_1 != from || proof.tree_size_2 != to || !proof.verify(&root1, &root2) {
-            return Err(failed(format!(
-                "the consistency proof from {from} to {to} leaves does not verify: the log was rewritten"
-            )));
+    /// The heads of sizes `from` and `to` and the consistency proof between them.
+    pub async fn fetch_consistency_evidence(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Evidence, Problem> {
+        let path = format!("/v1/access-log/evidence/consistency?from={from}&to={to}");
+        let e = Evidence::parse(&self.get(&path, None).await?)?;
+        match &e {
+            Evidence::Consistency(c)
+                if c.first.tree_head.tree_size == from && c.second.tree_head.tree_size == to =>
+            {
+                Ok(e)
+            }
+            _ => Err(failed("the registry served heads of other sizes")),
         }
-        report.lines.push(format!(
-            "the tree of {to} leaves extends the tree of {from} leaves: the consistency proof verifies"
-        ));
-        Ok(report)
+    }
+
+    /// Fetches a record's evidence and verifies it.
+    pub async fn verify_inclusion(&self, message_id: &str, token: &str) -> Result<Report, Problem> {
+        self.fetch_access_evidence(message_id, None, token)
+            .await?
+            .verify(&self.ca_pem)
+    }
+
+    /// Fetches two heads' evidence and verifies it.
+    pub async fn verify_consistency(&self, from: u64, to: u64) -> Result<Report, Problem> {
+        self.fetch_consistency_evidence(from, to)
+            .await?
+            .verify(&self.ca_pem)
     }
 }
 

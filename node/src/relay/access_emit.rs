@@ -11,9 +11,6 @@ use super::context::Context;
 use super::{Node, Snapshot};
 use crate::access::sign_record;
 
-/// Longest `Enlace-Authorization` value copied as is; a longer one is recorded by its digest.
-const MAX_AUTHORISATION: usize = 200;
-
 /// What an access record says about one exchange.
 pub(crate) struct Exchange<'a> {
     pub message_id: &'a str,
@@ -75,16 +72,6 @@ pub(crate) fn refusal(
     )
 }
 
-fn authorisation(value: &Option<String>) -> Option<String> {
-    value.as_ref().map(|v| {
-        if v.len() <= MAX_AUTHORISATION {
-            v.clone()
-        } else {
-            format!("sha-256:{}", enlace_description::sha256_hex(v.as_bytes()))
-        }
-    })
-}
-
 /// The signed record of an exchange; `None` when it names no data subject.
 pub(crate) fn record(
     node: &Node,
@@ -92,6 +79,9 @@ pub(crate) fn record(
 ) -> Option<enlace_core::access::SignedAccessRecord> {
     let subject = ex.context.subject.as_ref()?;
     let ctx = ex.context;
+    // The authorisation the exchange relied on, or why the one it carried was not accepted.
+    let (authorisation, authorisation_refused) =
+        super::disclosure::outcome(node, ctx, ex.contract).for_record();
     let at = time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
@@ -117,12 +107,13 @@ pub(crate) fn record(
         procedure: ctx.procedure.clone(),
         step: ctx.step.clone(),
         user: ctx.user.clone(),
-        authorisation: authorisation(&ctx.authorization),
+        authorisation,
         result: AccessRecord::result_for(ex.refused),
         status: ex.status,
         request_digest: ex.request_digest,
         response_digest: ex.response_digest,
         node: node.settings.id.to_string(),
+        authorisation_refused,
     };
     Some(sign_record(record, &node.signing_key.current()))
 }

@@ -8,6 +8,7 @@
 mod access_emit;
 mod consumer;
 pub mod context;
+mod disclosure;
 mod grpc;
 pub(crate) use grpc::evidence as grpc_evidence;
 mod guard;
@@ -106,6 +107,8 @@ pub struct Node {
     registry_http: reqwest::Client,
     /// Signed access records awaiting shipment to the registry (`access-queue.sqlite`).
     pub access: Arc<crate::access::AccessQueue>,
+    /// Field classes and verified authorisation tokens, for the effective disclosure.
+    pub(crate) disclosure: disclosure::Cache,
 }
 
 /// A problem with the message id it concerns: status, headers and body.
@@ -585,6 +588,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
             &TrustStore::new(std::slice::from_ref(&ca_pem), None)?,
         )?,
         access,
+        disclosure: Default::default(),
         settings,
     });
 

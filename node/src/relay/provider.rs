@@ -261,8 +261,8 @@ async fn run(
             .validate_response(&matched, status.as_u16(), bcontent_type.as_deref(), &bbody)
             .map_err(|p| p.caused_by(Culprit::ProviderBackend))?;
         let mut value = value;
-        let disclosed =
-            enlace_description::validate::minimise(&mut value, &contract.terms.allowed_fields);
+        let allowed = super::disclosure::allowed(node, &ctx, entry, contract, &operation).await?;
+        let disclosed = enlace_description::validate::minimise(&mut value, &allowed);
         let bytes = serde_json::to_vec(&value)
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
         (status, Bytes::from(bytes), "application/json", disclosed)

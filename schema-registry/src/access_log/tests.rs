@@ -1,4 +1,5 @@
-use std::time::Instant;
+//! The access log on its own: exactly-once ingestion keyed on message id and node, the migration
+//! of a first-version database, and log heads anchored in the same transaction as their leaf.
 
 use enlace_core::access::{AccessRecord, SignedAccessRecord};
 
@@ -28,6 +29,7 @@ fn record(n: usize) -> SignedAccessRecord {
             request_digest: None,
             response_digest: None,
             node: "CL-DEV/GOV/61002000-3/node/a".into(),
+            authorisation_refused: None,
         },
         signature_b64: "c2lnbmF0dXJl".into(),
     }
@@ -58,64 +60,130 @@ fn ingestion_is_idempotent_and_refuses_a_second_record_under_one_id() {
     // Stored rows and leaves agree, and the tree's root is the reference one.
     let leaves: Vec<Hash> = batch.iter().map(SignedAccessRecord::leaf_hash).collect();
     assert_eq!(log.current().unwrap(), (5, merkle::root(&leaves)));
-    let (proof, parsed) = log.inclusion(&batch[3].record.message_id, 5).unwrap();
-    assert_eq!(parsed, batch[3]);
-    assert!(proof.proof.verify(&leaves[3], &merkle::root(&leaves)));
+    let found = log.find(&batch[3].record.message_id, None).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].record, batch[3]);
+    let proof = log.inclusion_proof(found[0].idx, 5).unwrap();
+    assert!(proof.verify(&leaves[3], &merkle::root(&leaves)));
+    assert_eq!(
+        log.inclusion_proof(found[0].idx, 3).unwrap_err().kind,
+        ProblemKind::NotFound
+    );
 }
 
-/// Storage-only ingestion rate, against a baseline measured in the same run: the same rows
-/// inserted in one transaction per batch into a plain table, without the tree or the
-/// duplicate check.
 #[test]
-fn storage_ingestion_rate_against_plain_inserts() {
-    const N: usize = 20_000;
-    const BATCH: usize = 1000;
-    let records: Vec<_> = (0..N).map(record).collect();
+fn one_message_id_from_two_nodes_is_two_records() {
     let dir = tempfile::tempdir().unwrap();
-
-    let plain = Connection::open(dir.path().join("plain.sqlite")).unwrap();
-    plain.pragma_update(None, "journal_mode", "WAL").unwrap();
-    plain.pragma_update(None, "synchronous", "FULL").unwrap();
-    plain
-        .execute_batch("CREATE TABLE t (idx INTEGER PRIMARY KEY, message_id TEXT, record BLOB)")
-        .unwrap();
-    let mut plain = plain;
-    let started = Instant::now();
-    for (b, chunk) in records.chunks(BATCH).enumerate() {
-        let tx = plain.transaction().unwrap();
-        {
-            let mut stmt = tx
-                .prepare_cached("INSERT INTO t (idx, message_id, record) VALUES (?1, ?2, ?3)")
-                .unwrap();
-            for (i, r) in chunk.iter().enumerate() {
-                stmt.execute(params![
-                    (b * BATCH + i) as i64,
-                    r.record.message_id,
-                    r.canonical_bytes()
-                ])
-                .unwrap();
-            }
-        }
-        tx.commit().unwrap();
-    }
-    let baseline = started.elapsed();
-
     let log = AccessLog::open(&dir.path().join("access.sqlite")).unwrap();
-    let started = Instant::now();
-    for chunk in records.chunks(BATCH) {
-        log.ingest(chunk).unwrap();
-    }
-    let elapsed = started.elapsed();
-    assert_eq!(log.size().unwrap(), N as u64);
-    println!(
-        "access log storage: {N} records in batches of {BATCH}: {:.0} records/s, {:.2}x the time of plain inserts ({:.0} records/s) ({} build)",
-        N as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() / baseline.as_secs_f64(),
-        N as f64 / baseline.as_secs_f64(),
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+    let first = record(1);
+    let mut second = record(1);
+    second.record.node = "CL-DEV/GOV/61002000-3/node/b".into();
+    assert_eq!(
+        log.ingest(&[first.clone(), second.clone()])
+            .unwrap()
+            .accepted,
+        2
     );
+    assert_eq!(log.find(&first.record.message_id, None).unwrap().len(), 2);
+    let b = log
+        .find(
+            &first.record.message_id,
+            Some("CL-DEV/GOV/61002000-3/node/b"),
+        )
+        .unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].record, second);
+    // Each is ingested once: sent again, both are duplicates.
+    let again = log.ingest(&[second, first]).unwrap();
+    assert_eq!((again.accepted, again.duplicates), (0, 2));
+}
+
+/// The first schema's table (records keyed on the message id alone) is migrated in place:
+/// rows, leaves and proofs stay as they were.
+#[test]
+fn a_first_version_log_is_migrated_and_keeps_its_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.sqlite");
+    let batch: Vec<_> = (0..7).map(record).collect();
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE access_records (idx INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE,
+                subject TEXT NOT NULL, at TEXT NOT NULL, consumer_member TEXT NOT NULL,
+                purpose TEXT NOT NULL, record BLOB NOT NULL);
+             CREATE INDEX access_records_subject_at ON access_records (subject, at);
+             CREATE TRIGGER access_records_no_update BEFORE UPDATE ON access_records
+                BEGIN SELECT RAISE(ABORT, 'append-only'); END;",
+        )
+        .unwrap();
+        let mut store = MerkleStore::with_connection(conn).unwrap();
+        store
+            .append_with(|tx, first| -> Result<Vec<Hash>, MerkleStoreError> {
+                for (i, r) in batch.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO access_records VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![
+                            (first + i as u64) as i64,
+                            r.record.message_id,
+                            r.record.subject,
+                            r.record.at,
+                            r.record.consumer_member,
+                            r.record.purpose,
+                            r.canonical_bytes()
+                        ],
+                    )?;
+                }
+                Ok(batch.iter().map(SignedAccessRecord::leaf_hash).collect())
+            })
+            .unwrap();
+    }
+    let log = AccessLog::open(&path).unwrap();
+    let leaves: Vec<Hash> = batch.iter().map(SignedAccessRecord::leaf_hash).collect();
+    assert_eq!(log.current().unwrap(), (7, merkle::root(&leaves)));
+    let found = log
+        .find(&batch[4].record.message_id, Some(&batch[4].record.node))
+        .unwrap();
+    assert_eq!(found[0].record, batch[4]);
+    // Still append-only, and keyed on (message id, node) now.
+    let mut other_node = record(4);
+    other_node.record.node = "CL-DEV/GOV/61002000-3/node/b".into();
+    assert_eq!(log.ingest(&[other_node]).unwrap().tree_size, 8);
+    let conn = Connection::open(&path).unwrap();
+    assert!(conn.execute("DELETE FROM access_records", []).is_err());
+    drop(log);
+    // Opening again changes nothing.
+    let log = AccessLog::open(&path).unwrap();
+    assert_eq!(log.size().unwrap(), 8);
+}
+
+#[test]
+fn log_heads_are_checked_and_appended_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AccessLog::open(&dir.path().join("access.sqlite")).unwrap();
+    let head = |seq: u64, hash: &str| enlace_core::loghead::SignedHead {
+        node: "CL-DEV/GOV/61002000-3/node/a".into(),
+        seq,
+        hash_hex: hash.repeat(32),
+        at: "2026-11-22T10:00:00Z".into(),
+        signature_b64: "c2ln".into(),
+    };
+    assert!(log.anchor_log_head(&head(5, "ab")).unwrap());
+    assert!(!log.anchor_log_head(&head(5, "ab")).unwrap(), "once");
+    assert_eq!(
+        log.anchor_log_head(&head(5, "cd")).unwrap_err().kind,
+        ProblemKind::AlreadyExists
+    );
+    assert_eq!(
+        log.anchor_log_head(&head(4, "cd")).unwrap_err().kind,
+        ProblemKind::InvalidRequest
+    );
+    assert!(log.anchor_log_head(&head(9, "ef")).unwrap());
+    assert_eq!(log.size().unwrap(), 2, "refused heads left no leaf");
+    let heads = log.log_heads("CL-DEV/GOV/61002000-3/node/a").unwrap();
+    assert_eq!(heads.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![5, 9]);
+    let (h, proof) = log
+        .log_head_proof("CL-DEV/GOV/61002000-3/node/a", 9, 2)
+        .unwrap();
+    let leaf = merkle::leaf_hash(&serde_json::to_vec(&h).unwrap());
+    assert!(proof.verify(&leaf, &log.current().unwrap().1));
 }

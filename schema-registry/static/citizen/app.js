@@ -2,7 +2,9 @@
 // GET /v1/citizen/access-records, and check each record's inclusion proof here, in the browser,
 // against the root of the signed tree head the API returns (RFC 9162 §2.1.3.2, SHA-256 by
 // SubtleCrypto). The browser does not check the tree head's signature: the registry does, and
-// `enlace audit verify` does independently. The ID token lives in memory only.
+// `enlace audit verify` does independently. The person also answers requests for their
+// authorisation (grant, refuse) and revokes grants (GET /v1/citizen/authorisations, POST
+// /v1/citizen/authorisations/{id}/{action}). The tokens live in memory only.
 "use strict";
 
 (function () {
@@ -23,11 +25,36 @@
     income: "ingresos",
     documents: "documentos",
     run: "RUN",
+    "health insurance": "previsión de salud",
+    "health_insurance": "previsión de salud",
+  };
+  const STATES = {
+    pending: "pendiente",
+    granted: "autorizada",
+    refused: "rechazada",
+    revoked: "revocada",
+  };
+  const EVENTS = {
+    requested: "Solicitada",
+    granted: "Autorizada por usted",
+    refused: "Rechazada por usted",
+    revoked: "Revocada por usted",
+  };
+  const REFUSALS = {
+    expired: "había vencido",
+    revoked: "usted la había revocado",
+    "another-person": "era de otra persona",
+    "another-contract": "era para otro contrato",
+    "another-procedure": "era para otro trámite",
+    malformed: "no era una autorización válida",
+    "signer-invalid": "no la firmó el registro de Enlace",
+    "signature-invalid": "su firma no era válida",
   };
   const MAX_PAGES = 10;
   const PAGE_SIZE = 100;
 
   let token = null;
+  let accessToken = null;
 
   // ---- RFC 9162 Merkle tree hashes ----
 
@@ -150,12 +177,35 @@
     row("Resultado", r.result);
     row("Servicio", `${r.provider_service} ${r.operation}`);
     li.append(dl);
+    if (r.authorisation) {
+      li.append(el("p", { class: "authorisation-note" },
+        `Con su autorización ${r.authorisation}, que permitió entregar datos sensibles.`));
+    }
+    if (r.authorisation_refused) {
+      const why = REFUSALS[String(r.authorisation_refused).split(":")[0]] || r.authorisation_refused;
+      li.append(el("p", { class: "authorisation-note" },
+        `Se presentó una autorización que no fue aceptada (${why}): no se entregaron datos sensibles.`));
+    }
+    if (item.hidden_until) {
+      li.append(el("p", { class: "hidden-note" },
+        `Este registro le estuvo reservado desde ${when(item.hidden_from)} hasta ` +
+        `${when(item.hidden_until)}, a pedido de ${item.hidden_authority}. ` +
+        `Motivo: ${item.hidden_reason}`));
+    }
     let ok = false;
     try { ok = r.subject === subject && await checkRecord(item, head); } catch (e) { ok = false; }
     li.append(el("p", { class: "mark", "data-verified": ok ? "yes" : "no" }, ok
       ? "✓ Verificado en su navegador: el registro está en el árbol firmado."
       : "✗ Prueba inválida: este registro no se pudo verificar contra el árbol firmado."));
     return li;
+  }
+
+  // The headers that say who is signed in: the ID token, and (ClaveÚnica) the access token
+  // the registry reads the RUN with.
+  function auth(extra) {
+    const h = Object.assign({ Authorization: `Bearer ${token}` }, extra || {});
+    if (accessToken) h["Enlace-Access-Token"] = accessToken;
+    return h;
   }
 
   async function api(path, init) {
@@ -175,7 +225,7 @@
     let head = null;
     for (let page = 1; page <= MAX_PAGES; page++) {
       const body = await api(`/v1/citizen/access-records?page=${page}&page_size=${PAGE_SIZE}`,
-        { headers: { Authorization: `Bearer ${token}` } });
+        { headers: auth() });
       subject = body.subject;
       total = body.total;
       head = body.tree_head.tree_head;
@@ -200,6 +250,76 @@
     document.body.dataset.state = "done";
   }
 
+  // ---- authorisations ----
+
+  function renderAuthorisation(a, withActions) {
+    const li = el("li", { class: "authorisation", "data-id": a.id, "data-state": a.state });
+    const fields = fieldWords(a.sensitive_fields);
+    li.append(el("p", { class: "sentence" },
+      `El ${a.institution} pide su autorización para recibir su ${fields} para ` +
+      `${a.purpose}, en el trámite ${a.procedure}, bajo el contrato ${a.contract}.`));
+    const dl = el("dl");
+    const row = (k, v) => { dl.append(el("dt", {}, k), el("dd", {}, v)); };
+    row("Motivo que da", a.reason);
+    row("Base legal", a.legal_basis);
+    row("Estado", (STATES[a.state] || a.state) + (a.expired ? " (vencida)" : ""));
+    if (a.expires_at) row("Vence", when(a.expires_at));
+    li.append(dl);
+    const events = el("ul", { class: "events" });
+    for (const e of a.events || []) {
+      events.append(el("li", { "data-event": e.event }, `${EVENTS[e.event] || e.event} ${when(e.at)}`));
+    }
+    li.append(events);
+    const actions = el("p", { class: "actions" });
+    if (withActions && a.state === "pending") {
+      actions.append(el("button", { type: "button", class: "grant", "data-action": "grant" }, "Autorizar"));
+      actions.append(el("button", { type: "button", class: "refuse", "data-action": "refuse" }, "Rechazar"));
+    }
+    if (withActions && a.state === "granted" && !a.expired) {
+      actions.append(el("button", { type: "button", class: "revoke", "data-action": "revoke" }, "Revocar"));
+    }
+    if (actions.childNodes.length) li.append(actions);
+    return li;
+  }
+
+  async function showAuthorisations() {
+    const body = await api("/v1/citizen/authorisations", { headers: auth() });
+    const pending = $("pending");
+    const history = $("history");
+    pending.replaceChildren();
+    history.replaceChildren();
+    for (const a of body.pending || []) pending.append(renderAuthorisation(a, true));
+    for (const a of body.authorisations || []) {
+      if (a.state !== "pending") history.append(renderAuthorisation(a, true));
+    }
+    $("no-pending").hidden = pending.childNodes.length !== 0;
+    $("no-history").hidden = history.childNodes.length !== 0;
+    $("authorisations-section").hidden = false;
+  }
+
+  async function act(id, action) {
+    document.body.dataset.state = "acting";
+    status(action === "grant" ? "Registrando su autorización…"
+      : action === "refuse" ? "Registrando su rechazo…" : "Revocando su autorización…");
+    await api(`/v1/citizen/authorisations/${encodeURIComponent(id)}/${action}`,
+      { method: "POST", headers: auth() });
+    await refresh();
+  }
+
+  function onAction(ev) {
+    const button = ev.target.closest("button[data-action]");
+    if (!button) return;
+    const li = button.closest("li.authorisation");
+    if (!li) return;
+    button.disabled = true;
+    act(li.dataset.id, button.dataset.action).catch(fail);
+  }
+
+  async function refresh() {
+    await showAuthorisations();
+    await showRecords();
+  }
+
   function normaliseRun(run) {
     return String(run).replace(/\./g, "").trim().toUpperCase();
   }
@@ -214,6 +334,7 @@
       body: JSON.stringify({ sub: `CL-RUN:${normaliseRun(run)}` }),
     });
     token = body.id_token;
+    accessToken = body.access_token || null;
   }
 
   async function devIssuerOn() {
@@ -236,12 +357,18 @@
     $("no-dev").hidden = dev;
     $("dev-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
-      devSignIn($("run").value).then(showRecords).catch(fail);
+      devSignIn($("run").value).then(refresh).catch(fail);
     });
+    $("pending").addEventListener("click", onAction);
+    $("history").addEventListener("click", onAction);
     $("signout").addEventListener("click", () => {
       token = null;
+      accessToken = null;
       $("records").replaceChildren();
+      $("pending").replaceChildren();
+      $("history").replaceChildren();
       $("records-section").hidden = true;
+      $("authorisations-section").hidden = true;
       $("signin").hidden = false;
       document.body.dataset.state = "signed-out";
     });
@@ -257,7 +384,7 @@
         return;
       }
       await devSignIn(devRun);
-      await showRecords();
+      await refresh();
       return;
     }
     document.body.dataset.state = "signed-out";

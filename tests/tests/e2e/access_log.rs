@@ -1,7 +1,9 @@
 //! The citizen access log over real HTTP on loopback: signed access records ingested exactly
-//! once, forged records refused with nothing ingested, signed tree heads, inclusion and
-//! consistency proofs checked with core's verifiers, tampering detected, the node's durable
-//! queue surviving a registry outage, and the ingestion rate.
+//! once (per message id and emitting node), forged records refused with nothing ingested,
+//! records signed before a key renewal still accepted, signed tree heads on a schedule,
+//! inclusion and consistency proofs checked with core's verifiers, tampering with a record or a
+//! tree node detected, anchored log heads proved, and the node's durable queue surviving a
+//! registry outage.
 
 use std::time::{Duration, Instant};
 
@@ -34,11 +36,20 @@ fn sii_key(r: &TestRegistry) -> SigningKey {
     node_key(r, "60803000-K")
 }
 
+/// Now, as records state it: RFC 3339 UTC, whole seconds.
+fn now_utc() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
 /// A record of the demo exchange: SII reads a person from Registro Civil's `personas`.
 fn record(contract: &str, node: &str) -> AccessRecord {
     AccessRecord {
         message_id: uuid::Uuid::now_v7().to_string(),
-        at: "2026-11-22T10:00:00Z".into(),
+        at: now_utc(),
         consumer_member: demo::SII.into(),
         consumer_subsystem: demo::CONSUMER_SUBSYSTEM.into(),
         provider_service: demo::PERSONAS.into(),
@@ -58,6 +69,7 @@ fn record(contract: &str, node: &str) -> AccessRecord {
         request_digest: None,
         response_digest: Some("sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:".into()),
         node: node.into(),
+        authorisation_refused: None,
     }
 }
 
@@ -77,15 +89,26 @@ async fn ship(r: &TestRegistry, records: &[SignedAccessRecord]) -> enlace_tests:
     .await
 }
 
-/// The latest signed tree head, its signature checked with the certificate served beside it,
-/// which must be the registry's signing certificate from the federation CA.
-async fn verified_head(r: &TestRegistry) -> SignedTreeHead {
-    let body = r
-        .get("/v1/access-log/tree-head", None)
-        .await
-        .ok(200)
-        .clone();
-    check_head(r, &body).await
+/// The latest signed tree head once it covers `size` leaves (heads are signed on a schedule,
+/// every second while the log grows), its signature checked with the certificate served beside
+/// it, which must be the registry's signing certificate from the federation CA.
+async fn verified_head(r: &TestRegistry, size: u64) -> SignedTreeHead {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = r
+            .get("/v1/access-log/tree-head", None)
+            .await
+            .ok(200)
+            .clone();
+        if body["tree_head"]["tree_size"].as_u64() == Some(size) {
+            return check_head(r, &body).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no tree head of size {size}: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn check_head(r: &TestRegistry, body: &Value) -> SignedTreeHead {
@@ -169,8 +192,7 @@ async fn records_are_ingested_once_and_proved_in_signed_tree_heads() {
     let other = sign_record(other, &rc_key(&r));
     ship(&r, &[other]).await.problem("already-exists", 409);
 
-    let head1 = verified_head(&r).await;
-    assert_eq!(head1.tree_size, 3);
+    let head1 = verified_head(&r, 3).await;
     for rec in &records {
         assert!(included(&r, r.admin(), &rec.record.message_id, &head1).await);
     }
@@ -197,7 +219,7 @@ async fn records_are_ingested_once_and_proved_in_signed_tree_heads() {
 
     // The anchored log heads of nodes are leaves too.
     let rc = rc_key(&r);
-    let at = "2026-11-22T10:00:01Z";
+    let at = &now_utc();
     let hash_hex = "ab".repeat(32);
     let text = enlace_core::loghead::head_text(demo::PROVIDER_NODE, 7, &hash_hex, at);
     use base64::Engine;
@@ -210,8 +232,8 @@ async fn records_are_ingested_once_and_proved_in_signed_tree_heads() {
 
     let more = rc_records(&r, &d.contract, 5);
     assert_eq!(ship(&r, &more).await.ok(200)["tree_size"], 9);
-    let head2 = verified_head(&r).await;
-    assert_eq!(head2.tree_size, 9, "3 records, 1 log head, 5 records");
+    // 3 records, 1 log head, 5 records.
+    let head2 = verified_head(&r, 9).await;
     assert!(included(&r, r.admin(), &records[2].record.message_id, &head2).await);
     assert!(included(&r, r.admin(), &more[4].record.message_id, &head2).await);
 
@@ -272,7 +294,8 @@ async fn forged_records_are_refused_and_nothing_is_ingested() {
     );
     ship(&r, &[stranger]).await.problem("not-found", 404);
 
-    assert_eq!(verified_head(&r).await.tree_size, 0, "nothing was ingested");
+    // Nothing was ingested.
+    verified_head(&r, 0).await;
     r.get(
         &format!(
             "/v1/access-log/proof/inclusion?message_id={}",
@@ -290,7 +313,7 @@ async fn a_record_altered_in_the_database_fails_its_inclusion_check() {
     let d = r.seed_demo().await;
     let records = rc_records(&r, &d.contract, 4);
     ship(&r, &records).await.ok(200);
-    let head = verified_head(&r).await;
+    let head = verified_head(&r, 4).await;
     let target = &records[2].record.message_id;
     assert!(included(&r, r.admin(), target, &head).await);
 
@@ -370,42 +393,296 @@ async fn the_node_queue_keeps_records_while_the_registry_is_down() {
     }
     shipper.abort();
     assert_eq!(queue.rejected().unwrap(), 0);
-    let head = verified_head(&r).await;
-    assert_eq!(head.tree_size, 1200);
+    let head = verified_head(&r, 1200).await;
     assert!(included(&r, r.admin(), &records[1199].record.message_id, &head).await);
 }
 
 #[tokio::test]
-async fn ingestion_rate() {
+async fn a_consistency_proof_fails_when_a_stored_tree_node_is_altered() {
+    use enlace_node::access::audit::Evidence;
     let r = start_registry().await;
     let d = r.seed_demo().await;
-    const BATCHES: usize = 10;
-    let bodies: Vec<Vec<u8>> = (0..BATCHES)
-        .map(|_| serde_json::to_vec(&rc_records(&r, &d.contract, 1000)).unwrap())
-        .collect();
-    let started = Instant::now();
-    for body in bodies {
-        r.send(
-            reqwest::Method::POST,
-            "/v1/access-records",
-            None,
-            "application/json",
-            body,
+    ship(&r, &rc_records(&r, &d.contract, 3)).await.ok(200);
+    let head1 = verified_head(&r, 3).await;
+    ship(&r, &rc_records(&r, &d.contract, 5)).await.ok(200);
+    let head2 = verified_head(&r, 8).await;
+    let proof_of = |body: Value| serde_json::from_value::<ConsistencyProof>(body).unwrap();
+    let body = r
+        .get("/v1/access-log/proof/consistency?from=3&to=8", None)
+        .await
+        .ok(200)
+        .clone();
+    let (root1, root2) = (head1.root_hash().unwrap(), head2.root_hash().unwrap());
+    assert!(proof_of(body).verify(&root1, &root2));
+    let ca = r.running.registry.ca_pem().to_string();
+    let saved = r
+        .get("/v1/access-log/evidence/consistency?from=3&to=8", None)
+        .await
+        .ok(200)
+        .clone();
+    let saved = Evidence::parse(saved.to_string().as_bytes()).unwrap();
+    assert_eq!(saved.verify(&ca).unwrap().lines.len(), 3);
+
+    // Someone with the database file rewrites the stored root of leaves 0 and 1, a node the
+    // proof from 3 to 8 leaves carries.
+    let db = rusqlite::Connection::open(r.dir.path().join("registry/access.sqlite")).unwrap();
+    db.execute_batch("DROP TRIGGER merkle_nodes_no_update")
+        .unwrap();
+    let changed = db
+        .execute(
+            "UPDATE merkle_nodes SET hash = ?1 WHERE level = 1 AND idx = 0",
+            [vec![7u8; 32]],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+
+    let body = r
+        .get("/v1/access-log/proof/consistency?from=3&to=8", None)
+        .await
+        .ok(200)
+        .clone();
+    assert!(
+        !proof_of(body).verify(&root1, &root2),
+        "the altered node no longer leads to the signed roots"
+    );
+    let altered = r
+        .get("/v1/access-log/evidence/consistency?from=3&to=8", None)
+        .await
+        .ok(200)
+        .clone();
+    let altered = Evidence::parse(altered.to_string().as_bytes()).unwrap();
+    let p = altered.verify(&ca).unwrap_err();
+    assert!(p.detail.contains("rewritten"), "{p:?}");
+    // The evidence saved before still verifies, offline.
+    saved.verify(&ca).unwrap();
+}
+
+#[tokio::test]
+async fn records_signed_before_a_key_renewal_are_still_accepted() {
+    let r = start_registry().await;
+    let d = r.seed_demo().await;
+    let old = rc_records(&r, &d.contract, 2);
+    // A node's record dated before its certificate existed: no key to verify it with.
+    let mut before = record(&d.contract, demo::PROVIDER_NODE);
+    before.at = "2020-01-01T00:00:00Z".into();
+    let before = sign_record(before, &rc_key(&r));
+
+    // The Registro Civil renews its node's keys: the records queued with the old key remain
+    // good, and the new key signs from now on.
+    let node: enlace_core::NodeId = demo::PROVIDER_NODE.parse().unwrap();
+    let keys = enlace_certs::node_init(&node).unwrap();
+    r.post(
+        &format!("/v1/nodes/{}/renew", demo::PROVIDER_NODE),
+        Some(&d.registro_civil_token),
+        &json!({"tls_csr": keys.tls_csr_pem, "signing_csr": keys.signing_csr_pem}),
+    )
+    .await
+    .ok(200);
+    let new_key = SigningKey::from_pem(&keys.signing_key_pem).unwrap();
+    let new = sign_record(record(&d.contract, demo::PROVIDER_NODE), &new_key);
+
+    ship(&r, &old).await.ok(200);
+    ship(&r, &[new]).await.ok(200);
+    ship(&r, &[before]).await.problem("signature-invalid", 401);
+    verified_head(&r, 3).await;
+}
+
+/// Registers and approves a second node of the Registro Civil; returns its signing key.
+async fn second_provider_node(r: &TestRegistry, d: &demo::Demo) -> (String, SigningKey) {
+    let id = "CL-DEV/GOV/61002000-3/node/b".to_string();
+    let keys = enlace_certs::node_init(&id.parse().unwrap()).unwrap();
+    r.post(
+        "/v1/nodes",
+        Some(&d.registro_civil_token),
+        &json!({"id": id, "address": "127.0.0.1:3", "tls_csr": keys.tls_csr_pem, "signing_csr": keys.signing_csr_pem}),
+    )
+    .await
+    .ok(201);
+    r.post(
+        &format!("/v1/nodes/{id}/approve"),
+        Some(r.admin()),
+        &json!({}),
+    )
+    .await
+    .ok(200);
+    (id, SigningKey::from_pem(&keys.signing_key_pem).unwrap())
+}
+
+#[tokio::test]
+async fn a_message_id_reused_at_another_provider_is_logged_twice_and_shown() {
+    let r = start_registry().await;
+    let d = r.seed_demo().await;
+    let (node_b, key_b) = second_provider_node(&r, &d).await;
+    // A consumer sends the same message id to two provider nodes: both accesses are logged.
+    let at_a = sign_record(record(&d.contract, demo::PROVIDER_NODE), &rc_key(&r));
+    let mut b = record(&d.contract, &node_b);
+    b.message_id = at_a.record.message_id.clone();
+    let at_b = sign_record(b, &key_b);
+    ship(&r, std::slice::from_ref(&at_a)).await.ok(200);
+    let second = ship(&r, std::slice::from_ref(&at_b)).await;
+    assert_eq!(second.ok(200)["accepted"], 1, "{:#}", second.body);
+    // Each once.
+    assert_eq!(
+        ship(&r, &[at_a.clone(), at_b.clone()]).await.ok(200)["duplicates"],
+        2
+    );
+    let head = verified_head(&r, 2).await;
+
+    // The person sees both.
+    let token = r
+        .post("/oidc/dev/token", None, &json!({ "sub": demo::PERSON }))
+        .await
+        .ok(200)["id_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mine = r.get("/v1/citizen/access-records", Some(&token)).await;
+    assert_eq!(mine.ok(200)["total"], 2, "{:#}", mine.body);
+    // By message id alone the record is ambiguous; naming the node picks one.
+    let id = &at_a.record.message_id;
+    r.get(
+        &format!("/v1/access-log/proof/inclusion?message_id={id}"),
+        Some(r.admin()),
+    )
+    .await
+    .problem("invalid-request", 400);
+    let body = r
+        .get(
+            &format!(
+                "/v1/access-log/proof/inclusion?message_id={id}&node={node_b}&size={}",
+                head.tree_size
+            ),
+            Some(r.admin()),
         )
         .await
-        .ok(200);
-    }
-    let elapsed = started.elapsed();
-    let rate = (BATCHES * 1000) as f64 / elapsed.as_secs_f64();
-    println!(
-        "access log ingestion: {} records in {:.2?}: {rate:.0} records/s over HTTP, verification included ({} build)",
-        BATCHES * 1000,
-        elapsed,
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
+        .ok(200)
+        .clone();
+    let served: SignedAccessRecord = serde_json::from_value(body["record"].clone()).unwrap();
+    assert_eq!(served, at_b);
+    let proof: InclusionProof = serde_json::from_value(body["proof"].clone()).unwrap();
+    assert!(proof.verify(&at_b.leaf_hash(), &head.root_hash().unwrap()));
+}
+
+#[tokio::test]
+async fn whose_record_it_is_is_checked_before_the_tree_size() {
+    let r = start_registry().await;
+    let d = r.seed_demo().await;
+    let records = rc_records(&r, &d.contract, 2);
+    ship(&r, &records).await.ok(200);
+    verified_head(&r, 2).await;
+    let id = &records[1].record.message_id;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    // Another person, and a member with no part in the exchange, asking with size=0 (or any
+    // size) learn exactly what they learn of a message id that does not exist.
+    let other = r
+        .post(
+            "/oidc/dev/token",
+            None,
+            &json!({ "sub": "CL-RUN:11111111-1" }),
+        )
+        .await
+        .ok(200)["id_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    r.post(
+        "/v1/members",
+        Some(r.admin()),
+        &json!({"id": "CL-DEV/GOV/61979440-0", "name": "Servicio Nacional de Migraciones"}),
+    )
+    .await
+    .ok(201);
+    let third = r
+        .post(
+            "/v1/members/CL-DEV/GOV/61979440-0/tokens",
+            Some(r.admin()),
+            &json!({"label": "t"}),
+        )
+        .await
+        .ok(201)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for token in [&other, &third] {
+        for size in ["0", "1", "2"] {
+            let theirs = r
+                .get(
+                    &format!("/v1/access-log/proof/inclusion?message_id={id}&size={size}"),
+                    Some(token),
+                )
+                .await;
+            let none = r
+                .get(
+                    &format!("/v1/access-log/proof/inclusion?message_id={unknown}&size={size}"),
+                    Some(token),
+                )
+                .await;
+            let detail = theirs.problem("not-found", 404)["detail"].clone();
+            none.problem("not-found", 404);
+            assert_eq!(detail, format!("no access record with message id {id}"));
+            assert!(theirs.body.get("leaf_index").is_none(), "{:#}", theirs.body);
         }
-    );
-    assert_eq!(verified_head(&r).await.tree_size, (BATCHES * 1000) as u64);
+    }
+    // The admin asking for a size the record is beyond is told so.
+    r.get(
+        &format!("/v1/access-log/proof/inclusion?message_id={id}&size=1"),
+        Some(r.admin()),
+    )
+    .await
+    .problem("not-found", 404);
+}
+
+#[tokio::test]
+async fn an_anchored_log_head_is_proved_in_the_signed_tree() {
+    use base64::Engine;
+    use enlace_node::access::audit::Evidence;
+    let r = start_registry().await;
+    let _ = r.seed_demo().await;
+    let hash_hex = "cd".repeat(32);
+    let at = now_utc();
+    let text = enlace_core::loghead::head_text(demo::PROVIDER_NODE, 3, &hash_hex, &at);
+    let head = json!({
+        "node": demo::PROVIDER_NODE, "seq": 3, "hash_hex": hash_hex, "at": at,
+        "signature_b64": base64::engine::general_purpose::STANDARD.encode(rc_key(&r).sign(text.as_bytes())),
+    });
+    r.post("/v1/log-heads", None, &head).await.ok(204);
+    // A head signed with another node's key is refused and leaves no leaf.
+    let mut forged = head.clone();
+    forged["seq"] = json!(4);
+    let text4 = enlace_core::loghead::head_text(demo::PROVIDER_NODE, 4, &hash_hex, &at);
+    forged["signature_b64"] =
+        json!(base64::engine::general_purpose::STANDARD.encode(sii_key(&r).sign(text4.as_bytes())));
+    r.post("/v1/log-heads", None, &forged)
+        .await
+        .problem("signature-invalid", 401);
+    verified_head(&r, 1).await;
+    let ca = r.running.registry.ca_pem().to_string();
+    let body = r
+        .get(
+            &format!("/v1/log-heads/{}/proof?seq=3", demo::PROVIDER_NODE),
+            None,
+        )
+        .await
+        .ok(200)
+        .clone();
+    let evidence = Evidence::parse(body.to_string().as_bytes()).unwrap();
+    let report = evidence.verify(&ca).unwrap();
+    assert!(report.lines[1].contains("seq 3"), "{report:?}");
+    // The same evidence with another hash in the head does not verify.
+    let mut altered = body.clone();
+    altered["head"]["hash_hex"] = json!("ef".repeat(32));
+    let altered = Evidence::parse(altered.to_string().as_bytes()).unwrap();
+    assert!(altered.verify(&ca).is_err());
+    r.get(
+        &format!("/v1/log-heads/{}/proof?seq=4", demo::PROVIDER_NODE),
+        None,
+    )
+    .await
+    .problem("not-found", 404);
+    let listed = r
+        .get(&format!("/v1/log-heads/{}", demo::PROVIDER_NODE), None)
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
 }

@@ -11,22 +11,38 @@ use enlace_registry::demo;
 use enlace_tests::TestFederation;
 use reqwest::Method;
 
-/// The records the registry holds about `subject`, waiting until there are at least `n`.
-async fn registry_records(f: &TestFederation, subject: &str, n: usize) -> Vec<SignedAccessRecord> {
+/// The records the registry holds about `subject`, waiting until there are at least `n` and a
+/// signed tree head covers them (heads are signed every second while the log grows).
+pub(crate) async fn registry_records(
+    f: &TestFederation,
+    subject: &str,
+    n: usize,
+) -> Vec<SignedAccessRecord> {
     let path = f.registry.dir.path().join("registry").join("access.sqlite");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let found: Vec<SignedAccessRecord> = {
+        let (found, leaves): (Vec<SignedAccessRecord>, u64) = {
             let conn = rusqlite::Connection::open(&path).unwrap();
             let mut stmt = conn
                 .prepare("SELECT record FROM access_records WHERE subject = ?1 ORDER BY idx")
                 .unwrap();
-            stmt.query_map([subject], |r| r.get::<_, Vec<u8>>(0))
+            let found = stmt
+                .query_map([subject], |r| r.get::<_, Vec<u8>>(0))
                 .unwrap()
                 .map(|b| serde_json::from_slice(&b.unwrap()).unwrap())
-                .collect()
+                .collect();
+            let max: Option<i64> = conn
+                .query_row(
+                    "SELECT MAX(idx) FROM access_records WHERE subject = ?1",
+                    [subject],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (found, max.map_or(0, |m| m as u64 + 1))
         };
-        if found.len() >= n || Instant::now() > deadline {
+        let head = f.registry.get("/v1/access-log/tree-head", None).await;
+        let covered = head.ok(200)["tree_head"]["tree_size"].as_u64().unwrap_or(0) >= leaves;
+        if (found.len() >= n && covered) || Instant::now() > deadline {
             return found;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -96,7 +112,14 @@ async fn every_exchange_naming_a_person_reaches_the_access_log() {
     assert_eq!(r.procedure.as_deref(), Some("devolucion-renta-2026"));
     assert_eq!(r.step.as_deref(), Some("eligibility"));
     assert_eq!(r.user.as_deref(), Some("funcionaria-42"));
-    assert_eq!(r.authorisation.as_deref(), Some("auth-0001"));
+    // Not an authorisation token: nothing sensitive released, and the record says why.
+    assert_eq!(r.authorisation, None);
+    assert!(
+        r.authorisation_refused
+            .as_deref()
+            .is_some_and(|w| w.starts_with("malformed")),
+        "{r:?}"
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.node, demo::PROVIDER_NODE);
     assert!(r.at.ends_with('Z'), "{}", r.at);
@@ -185,10 +208,14 @@ async fn audit_verify_checks_the_head_the_inclusion_and_the_consistency() {
         .verify_inclusion(&first, f.registry.admin())
         .await
         .expect("the record's inclusion verifies");
-    assert!(report.lines.len() == 2, "{report:?}");
+    assert!(report.lines.len() == 3, "{report:?}");
     assert!(
         report.lines[0].contains("urn:enlace:registry:CL-DEV"),
         "{report:?}"
+    );
+    assert!(
+        report.lines[2].contains(demo::PROVIDER_NODE),
+        "the node's signature: {report:?}"
     );
     let size1 = f
         .registry
@@ -438,4 +465,276 @@ async fn the_development_issuer_serves_discovery_and_keys() {
         .await;
     assert_eq!(r.status, 400, "{:?}", r.body);
     f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_stopped_for_a_while_loses_no_records_of_real_exchanges() {
+    let mut f = TestFederation::start().await;
+    let before = relayed(&f).await;
+    registry_records(&f, demo::PERSON, 1).await;
+
+    // The registry goes down; both nodes keep serving on their cached configuration, and the
+    // provider node queues the records of every exchange.
+    f.stop_registry().await;
+    let mut during = Vec::new();
+    for _ in 0..5 {
+        during.push(relayed(&f).await);
+    }
+    let refused = f
+        .call(Method::GET, "/persons/12345678-5/documents", &[])
+        .await;
+    refused.problem("contract-missing", 403);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        f.provider.node.access.pending().unwrap(),
+        6,
+        "queued while the registry is down"
+    );
+
+    // Back on the same address and data: everything arrives, exactly once.
+    f.start_registry_again().await;
+    let records = registry_records(&f, demo::PERSON, 7).await;
+    assert_eq!(records.len(), 7, "{records:#?}");
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| r.record.message_id.as_str())
+        .collect();
+    for id in std::iter::once(&before).chain(during.iter()) {
+        assert_eq!(ids.iter().filter(|i| **i == id.as_str()).count(), 1, "{id}");
+    }
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.record.result == "refused:contract-missing")
+            .count(),
+        1
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.provider.node.access.pending().unwrap() > 0 {
+        assert!(Instant::now() < deadline, "the queue drains");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(f.provider.node.access.rejected().unwrap(), 0);
+    // The person sees all of them, each with a proof.
+    let token = sign_in(&f, demo::PERSON).await;
+    let body = citizen_get(&f, "", &token).await.ok(200).clone();
+    assert_eq!(body["total"], 7, "{body:#}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_refusal_at_the_provider_is_in_the_persons_log_as_refused() {
+    let f = TestFederation::start_grpc(|_, _| {}).await;
+    // A gRPC contract for one exchange a minute: the provider node counts, and refuses the
+    // second (the consumer node does not count).
+    let now = time::OffsetDateTime::now_utc();
+    let rfc = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let terms = serde_json::json!({
+        "consumer": demo::CONSUMER_SUBSYSTEM, "provider": demo::PERSONAS_GRPC,
+        "versions": {"min": "v1.0", "max": "v1.9999"},
+        "operations": ["personas.v1.Personas/GetPerson"],
+        "purpose": "tax-audit", "legal_basis": "Código Tributario, art. 60",
+        "allowed_fields": ["/name"], "subject_required": true, "usage": "permanent",
+        "volume_limit": {"max_requests": 1, "period": "minute"},
+        "valid_from": rfc(now - time::Duration::minutes(1)),
+        "valid_until": rfc(now + time::Duration::days(1)), "authorisation_required": false,
+    });
+    let c = f
+        .registry
+        .post("/v1/contracts", Some(&f.demo.sii_token), &terms)
+        .await;
+    let contract = c.ok(201)["id"].as_str().unwrap().to_string();
+    f.registry
+        .post(
+            &format!("/v1/contracts/{contract}/actions"),
+            Some(&f.demo.registro_civil_token),
+            &serde_json::json!({"action": "approve"}),
+        )
+        .await
+        .ok(200);
+    let call = || async {
+        let mut client = f.grpc_client().await;
+        client
+            .get_person(f.grpc_request(
+                GetPersonRequest {
+                    run: "12345678-5".into(),
+                },
+                &[("enlace-contract", &contract)],
+            ))
+            .await
+    };
+    // Until both nodes know the contract.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match call().await {
+            Ok(r) => break r,
+            Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                assert!(Instant::now() < deadline, "{s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(first.into_inner().name, "María José Pérez Soto");
+    let second = call().await.unwrap_err();
+    assert_eq!(second.code(), tonic::Code::ResourceExhausted, "{second:?}");
+
+    let records = registry_records(&f, demo::PERSON, 2).await;
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r.record.contract == contract && r.record.result != "served")
+        .collect();
+    assert_eq!(refused.len(), 1, "{records:#?}");
+    let r = &refused[0].record;
+    assert_eq!(r.result, "refused:volume-exceeded");
+    assert_eq!(r.provider_service, demo::PERSONAS_GRPC);
+    assert_eq!(r.operation, "personas.v1.Personas/GetPerson");
+    assert!(r.fields.is_empty());
+    // As the person reads it.
+    let token = sign_in(&f, demo::PERSON).await;
+    let body = citizen_get(&f, "", &token).await.ok(200).clone();
+    let sentences: Vec<&str> = body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sentence"].as_str().unwrap())
+        .collect();
+    assert!(
+        sentences
+            .iter()
+            .any(|s| s.contains("for tax-audit") && s.contains("refused (volume-exceeded)")),
+        "{sentences:#?}"
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_clave_unica_mode_the_run_comes_from_rol_unico() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = enlace_tests::registry_config(dir.path());
+    cfg.oidc.subject_from = enlace_registry::oidc::SubjectFrom::ClaveUnica;
+    let running = enlace_registry::start(&cfg).await.unwrap();
+    let r = enlace_tests::TestRegistry {
+        url: format!("http://{}", running.addr),
+        running,
+        dir,
+        http: reqwest::Client::new(),
+    };
+    let tokens = r
+        .post(
+            "/oidc/dev/token",
+            None,
+            &serde_json::json!({ "sub": demo::PERSON }),
+        )
+        .await
+        .ok(200)
+        .clone();
+    let id_token = tokens["id_token"].as_str().unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    // The ID token's sub is an account number, not the RUN.
+    let claims = id_token.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !claims["sub"].as_str().unwrap().contains("CL-RUN"),
+        "{claims}"
+    );
+    // Without the access token the registry cannot learn the RUN.
+    r.get("/v1/citizen/access-records", Some(id_token))
+        .await
+        .problem("unauthenticated", 401);
+    let resp = r
+        .http
+        .get(format!("{}/v1/citizen/access-records", r.url))
+        .bearer_auth(id_token)
+        .header("enlace-access-token", access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["subject"], demo::PERSON);
+    // Another person's access token does not lend their RUN.
+    let other = r
+        .post(
+            "/oidc/dev/token",
+            None,
+            &serde_json::json!({ "sub": OTHER_PERSON }),
+        )
+        .await
+        .ok(200)["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = r
+        .http
+        .get(format!("{}/v1/citizen/access-records", r.url))
+        .bearer_auth(id_token)
+        .header("enlace-access-token", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    r.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_records_saved_evidence_verifies_offline_and_fails_when_altered() {
+    use enlace_node::access::audit::{Auditor, Evidence};
+    let f = TestFederation::start().await;
+    let id = relayed(&f).await;
+    registry_records(&f, demo::PERSON, 1).await;
+    let token = sign_in(&f, demo::PERSON).await;
+    // The person saves the evidence of their record (as `enlace audit evidence` does)…
+    let auditor = Auditor::new(&f.registry.url, "", reqwest::Client::new());
+    let saved = auditor
+        .fetch_access_evidence(&id, None, &token)
+        .await
+        .unwrap();
+    let bytes = serde_json::to_vec_pretty(&saved).unwrap();
+    let ca = f.registry.running.registry.ca_pem().to_string();
+    f.stop().await;
+
+    // …and checks it later, with the registry gone: only the file and the CA.
+    let report = Evidence::parse(&bytes).unwrap().verify(&ca).unwrap();
+    assert_eq!(report.lines.len(), 3, "{report:?}");
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    for (path, value) in [
+        ("/record/record/purpose", serde_json::json!("statistics")),
+        ("/record/signature_b64", serde_json::json!("c2lnbmF0dXJl")),
+        ("/proof/leaf_index", serde_json::json!(5)),
+        (
+            "/tree_head/tree_head/root_hash_hex",
+            serde_json::json!("00".repeat(32)),
+        ),
+    ] {
+        let original = v.pointer(path).unwrap().clone();
+        *v.pointer_mut(path).unwrap() = value;
+        let altered = Evidence::parse(v.to_string().as_bytes()).unwrap();
+        assert!(
+            altered.verify(&ca).is_err(),
+            "{path} altered still verifies"
+        );
+        *v.pointer_mut(path).unwrap() = original;
+    }
+    // Another federation's CA verifies nothing.
+    let other = enlace_certs::FederationCa::create(
+        &demo::INSTANCE.parse().unwrap(),
+        time::Duration::days(1),
+    )
+    .unwrap();
+    assert!(
+        Evidence::parse(&bytes)
+            .unwrap()
+            .verify(other.cert_pem())
+            .is_err()
+    );
 }

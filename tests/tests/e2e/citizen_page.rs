@@ -298,3 +298,167 @@ async fn a_record_altered_after_logging_is_marked_unverified() {
     assert!(!dom.contains(r#"data-verified="yes""#), "{dom}");
     f.stop().await;
 }
+
+/// The number of the person's access records under `contract` in the registry's database.
+fn logged_under(f: &TestFederation, contract: &str) -> usize {
+    let conn =
+        rusqlite::Connection::open(f.registry.dir.path().join("registry").join("access.sqlite"))
+            .unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM access_records WHERE contract = ?1",
+        [contract],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap() as usize
+}
+
+/// Waits until a signed tree head covers every access record logged.
+async fn all_records_in_a_signed_head(f: &TestFederation) {
+    let conn =
+        rusqlite::Connection::open(f.registry.dir.path().join("registry").join("access.sqlite"))
+            .unwrap();
+    let leaves: i64 = conn
+        .query_row("SELECT COUNT(*) FROM merkle_leaves", [], |r| r.get(0))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f
+        .registry
+        .get("/v1/access-log/tree-head", None)
+        .await
+        .ok(200)["tree_head"]["tree_size"]
+        .as_i64()
+        .unwrap_or(0)
+        < leaves
+    {
+        assert!(Instant::now() < deadline, "no tree head covers the log");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_grants_and_revokes_on_the_page_and_the_field_follows() {
+    use crate::browser::Browser;
+    use crate::consent::{read, request, token_of};
+    const PROCEDURE: &str = "deduccion-salud-2026";
+    crate::browser::chromium();
+    let f = TestFederation::start().await;
+    let consent = f.demo.consent_contract.clone();
+    // SII asks; the person opens the page and sees the request, in plain words.
+    let id = request(&f, &consent, demo::PERSON, PROCEDURE).await;
+    let mut page = Browser::open(&format!("{}/citizen/?dev_run=12345678-5", f.registry.url)).await;
+    page.wait_for(
+        "document.body.dataset.state === 'done'",
+        Duration::from_secs(30),
+    )
+    .await;
+    let pending = format!("document.querySelector('#pending li[data-id=\"{id}\"]')");
+    page.wait_for(&format!("{pending} !== null"), Duration::from_secs(5))
+        .await;
+    let text = page.eval(&format!("{pending}.textContent")).await;
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains("El Servicio de Impuestos Internos pide su autorización para recibir su previsión de salud para health-expense-deduction, en el trámite deduccion-salud-2026"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Autorizar") && text.contains("Rechazar"),
+        "{text}"
+    );
+
+    // The person clicks «Autorizar».
+    page.eval(&format!(
+        "{pending}.querySelector('button.grant').click(), true"
+    ))
+    .await;
+    let granted = format!(
+        "(() => {{ const li = document.querySelector('#history li[data-id=\"{id}\"]'); return li !== null && li.dataset.state === 'granted' && document.body.dataset.state === 'done'; }})()"
+    );
+    page.wait_for(&granted, Duration::from_secs(10)).await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('#pending li').length")
+            .await,
+        serde_json::json!(0)
+    );
+
+    // SII gets the health insurance through both nodes with the token.
+    let t = token_of(&f, &id).await;
+    assert_eq!(
+        read(&f, Some(&t), PROCEDURE).await["healthInsurance"],
+        "FONASA"
+    );
+    while logged_under(&f, &consent) < 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    all_records_in_a_signed_head(&f).await;
+
+    // The person revokes on the page; within seconds the field is withheld again.
+    page.go(&format!("{}/citizen/?dev_run=12345678-5", f.registry.url))
+        .await;
+    page.wait_for(
+        "document.body.dataset.state === 'done'",
+        Duration::from_secs(30),
+    )
+    .await;
+    let with_authorisation = format!(
+        "Array.from(document.querySelectorAll('li.record')).some(li => li.textContent.includes('consultó su previsión de salud y nombre') && li.textContent.includes('Con su autorización {id}'))"
+    );
+    page.wait_for(&with_authorisation, Duration::from_secs(5))
+        .await;
+    page.eval(&format!(
+        "document.querySelector('#history li[data-id=\"{id}\"] button.revoke').click(), true"
+    ))
+    .await;
+    let revoked = format!(
+        "(() => {{ const li = document.querySelector('#history li[data-id=\"{id}\"]'); return li !== null && li.dataset.state === 'revoked' && document.body.dataset.state === 'done'; }})()"
+    );
+    page.wait_for(&revoked, Duration::from_secs(10)).await;
+    let revoked_at = Instant::now();
+    loop {
+        if read(&f, Some(&t), PROCEDURE)
+            .await
+            .get("healthInsurance")
+            .is_none()
+        {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "still released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = logged_under(&f, &consent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while logged_under(&f, &consent) < n.max(2) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    all_records_in_a_signed_head(&f).await;
+
+    // The page again: the earlier record still shows the field, the later one says the
+    // authorisation was revoked; every record's proof verifies in the browser.
+    page.go(&format!("{}/citizen/?dev_run=12345678-5", f.registry.url))
+        .await;
+    page.wait_for(
+        "document.body.dataset.state === 'done'",
+        Duration::from_secs(30),
+    )
+    .await;
+    let dom = page.dom().await;
+    assert!(
+        dom.contains("consultó su previsión de salud y nombre"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("Se presentó una autorización que no fue aceptada (usted la había revocado)"),
+        "{dom}"
+    );
+    let events: Vec<&str> = ["Solicitada", "Autorizada por usted", "Revocada por usted"].into();
+    for e in events {
+        assert!(dom.contains(e), "{e}: {dom}");
+    }
+    assert!(!dom.contains(r#"data-verified="no""#), "{dom}");
+    assert!(dom.contains(r#"data-verified="yes""#), "{dom}");
+    page.close().await;
+    f.stop().await;
+}

@@ -1,7 +1,7 @@
 //! Hidden access records over real HTTP on loopback: only the federation admin hides a person's
 //! records of one contract, until a future date and for a stated reason; the citizen view leaves
-//! them out until the date and then shows them with the reason, the authority and the period;
-//! the hiding is in the audit trail.
+//! them out until the date and then shows them with the reason, the authority and the period
+//! (and so does the page, in a browser); the hiding is in the audit trail.
 
 use std::time::Duration;
 
@@ -55,6 +55,7 @@ fn record(r: &TestRegistry, contract: &str) -> SignedAccessRecord {
         request_digest: None,
         response_digest: None,
         node: demo::PROVIDER_NODE.into(),
+        authorisation_refused: None,
     };
     sign_record(rec, &key)
 }
@@ -167,6 +168,15 @@ async fn records_hidden_for_an_investigation_appear_after_the_date_with_the_reas
         .as_str()
         .unwrap()
         .to_string();
+    // Once a signed tree head covers both records.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r.get("/v1/access-log/tree-head", None).await.ok(200)["tree_head"]["tree_size"] != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tree head of 2 leaves"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let body = citizen(&r, &token).await;
     assert_eq!(body["total"], 1, "{body:#}");
     assert_eq!(contracts(&body), vec![other_contract.clone()]);
@@ -242,6 +252,39 @@ async fn records_hidden_for_an_investigation_appear_after_the_date_with_the_reas
                 && e["actor"].as_str().unwrap().starts_with("member-admin:")),
         "{audit:#}"
     );
+    // The page tells the person, in plain words, that the record was withheld, until when, at
+    // whose request and why.
+    let mut page =
+        crate::browser::Browser::open(&format!("{}/citizen/?dev_run=12345678-5", r.url)).await;
+    page.wait_for(
+        "document.body.dataset.state === 'done'",
+        Duration::from_secs(30),
+    )
+    .await;
+    let note = page
+        .eval(&format!(
+            "document.querySelector('li.record[data-message-id=\"{}\"] .hidden-note').textContent",
+            hidden.record.message_id
+        ))
+        .await;
+    let note = note.as_str().unwrap();
+    assert!(
+        note.starts_with("Este registro le estuvo reservado desde "),
+        "{note}"
+    );
+    assert!(
+        note.contains(&format!("a pedido de {AUTHORITY}. Motivo: {REASON}")),
+        "{note}"
+    );
+    let plain = page
+        .eval(&format!(
+            "document.querySelector('li.record[data-message-id=\"{}\"] .hidden-note') === null",
+            shown.record.message_id
+        ))
+        .await;
+    assert_eq!(plain, json!(true));
+    page.close().await;
+
     // A member admin's audit view does not show the hiding.
     let theirs = r
         .get("/v1/audit?limit=1000", Some(&d.sii_token))

@@ -5,9 +5,11 @@
 mod access_log;
 mod attacks;
 mod backend_tls;
+mod browser;
 mod citizen;
 mod citizen_page;
 mod config;
+mod consent;
 mod grpc;
 mod grpc_attacks;
 mod grpc_evidence;

@@ -895,9 +895,9 @@ async fn contracts_follow_their_lifecycle_and_name_only_real_fields() {
     r.post("/v1/contracts", Some(sii), &terms)
         .await
         .problem("unknown-service", 404);
-    // Of all those proposals only the valid one was stored.
+    // Of all those proposals only the valid one was stored (besides the demo's two).
     let listed = r.get("/v1/contracts", Some(sii)).await;
-    assert_eq!(listed.ok(200).as_array().unwrap().len(), 2);
+    assert_eq!(listed.ok(200).as_array().unwrap().len(), 3);
 
     // The lifecycle over HTTP.
     let proposed = r.post("/v1/contracts", Some(sii), &contract_terms()).await;
@@ -1102,6 +1102,13 @@ async fn the_api_is_described_and_unknown_paths_are_problems() {
         "/v1/config",
         "/v1/once-only-check",
         "/v1/services/{service}/versions/{version}",
+        "/v1/authorisations",
+        "/v1/authorisations/{id}",
+        "/v1/citizen/authorisations",
+        "/v1/citizen/authorisations/{id}/{action}",
+        "/v1/access-log/evidence",
+        "/v1/access-log/evidence/consistency",
+        "/v1/log-heads/{node}/proof",
     ] {
         assert!(paths.contains_key(p), "{p} documented");
     }

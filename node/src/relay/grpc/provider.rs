@@ -563,10 +563,15 @@ async fn exchange(
     wire::check_content_type(content_type(&bparts.headers)).map_err(backend_fault)?;
     check_encoding(&bparts.headers).map_err(|p| p.caused_by(Culprit::ProviderBackend))?;
 
+    // What the response may disclose: the contract's fields, less sensitive ones without the
+    // person's authorisation and secret ones always.
+    let allowed =
+        crate::relay::disclosure::allowed(node, &ctx, entry, contract, &trace.operation).await?;
     let call = Call {
         node: node.clone(),
         request: req.clone(),
         method,
+        allowed,
         entry: entry.clone(),
         contract: contract.clone(),
         message_id: message_id.clone(),
@@ -610,7 +615,7 @@ async fn exchange(
     );
     let keep = log_bodies.then_some(limits.max_body_bytes);
     let single = !call.method.server_streaming;
-    let allowed = &call.contract.terms.allowed_fields;
+    let allowed = &call.allowed;
     let mut disclosed = BTreeSet::new();
     let mut held = None;
     let mut count = 0u64;
@@ -715,6 +720,8 @@ struct Call {
     node: Arc<Node>,
     request: Bound,
     method: MethodInfo,
+    /// The fields the response may disclose (see `relay::disclosure`).
+    allowed: Vec<String>,
     /// The service version and contract, for the access record.
     entry: ServiceEntry,
     contract: Contract,
