@@ -30,13 +30,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Most records the writer commits in one transaction.
 const MAX_GROUP: usize = 512;
 
+/// The tables, as the message log also creates them (`crate::msglog`): a node's queue lives in
+/// its `messages.sqlite`, where each access record is committed in the same transaction as the
+/// log record of its exchange.
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS queue (
+CREATE TABLE IF NOT EXISTS access_queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id TEXT NOT NULL,
     record BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS rejected (
+CREATE TABLE IF NOT EXISTS access_rejected (
     id INTEGER PRIMARY KEY,
     message_id TEXT NOT NULL,
     record BLOB NOT NULL,
@@ -79,7 +82,24 @@ fn open_conn(path: &Path) -> Result<Connection, Problem> {
 }
 
 impl AccessQueue {
-    /// Opens (creating if needed) the queue at `path` and starts its writer thread.
+    /// The queue in a node's message log at `log_path` (opened by [`crate::msglog::MessageLog`]
+    /// first, which creates the tables): records arrive with the log records of their
+    /// exchanges (`Extras::access`), and this only ships them. [`AccessQueue::enqueue`] is
+    /// refused. A queue left by an older node in `access-queue.sqlite` beside the log is moved
+    /// in first.
+    pub fn in_log(log_path: &Path) -> Result<Arc<AccessQueue>, Problem> {
+        let reader = open_conn(log_path)?;
+        reader.execute_batch(SCHEMA).map_err(internal)?;
+        if let Some(dir) = log_path.parent() {
+            migrate_old_queue(&reader, &dir.join("access-queue.sqlite"))?;
+        }
+        Ok(Arc::new(AccessQueue {
+            jobs: Mutex::new(None),
+            reader: Mutex::new(reader),
+        }))
+    }
+
+    /// Opens (creating if needed) a stand-alone queue at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Arc<AccessQueue>, Problem> {
         let writer = open_conn(path)?;
         writer.execute_batch(SCHEMA).map_err(internal)?;
@@ -105,9 +125,9 @@ impl AccessQueue {
         );
         {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            let sender = jobs
-                .as_ref()
-                .ok_or_else(|| internal("the queue is closed"))?;
+            let sender = jobs.as_ref().ok_or_else(|| {
+                internal("the queue is closed, or fed by the message log (not by enqueue)")
+            })?;
             sender
                 .send(job)
                 .map_err(|_| internal("the writer thread stopped"))?;
@@ -118,12 +138,12 @@ impl AccessQueue {
 
     /// Records waiting to be shipped.
     pub fn pending(&self) -> Result<u64, Problem> {
-        self.count("queue")
+        self.count("access_queue")
     }
 
     /// Records the registry refused for good (kept in `rejected`).
     pub fn rejected(&self) -> Result<u64, Problem> {
-        self.count("rejected")
+        self.count("access_rejected")
     }
 
     fn count(&self, table: &str) -> Result<u64, Problem> {
@@ -138,7 +158,7 @@ impl AccessQueue {
     fn oldest(&self, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, Problem> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn
-            .prepare_cached("SELECT id, record FROM queue ORDER BY id LIMIT ?1")
+            .prepare_cached("SELECT id, record FROM access_queue ORDER BY id LIMIT ?1")
             .map_err(internal)?;
         let rows = stmt
             .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -152,7 +172,7 @@ impl AccessQueue {
         let tx = conn.transaction().map_err(internal)?;
         {
             let mut stmt = tx
-                .prepare_cached("DELETE FROM queue WHERE id = ?1")
+                .prepare_cached("DELETE FROM access_queue WHERE id = ?1")
                 .map_err(internal)?;
             for id in ids {
                 stmt.execute([id]).map_err(internal)?;
@@ -169,12 +189,12 @@ impl AccessQueue {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         tx.execute(
-            "INSERT INTO rejected (id, message_id, record, problem, at) \
-             SELECT id, message_id, record, ?2, ?3 FROM queue WHERE id = ?1",
+            "INSERT INTO access_rejected (id, message_id, record, problem, at) \
+             SELECT id, message_id, record, ?2, ?3 FROM access_queue WHERE id = ?1",
             params![id, problem, at],
         )
         .map_err(internal)?;
-        tx.execute("DELETE FROM queue WHERE id = ?1", [id])
+        tx.execute("DELETE FROM access_queue WHERE id = ?1", [id])
             .map_err(internal)?;
         tx.commit().map_err(internal)
     }
@@ -240,6 +260,55 @@ impl AccessQueue {
     pub fn close(&self) {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
+}
+
+/// Moves the records of an older node's stand-alone queue (`access-queue.sqlite`, tables
+/// `queue` and `rejected`) into the log's tables, in one transaction, then renames the old file
+/// to `access-queue.sqlite.migrated`, so that nothing is shipped twice or lost.
+fn migrate_old_queue(conn: &Connection, old: &Path) -> Result<(), Problem> {
+    if !old.exists() {
+        return Ok(());
+    }
+    let path = old.to_string_lossy().to_string();
+    conn.execute("ATTACH DATABASE ?1 AS old", [&path])
+        .map_err(internal)?;
+    let moved = (|| -> rusqlite::Result<usize> {
+        let has = |t: &str| -> rusqlite::Result<bool> {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM old.sqlite_master WHERE type = 'table' AND name = ?1)",
+                [t],
+                |r| r.get(0),
+            )
+        };
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut n = 0;
+        if has("queue")? {
+            n += conn.execute(
+                "INSERT INTO main.access_queue (message_id, record) \
+                 SELECT message_id, record FROM old.queue ORDER BY id",
+                [],
+            )?;
+        }
+        if has("rejected")? {
+            conn.execute(
+                "INSERT INTO main.access_rejected (message_id, record, problem, at) \
+                 SELECT message_id, record, problem, at FROM old.rejected",
+                [],
+            )?;
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok(n)
+    })();
+    let _ = conn.execute_batch("DETACH DATABASE old");
+    let moved = moved.map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        internal(format!("moving {} into the message log: {e}", old.display()))
+    })?;
+    let mut done = old.as_os_str().to_owned();
+    done.push(".migrated");
+    std::fs::rename(old, &done).map_err(internal)?;
+    tracing::info!(records = moved, "moved the access records of access-queue.sqlite into the message log");
+    Ok(())
 }
 
 enum Sent {
@@ -309,7 +378,7 @@ fn write_loop(mut conn: Connection, rx: Receiver<Job>) {
             let tx = conn.transaction()?;
             {
                 let mut stmt =
-                    tx.prepare_cached("INSERT INTO queue (message_id, record) VALUES (?1, ?2)")?;
+                    tx.prepare_cached("INSERT INTO access_queue (message_id, record) VALUES (?1, ?2)")?;
                 for (record, message_id, _) in &group {
                     stmt.execute(params![message_id, record])?;
                 }
@@ -413,5 +482,77 @@ mod tests {
         assert_eq!(oldest.len(), 50);
         let first: SignedAccessRecord = serde_json::from_slice(&oldest[0].1).unwrap();
         assert!(first.record.message_id.starts_with("m-"));
+    }
+
+    #[tokio::test]
+    async fn an_older_nodes_queue_moves_into_the_log_once_and_records_ride_with_log_records() {
+        enlace_certs::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        // The stand-alone file of an older node: three pending, one rejected.
+        let old = dir.path().join("access-queue.sqlite");
+        {
+            let c = Connection::open(&old).unwrap();
+            c.execute_batch(
+                "CREATE TABLE queue (id INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, record BLOB NOT NULL);
+                 CREATE TABLE rejected (id INTEGER PRIMARY KEY, message_id TEXT NOT NULL, record BLOB NOT NULL, problem TEXT NOT NULL, at TEXT NOT NULL);",
+            )
+            .unwrap();
+            for n in 0..3 {
+                let r = record(n);
+                c.execute(
+                    "INSERT INTO queue (message_id, record) VALUES (?1, ?2)",
+                    params![r.record.message_id, r.canonical_bytes()],
+                )
+                .unwrap();
+            }
+            c.execute(
+                "INSERT INTO rejected (message_id, record, problem, at) VALUES ('m-x', x'00', 'bad', 'then')",
+                [],
+            )
+            .unwrap();
+        }
+        let log_path = dir.path().join("messages.sqlite");
+        let log = crate::msglog::MessageLog::open(&log_path, Default::default()).unwrap();
+        let q = AccessQueue::in_log(&log_path).unwrap();
+        assert_eq!((q.pending().unwrap(), q.rejected().unwrap()), (3, 1));
+        assert!(!old.exists() && dir.path().join("access-queue.sqlite.migrated").exists());
+        // Opening again moves nothing twice.
+        let q = AccessQueue::in_log(&log_path).unwrap();
+        assert_eq!(q.pending().unwrap(), 3);
+        // A record appended with its access record commits both; enqueue is not the way in.
+        let r = record(7);
+        let mut rec = crate::msglog::Record {
+            message_id: "m-7".into(),
+            kind: crate::msglog::RecordKind::ResponseOut,
+            at: time::OffsetDateTime::now_utc(),
+            client: String::new(),
+            service: String::new(),
+            operation: String::new(),
+            method: None,
+            target: None,
+            contract: None,
+            subject: None,
+            user: None,
+            procedure: None,
+            step: None,
+            peer: None,
+            status: 200,
+            problem: None,
+            request_digest: None,
+            response_digest: None,
+            signature_input: None,
+            signature: None,
+            headers: Vec::new(),
+            body: None,
+        };
+        rec.status = 200;
+        let extras = crate::msglog::Extras {
+            usage: Vec::new(),
+            access: Some((r.record.message_id.clone(), r.canonical_bytes())),
+        };
+        log.append_with(rec, extras).await.unwrap();
+        assert_eq!(q.pending().unwrap(), 4);
+        assert_eq!(q.oldest(10).unwrap().last().unwrap().1, r.canonical_bytes());
+        assert!(q.enqueue(&record(8)).await.is_err());
     }
 }

@@ -59,7 +59,7 @@ pub use record::{Record, RecordKind};
 pub use verify::{
     HeadFailure, VerifyReport, received_since, stored_heads, usage_counts, verify_file,
 };
-pub use writer::{Appended, LogOptions, MessageLog, Pruned, SINGLE_USE_PERIOD, Usage};
+pub use writer::{Appended, Extras, LogOptions, MessageLog, Pruned, SINGLE_USE_PERIOD, Usage};
 
 use enlace_core::problem::{Problem, ProblemKind};
 

@@ -47,6 +47,18 @@ CREATE TABLE IF NOT EXISTS anchors (
     signature_b64 TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS anchors_seq ON anchors (seq);
+CREATE TABLE IF NOT EXISTS access_queue (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT    NOT NULL,
+    record     BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS access_rejected (
+    id         INTEGER PRIMARY KEY,
+    message_id TEXT    NOT NULL,
+    record     BLOB    NOT NULL,
+    problem    TEXT    NOT NULL,
+    at         TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS usage (
     contract TEXT    NOT NULL,
     period   INTEGER NOT NULL,
@@ -66,6 +78,16 @@ pub struct Usage {
 
 /// The `period` under which a single-use contract's use is counted.
 pub const SINGLE_USE_PERIOD: i64 = -1;
+
+/// What is committed with a record besides it: contract usage it counts, and the signed access
+/// record of its exchange, queued in `access_queue` for the shipper (`crate::access`) in the
+/// same transaction, so that the access record is durable exactly when the record is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extras {
+    pub usage: Vec<Usage>,
+    /// (message id, canonical bytes of the signed access record)
+    pub access: Option<(String, Vec<u8>)>,
+}
 
 /// How the log is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +141,7 @@ struct PendingAppend {
     kind: &'static str,
     at_ns: i64,
     bytes: Vec<u8>,
-    usage: Vec<Usage>,
+    extras: Extras,
     reply: oneshot::Sender<Result<Appended, Problem>>,
 }
 
@@ -196,6 +218,21 @@ impl MessageLog {
         rec: Record,
         usage: Vec<Usage>,
     ) -> impl Future<Output = Result<Appended, Problem>> + Send + 'static {
+        self.append_with(
+            rec,
+            Extras {
+                usage,
+                access: None,
+            },
+        )
+    }
+
+    /// [`MessageLog::append`], committing `extras` in the same transaction.
+    pub fn append_with(
+        &self,
+        rec: Record,
+        extras: Extras,
+    ) -> impl Future<Output = Result<Appended, Problem>> + Send + 'static {
         let at_ns = i64::try_from(rec.at.unix_timestamp_nanos()).unwrap_or(i64::MAX);
         let (reply, rx) = oneshot::channel();
         let queued = self.send(Command::Append(PendingAppend {
@@ -203,7 +240,7 @@ impl MessageLog {
             message_id: rec.message_id,
             kind: rec.kind.as_str(),
             at_ns,
-            usage,
+            extras,
             reply,
         }));
         async move {
@@ -388,8 +425,14 @@ impl Writer {
                 "INSERT INTO usage (contract, period, count) VALUES (?1, ?2, 1)
                  ON CONFLICT (contract, period) DO UPDATE SET count = count + 1",
             )?;
-            for u in batch.iter().flat_map(|p| &p.usage) {
+            for u in batch.iter().flat_map(|p| &p.extras.usage) {
                 count.execute(params![u.contract, u.period])?;
+            }
+            let mut queue = tx.prepare_cached(
+                "INSERT INTO access_queue (message_id, record) VALUES (?1, ?2)",
+            )?;
+            for (message_id, record) in batch.iter().filter_map(|p| p.extras.access.as_ref()) {
+                queue.execute(params![message_id, record])?;
             }
         }
         tx.commit()?;

@@ -119,12 +119,13 @@ pub(crate) fn record(
 }
 
 /// Queues the record durably (a no-op without one); the response waits for this.
-pub(crate) async fn enqueue(
-    node: &Node,
+/// The access record as the message log queues it with its exchange's record
+/// (`Extras::access`): committed in the same transaction, shipped later.
+pub(crate) fn queued(
     record: Option<enlace_core::access::SignedAccessRecord>,
-) -> Result<(), Problem> {
-    match record {
-        Some(r) => node.access.enqueue(&r).await,
-        None => Ok(()),
+) -> crate::msglog::Extras {
+    crate::msglog::Extras {
+        usage: Vec::new(),
+        access: record.map(|r| (r.record.message_id.clone(), r.canonical_bytes())),
     }
 }

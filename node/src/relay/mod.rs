@@ -556,7 +556,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
     volume.restore(crate::msglog::usage_counts(
         &raw.data_dir.join("messages.sqlite"),
     )?);
-    let access = crate::access::AccessQueue::open(&raw.data_dir.join("access-queue.sqlite"))?;
+    let access = crate::access::AccessQueue::in_log(&raw.data_dir.join("messages.sqlite"))?;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_millis(limits.upstream_timeout_ms)));

@@ -99,8 +99,7 @@ async fn refuse(
     fill_signature(&mut rec, resp.headers(), false);
     keep_request_signature(&mut rec, &parts.headers);
     let access = refusal_record(node, parts, trace, &problem, resp.headers());
-    let (logged, queued) = tokio::join!(node.log.append(rec), access_emit::enqueue(node, access));
-    if let Err(p) = logged.and(queued) {
+    if let Err(p) = node.log.append_with(rec, access_emit::queued(access)).await {
         tracing::error!(problem = %p, "could not log a refusal");
         return problem_response(&p, trace.message_id.as_deref());
     }
@@ -309,9 +308,7 @@ async fn run(
             response_digest: header(resp.headers(), signature::CONTENT_DIGEST),
         },
     );
-    let (logged, queued) = tokio::join!(node.log.append(rec), access_emit::enqueue(node, access));
-    logged?;
-    queued?;
+    node.log.append_with(rec, access_emit::queued(access)).await?;
     Ok(resp)
 }
 

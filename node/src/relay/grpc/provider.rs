@@ -248,8 +248,7 @@ async fn refuse(
     rec.problem = Some(problem.kind.slug().to_string());
     trace.asked.note(&mut rec);
     let access = refusal_record(node, trace, &problem, req);
-    let (logged, queued) = tokio::join!(node.log.append(rec), access_emit::enqueue(node, access));
-    if let Err(p) = logged.and(queued) {
+    if let Err(p) = node.log.append_with(rec, access_emit::queued(access)).await {
         tracing::error!(problem = %p, "could not log a refusal");
         reply.send(trailers_only(problem_trailers(
             &p,
@@ -846,12 +845,13 @@ impl Call {
                 response_digest: Some(chain.value()),
             },
         );
-        let (logged, queued) = tokio::join!(
-            self.node.log.append(rec),
-            access_emit::enqueue(&self.node, access)
-        );
-        let status = match logged.and(queued) {
-            Ok(()) => status,
+        let logged = self
+            .node
+            .log
+            .append_with(rec, access_emit::queued(access))
+            .await;
+        let status = match logged {
+            Ok(_) => status,
             Err(p) => {
                 tracing::error!(problem = %p, "could not log a grpc response");
                 held = None;
