@@ -394,12 +394,37 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: &[PendingAppend]) -> rusqlite::Result<Vec<Appended>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // BEGIN and COMMIT as cached statements: a transaction per commit parsed them anew.
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let written = self.write_in_transaction(batch);
+        let done = written.and_then(|w| {
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(w)
+        });
+        match done {
+            Ok((appended, head)) => {
+                self.committed(head);
+                Ok(appended)
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The inserts of [`Writer::write_batch`], inside its transaction; the new head.
+    #[allow(clippy::type_complexity)]
+    fn write_in_transaction(
+        &mut self,
+        batch: &[PendingAppend],
+    ) -> rusqlite::Result<(Vec<Appended>, (u64, [u8; 32]))> {
+        let tx = &self.conn;
         // Read the tail inside the write transaction rather than trusting memory, so that the
         // chain stays linear even if another process wrote to the file.
-        let (mut seq, mut prev) = tail(&tx)?;
+        let (mut seq, mut prev) = tail(tx)?;
         let mut appended = Vec::with_capacity(batch.len());
         {
             let mut insert = tx.prepare_cached(
@@ -435,9 +460,7 @@ impl Writer {
                 queue.execute(params![message_id, record])?;
             }
         }
-        tx.commit()?;
-        self.committed((seq, prev));
-        Ok(appended)
+        Ok((appended, (seq, prev)))
     }
 
     fn committed(&self, head: (u64, [u8; 32])) {
