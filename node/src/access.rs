@@ -30,10 +30,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Most records the writer commits in one transaction.
 const MAX_GROUP: usize = 512;
 
-/// The tables, as the message log also creates them (`crate::msglog`): a node's queue lives in
-/// its `messages.sqlite`, where each access record is committed in the same transaction as the
-/// log record of its exchange.
-const SCHEMA: &str = "
+/// The queue's tables, which the message log creates in its file too (`crate::msglog`): a
+/// node's queue lives in its `messages.sqlite`, where each access record is committed in the
+/// same transaction as the log record of its exchange.
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS access_queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id TEXT NOT NULL,
@@ -302,12 +302,18 @@ fn migrate_old_queue(conn: &Connection, old: &Path) -> Result<(), Problem> {
     let _ = conn.execute_batch("DETACH DATABASE old");
     let moved = moved.map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
-        internal(format!("moving {} into the message log: {e}", old.display()))
+        internal(format!(
+            "moving {} into the message log: {e}",
+            old.display()
+        ))
     })?;
     let mut done = old.as_os_str().to_owned();
     done.push(".migrated");
     std::fs::rename(old, &done).map_err(internal)?;
-    tracing::info!(records = moved, "moved the access records of access-queue.sqlite into the message log");
+    tracing::info!(
+        records = moved,
+        "moved the access records of access-queue.sqlite into the message log"
+    );
     Ok(())
 }
 
@@ -377,8 +383,9 @@ fn write_loop(mut conn: Connection, rx: Receiver<Job>) {
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             {
-                let mut stmt =
-                    tx.prepare_cached("INSERT INTO access_queue (message_id, record) VALUES (?1, ?2)")?;
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO access_queue (message_id, record) VALUES (?1, ?2)",
+                )?;
                 for (record, message_id, _) in &group {
                     stmt.execute(params![message_id, record])?;
                 }

@@ -46,16 +46,8 @@ pub async fn serve<F, Fut, B>(
                 let handler = handler.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls_stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::info!(%remote, error = %e, "backend refused: TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%remote, "backend refused: TLS handshake timed out");
-                            return;
-                        }
+                    let Some(tls_stream) = crate::net::handshake(&acceptor, stream, remote, handshake_timeout, "backend").await else {
+                        return;
                     };
                     let cert = tls_stream
                         .get_ref()

@@ -279,6 +279,28 @@ pub async fn serve_plain<F, Fut, B>(
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
+/// The TLS handshake of an accepted connection, bounded by `timeout`; a failure is logged
+/// (naming `who` connected) and the connection dropped.
+pub(crate) async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    remote: SocketAddr,
+    timeout: Duration,
+    who: &str,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::info!(%remote, error = %e, "{who} refused: TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%remote, "{who} refused: TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// Serves mutual-TLS HTTP/2 on `listener`: each handshake runs in its own task with a timeout;
 /// the handler learns the peer's node id from its certificate.
 pub async fn serve_mtls<F, Fut, B>(
@@ -303,16 +325,8 @@ pub async fn serve_mtls<F, Fut, B>(
                 let handler = handler.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls_stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::info!(%remote, error = %e, "peer refused: TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%remote, "peer refused: TLS handshake timed out");
-                            return;
-                        }
+                    let Some(tls_stream) = handshake(&acceptor, stream, remote, handshake_timeout, "peer").await else {
+                        return;
                     };
                     let peer = match tls_stream.get_ref().1.peer_certificates().map(enlace_certs::peer_node_id) {
                         Some(Ok(id)) => id,

@@ -47,18 +47,6 @@ CREATE TABLE IF NOT EXISTS anchors (
     signature_b64 TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS anchors_seq ON anchors (seq);
-CREATE TABLE IF NOT EXISTS access_queue (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT    NOT NULL,
-    record     BLOB    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS access_rejected (
-    id         INTEGER PRIMARY KEY,
-    message_id TEXT    NOT NULL,
-    record     BLOB    NOT NULL,
-    problem    TEXT    NOT NULL,
-    at         TEXT    NOT NULL
-);
 CREATE TABLE IF NOT EXISTS usage (
     contract TEXT    NOT NULL,
     period   INTEGER NOT NULL,
@@ -178,6 +166,9 @@ impl MessageLog {
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;")
             .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
+        // The node's access-record queue lives here too (crate::access).
+        conn.execute_batch(crate::access::SCHEMA)
+            .map_err(internal)?;
         let head = tail(&conn).map_err(internal)?;
 
         let shared = Arc::new(Shared {
@@ -453,9 +444,8 @@ impl Writer {
             for u in batch.iter().flat_map(|p| &p.extras.usage) {
                 count.execute(params![u.contract, u.period])?;
             }
-            let mut queue = tx.prepare_cached(
-                "INSERT INTO access_queue (message_id, record) VALUES (?1, ?2)",
-            )?;
+            let mut queue =
+                tx.prepare_cached("INSERT INTO access_queue (message_id, record) VALUES (?1, ?2)")?;
             for (message_id, record) in batch.iter().filter_map(|p| p.extras.access.as_ref()) {
                 queue.execute(params![message_id, record])?;
             }

@@ -308,7 +308,9 @@ async fn run(
             response_digest: header(resp.headers(), signature::CONTENT_DIGEST),
         },
     );
-    node.log.append_with(rec, access_emit::queued(access)).await?;
+    node.log
+        .append_with(rec, access_emit::queued(access))
+        .await?;
     Ok(resp)
 }
 
