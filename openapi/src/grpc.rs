@@ -316,6 +316,9 @@ pub struct MethodInfo {
     pub server_streaming: bool,
     /// The request field naming the data subject (`(enlace.subject)`), if the method binds one.
     pub subject: Option<SubjectBinding>,
+    /// The method declares `option idempotency_level = NO_SIDE_EFFECTS`: it only reads, like a
+    /// REST GET, so a one-message request may be forwarded while its log record commits.
+    pub no_side_effects: bool,
 }
 
 /// A request field bound to the data subject, and the scheme of the identifier it holds.
@@ -435,6 +438,12 @@ impl CompiledGrpc {
             client_streaming: method.is_client_streaming(),
             server_streaming: method.is_server_streaming(),
             subject,
+            no_side_effects: method
+                .method_descriptor_proto()
+                .options
+                .as_ref()
+                .and_then(|o| o.idempotency_level)
+                == Some(prost_types::method_options::IdempotencyLevel::NoSideEffects as i32),
         })
     }
 }

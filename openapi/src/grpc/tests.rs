@@ -962,3 +962,20 @@ fn stream_digest_follows_the_documented_formula() {
         (3, hex::encode(h))
     );
 }
+
+#[test]
+fn a_method_declared_without_side_effects_is_known_as_such() {
+    let demo = personas();
+    for m in [
+        "GetPerson",
+        "ListDocuments",
+        "VerifyIdentities",
+        "LookupPersons",
+    ] {
+        let info = demo.method(&format!("/personas.v1.Personas/{m}")).unwrap();
+        assert!(info.no_side_effects, "{m} only reads");
+    }
+    // A method that says nothing may change something: it is logged before it is forwarded.
+    let get = things().method("/t.v1.Things/Get").unwrap();
+    assert!(!get.no_side_effects);
+}

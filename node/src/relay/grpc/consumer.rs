@@ -391,8 +391,16 @@ async fn exchange(
             .push((STREAM_DIGEST.into(), no_pump.chain().value()));
     }
     rec.body = rec_body;
-    node.log.append(rec).await?;
-    // The request stream starts only once the request is logged.
+    let logged = node.log.append(rec);
+    // A one-message request to a method without side effects is sent while its record commits
+    // (the log commits in order, so it is durable before the response's); any other only once
+    // it is durable. A request stream starts only once the request is logged.
+    let logged = if !streamed_request && method.no_side_effects {
+        Some(logged)
+    } else {
+        logged.await?;
+        None
+    };
     let mut pump = match pump {
         Some((progress, start)) => Pump::spawn(progress, start),
         None => no_pump,
@@ -423,6 +431,9 @@ async fn exchange(
             });
         }
     };
+    if let Some(logged) = logged {
+        logged.await?;
+    }
     let (rparts, rbody) = resp.into_parts();
     if rparts.status != StatusCode::OK || !super::is_grpc(&rparts.headers) {
         return Err(Problem::new(

@@ -468,7 +468,15 @@ async fn exchange(
         rec.headers.push((STREAM_DIGEST.into(), c.value()));
     }
     rec.body = whole.as_ref().filter(|_| log_bodies).map(|w| w.to_vec());
-    node.log.append_counted(rec, usage).await?;
+    let logged = node.log.append_counted(rec, usage);
+    // As on the consumer: a one-message request to a method without side effects goes to the
+    // backend while its record commits; anything else only once the record is durable.
+    let logged = if whole.is_some() && method.no_side_effects {
+        Some(logged)
+    } else {
+        logged.await?;
+        None
+    };
 
     // Forward to the backend: the whole request, or its stream from its own task.
     let (backend_body, mut pump) = match (whole, body, chain) {
@@ -544,6 +552,9 @@ async fn exchange(
             }));
         }
     };
+    if let Some(logged) = logged {
+        logged.await?;
+    }
     let (bparts, bbody) = resp.into_parts();
     let backend_fault = |p: Problem| {
         Problem::new(ProblemKind::ResponseSchemaViolation, p.detail)
