@@ -33,6 +33,7 @@ const NEVER: &[&str] = &[
     "forwarded",
     "date",
     "user-agent",
+    "accept",
     "accept-encoding",
     "content-type",
     "content-length",
@@ -196,5 +197,12 @@ mod tests {
                 prop_assert_eq!(custom_names(&out), custom_names(&h));
             }
         }
+    }
+
+    #[test]
+    fn accept_is_not_custom_metadata() {
+        // A REST request component already; as custom metadata too it would be covered twice.
+        assert!(!is_custom("accept"));
+        assert!(is_custom("x-request-reason"));
     }
 }
