@@ -745,7 +745,7 @@ fn compatibility_reports_streaming_types_and_removed_methods() {
     );
 
     let removed = personas_with(
-        "  // The person's identity documents, one message per document.\n  rpc ListDocuments(ListDocumentsRequest) returns (stream Document);\n",
+        "  // The person's identity documents, one message per document.\n  rpc ListDocuments(ListDocumentsRequest) returns (stream Document) {\n    option idempotency_level = NO_SIDE_EFFECTS;\n  }\n",
         "",
     );
     let breaks = compatibility(&d, &removed);
