@@ -600,11 +600,11 @@ fn check_components(components: &[Component]) -> Result<(), String> {
     Ok(())
 }
 
-/// The signature base (RFC 9421 §2.5): one `"<identifier>": <value>` line per component, then
-/// the `"@signature-params"` line, with no final newline.
-fn build_base(
+/// The component lines of a signature base (RFC 9421 §2.5), one `"<identifier>": <value>`
+/// line per component, each ending in a newline: what a signature over `components` covers,
+/// without the `"@signature-params"` line.
+pub(crate) fn component_lines(
     components: &[Component],
-    signature_params: &str,
     msg: &MessageContext<'_>,
 ) -> Result<String, String> {
     check_components(components)?;
@@ -616,6 +616,17 @@ fn build_base(
         base.push_str(&value);
         base.push('\n');
     }
+    Ok(base)
+}
+
+/// The signature base (RFC 9421 §2.5): one `"<identifier>": <value>` line per component, then
+/// the `"@signature-params"` line, with no final newline.
+fn build_base(
+    components: &[Component],
+    signature_params: &str,
+    msg: &MessageContext<'_>,
+) -> Result<String, String> {
+    let mut base = component_lines(components, msg)?;
     base.push_str("\"@signature-params\": ");
     base.push_str(signature_params);
     Ok(base)

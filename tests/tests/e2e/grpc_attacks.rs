@@ -46,6 +46,8 @@ enum Tamper {
     RequestValue = 3,
     /// Ends the request stream without its signed trailers.
     DropRequestTrailers = 4,
+    /// Adds custom metadata to the response head.
+    ResponseHead = 5,
 }
 
 impl Tamper {
@@ -56,6 +58,7 @@ impl Tamper {
             Tamper::ResponseTag,
             Tamper::RequestValue,
             Tamper::DropRequestTrailers,
+            Tamper::ResponseHead,
         ][usize::from(v)]
     }
 }
@@ -168,6 +171,11 @@ impl Mitm {
                 forwarded.fetch_add(1, Ordering::SeqCst);
                 let (mut parts, body) = resp.into_parts();
                 parts.headers.remove(http::header::CONTENT_LENGTH);
+                if mode == Tamper::ResponseHead && !parts.headers.contains_key("grpc-status") {
+                    parts
+                        .headers
+                        .insert("x-added", http::HeaderValue::from_static("on the way"));
+                }
                 let (tx, out): (BodySender, ChannelBody) = body_channel(16);
                 tokio::spawn(relay_body(body, tx, mode, Way::Response));
                 http::Response::from_parts(parts, out)
@@ -291,9 +299,14 @@ async fn a_unary_response_altered_in_transit_never_reaches_the_client() {
         assert_eq!(mitm.forwarded(), 1, "the call went through the proxy");
 
         // One bit of the response message changed (it still decodes), or its first tag (it
-        // does not): the consumer node holds the message until the provider node's signature
-        // and chain verify, so the client gets the refusal and nothing of the message.
-        for mode in [Tamper::ResponseValue, Tamper::ResponseTag] {
+        // does not), or metadata added to the response head: the consumer node holds the head
+        // and the message until the provider node's signature, chain and head digest verify,
+        // so the client gets the refusal and nothing of the message or the metadata.
+        for mode in [
+            Tamper::ResponseValue,
+            Tamper::ResponseTag,
+            Tamper::ResponseHead,
+        ] {
             mitm.set(mode);
             let before = mitm.forwarded();
             let err = client
@@ -301,6 +314,7 @@ async fn a_unary_response_altered_in_transit_never_reaches_the_client() {
                 .await
                 .expect_err("an altered response is refused");
             assert_integrity_refused(&err, &format!("{mode:?}"));
+            assert!(err.metadata().get("x-added").is_none(), "{err:?}");
             assert_eq!(mitm.forwarded(), before + 1, "{mode:?}: through the proxy");
         }
         wait_for_record(&f.log_db(false), |r| {
@@ -372,6 +386,16 @@ async fn a_streamed_response_altered_in_transit_ends_with_unauthenticated() {
             .await
             .expect_err("the first message is refused");
         assert_integrity_refused(&err, "a tag");
+
+        // Metadata added to the head: a server stream's head is signed on its own and checked
+        // before any message is released.
+        mitm.set(Tamper::ResponseHead);
+        let err = client
+            .list_documents(f.grpc_request(list(), &[]))
+            .await
+            .expect_err("a head with metadata added is refused");
+        assert_integrity_refused(&err, "a head");
+        assert!(err.metadata().get("x-added").is_none(), "{err:?}");
         wait_for_record(&f.log_db(false), |r| {
             r["kind"] == "response-in"
                 && r["operation"] == "personas.v1.Personas/ListDocuments"

@@ -121,41 +121,52 @@ async fn bundles_of_every_kind_of_grpc_call_verify_offline_and_catch_a_change() 
     while looked.get_mut().message().await.unwrap().is_some() {}
 
     // The consumer node's bundles: its own request signatures, the provider node's response
-    // signatures, and the bodies it kept (log_bodies is on for `renta`).
+    // signatures, and the bodies it kept (log_bodies is on for `renta`). The head of a response
+    // of one message (unary, client streaming) is bound by the final status's head digest; the
+    // head of a server stream is signed on its own.
+    const SIGNED_HEAD_IN: &str = "response-in): response head (enlace-grpc-headers): RFC 9421 signature of CL-DEV/GOV/61002000-3/node/a verifies";
+    const SIGNED_HEAD_OUT: &str = "response-out): response head (enlace-grpc-headers): RFC 9421 signature of CL-DEV/GOV/61002000-3/node/a";
+    const BOUND_HEAD_IN: &str = "response-in): the response head matches the enlace-grpc-head-digest of the signed final status";
+    const BOUND_HEAD_OUT: &str = "response-out): the response head matches the enlace-grpc-head-digest of the signed final status";
     let single = [
         "request-out): request head (enlace-request): RFC 9421 signature of CL-DEV/GOV/60803000-K/node/a verifies",
         "request-out): the request body kept matches its signed content-digest",
-        "response-in): response head (enlace-grpc-headers): RFC 9421 signature of CL-DEV/GOV/61002000-3/node/a verifies",
         "response-in): final status (enlace-grpc-trailers): RFC 9421 signature of CL-DEV/GOV/61002000-3/node/a verifies",
     ];
     let streamed = [
         "request-out): request head (enlace-request-stream): RFC 9421 signature of CL-DEV/GOV/60803000-K/node/a verifies",
         "response-in): request trailers (enlace-grpc-request-trailers): RFC 9421 signature of CL-DEV/GOV/60803000-K/node/a verifies",
-        "response-in): response head (enlace-grpc-headers): RFC 9421 signature of CL-DEV/GOV/61002000-3/node/a verifies",
         "response-in): final status (enlace-grpc-trailers): RFC 9421 signature of CL-DEV/GOV/61002000-3/node/a verifies",
     ];
-    for (id, expected, messages) in [
-        (&unary, &single, 1),
-        (&server, &single, 2),
-        (&client_stream, &streamed, 1),
-        (&bidi, &streamed, 2),
+    for (id, expected, messages, head) in [
+        (&unary, &single, 1, BOUND_HEAD_IN),
+        (&server, &single, 2, SIGNED_HEAD_IN),
+        (&client_stream, &streamed, 1, BOUND_HEAD_IN),
+        (&bidi, &streamed, 2, SIGNED_HEAD_IN),
     ] {
         let b = bundle(&f, id, false, 2).await;
         let lines = b.verify().unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_lines(&lines, expected);
         assert_lines(
             &lines,
-            &[&format!(
-                "the {messages} response messages kept match the signed chain"
-            )],
+            &[
+                head,
+                &format!("the {messages} response messages kept match the signed chain"),
+            ],
         );
+        let other = if head == BOUND_HEAD_IN {
+            SIGNED_HEAD_IN
+        } else {
+            BOUND_HEAD_IN
+        };
+        assert!(!lines.iter().any(|l| l.contains(other)), "{id}: {lines:?}");
     }
     // The provider node's bundles: the same signatures, seen from the other side.
-    for (id, streamed_request) in [
-        (&unary, false),
-        (&server, false),
-        (&client_stream, true),
-        (&bidi, true),
+    for (id, streamed_request, response_head) in [
+        (&unary, false, BOUND_HEAD_OUT),
+        (&server, false, SIGNED_HEAD_OUT),
+        (&client_stream, true, BOUND_HEAD_OUT),
+        (&bidi, true, SIGNED_HEAD_OUT),
     ] {
         let b = bundle(&f, id, true, 2).await;
         let lines = b.verify().unwrap_or_else(|e| panic!("{id}: {e}"));
@@ -168,7 +179,7 @@ async fn bundles_of_every_kind_of_grpc_call_verify_offline_and_catch_a_change() 
             &lines,
             &[
                 head,
-                "response-out): response head (enlace-grpc-headers): RFC 9421 signature of CL-DEV/GOV/61002000-3/node/a",
+                response_head,
                 "response-out): final status (enlace-grpc-trailers): RFC 9421 signature of CL-DEV/GOV/61002000-3/node/a",
             ],
         );
@@ -203,7 +214,11 @@ async fn bundles_of_every_kind_of_grpc_call_verify_offline_and_catch_a_change() 
             "enlace-stream-digest",
             "0:0000000000000000000000000000000000000000000000000000000000000000",
         ),
-        (1, "enlace-head-content-type", "application/grpc+proto"),
+        (
+            1,
+            "enlace-grpc-head-digest",
+            "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
+        ),
     ];
     for (i, name, value) in changes {
         let err = forged(&b, i, |r| set_field(r, name, value))
@@ -211,6 +226,29 @@ async fn bundles_of_every_kind_of_grpc_call_verify_offline_and_catch_a_change() 
             .expect_err(name);
         assert!(err.contains("does not verify"), "{name}: {err}");
     }
+    // The unary head is bound by the final status: a changed field, or metadata added to it,
+    // no longer matches the digest signed there.
+    let err = forged(&b, 1, |r| {
+        set_field(r, "enlace-head-content-type", "application/grpc+proto")
+    })
+    .verify()
+    .expect_err("a changed head");
+    assert!(err.contains("not the one the final status binds"), "{err}");
+    let err = forged(&b, 1, |r| {
+        r.headers
+            .push(("enlace-head-x-added".into(), "on the way".into()))
+    })
+    .verify()
+    .expect_err("metadata added to the head");
+    assert!(err.contains("not the one the final status binds"), "{err}");
+    // A server stream's head is signed on its own.
+    let b = bundle(&f, &server, false, 2).await;
+    let err = forged(&b, 1, |r| {
+        set_field(r, "enlace-head-content-type", "application/grpc+proto")
+    })
+    .verify()
+    .expect_err("a changed server-stream head");
+    assert!(err.contains("does not verify"), "{err}");
     // The body kept is what the signatures cover.
     let err = forged(&b, 1, |r| {
         let body = r.body.as_mut().unwrap();

@@ -4,9 +4,10 @@
 //! its protobuf method → check contract (fail fast) → the request: one message read whole,
 //! validated and digested; or a stream, validated and chained message by message by its own
 //! task and closed by signed trailers → sign the request head → log → send over mutual TLS →
-//! verify the response head → relay each response message (strictly decoded and chained; the
-//! single message of a unary or client-streaming call held until verified) → verify the final
-//! status and both chains → log → release the final status.
+//! verify the response head of a server stream (the head of one message is held) → relay each
+//! response message (strictly decoded and chained; the single message of a unary or
+//! client-streaming call held until verified) → verify the final status, both chains and a held
+//! head's digest → log → release the final status.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -460,9 +461,13 @@ async fn exchange(
         call.finish(relayed, pump, Deliver::Head(reply, None)).await;
         return Ok(());
     }
-    call.verifier(|v| signing::verify_response_head(&rparts.headers, &call.sent, v))
-        .map_err(|p| p.caused_by(Culprit::PeerNode))?;
-    let signed_head = Some(rparts.headers.clone());
+    if call.method.server_streaming {
+        // Its messages are released as they come: the head must verify on its own first. The
+        // head of one message is held with it and checked against the final status.
+        call.verifier(|v| signing::verify_response_head(&rparts.headers, &call.sent, v))
+            .map_err(|p| p.caused_by(Culprit::PeerNode))?;
+    }
+    let received_head = Some(rparts.headers.clone());
     let mut head = HeaderMap::new();
     put(&mut head, context::MESSAGE_ID, &trace.message_id);
     let custom = metadata::custom(&rparts.headers).map_err(|d| {
@@ -497,7 +502,7 @@ async fn exchange(
         )
         .await;
         let mut relayed = Relayed::from(relayed);
-        relayed.head = signed_head;
+        relayed.head = received_head;
         call.finish(relayed, pump, Deliver::Stream(tx)).await;
     } else {
         // One response message: held until the final status verifies.
@@ -514,7 +519,7 @@ async fn exchange(
         .await;
         let mut relayed = Relayed::from(relayed);
         relayed.held = held;
-        relayed.head = signed_head;
+        relayed.head = received_head;
         call.finish(relayed, pump, Deliver::Head(reply, Some(head)))
             .await;
     }
@@ -543,7 +548,8 @@ struct Relayed {
     chain: StreamDigest,
     kept: Option<Vec<u8>>,
     held: Option<Vec<u8>>,
-    /// The response head as received (verified), for the log.
+    /// The response head as received (verified, or for one message bound by the final
+    /// status), for the log.
     head: Option<HeaderMap>,
 }
 
@@ -626,8 +632,16 @@ impl Call {
                     received: &relayed.chain,
                     sent_request: streamed_request.then_some(&sent_request),
                 };
+                let held_head = relayed
+                    .head
+                    .as_ref()
+                    .filter(|_| !self.method.server_streaming);
                 let checked = self
                     .verifier(|v| signing::verify_trailers(&t, &self.sent, &chains, v))
+                    .and_then(|()| match held_head {
+                        Some(head) => signing::check_head_digest(head, &t),
+                        None => Ok(()),
+                    })
                     .and_then(|()| {
                         verified = true;
                         self.check_held(&t, &relayed.chain, &mut held)

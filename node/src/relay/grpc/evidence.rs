@@ -5,7 +5,8 @@
 //! What a record holds (see [`super::final_record`] and docs/PROTOCOL.md, "gRPC", "Logging"):
 //! a request record the request head (`enlace-request` or `enlace-request-stream`) with its
 //! custom metadata; a record closing an exchange the final status (`enlace-grpc-trailers`)
-//! unprefixed, the response head (`enlace-grpc-headers`) prefixed [`HEAD_PREFIX`], and a
+//! unprefixed, the response head prefixed [`HEAD_PREFIX`] (signed, `enlace-grpc-headers`, for a
+//! server stream; bound by the final status's [`HEAD_DIGEST`] for one message), and a
 //! streamed request's trailers (`enlace-grpc-request-trailers`) prefixed
 //! [`REQUEST_TRAILERS_PREFIX`]; a provider node's refusal its signed status, and the request as
 //! the peer node sent it prefixed [`REFUSED_REQUEST_PREFIX`]. The request direction is signed
@@ -19,8 +20,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use time::OffsetDateTime;
 
 use super::signing::{
-    self, HEADERS_TAG, REQUEST_STREAM_TAG, REQUEST_TRAILER_COMPONENTS, REQUEST_TRAILERS_TAG,
-    TRAILERS_TAG, Verifier,
+    self, HEAD_DIGEST, HEADERS_TAG, REQUEST_STREAM_TAG, REQUEST_TRAILER_COMPONENTS,
+    REQUEST_TRAILERS_TAG, TRAILERS_TAG, Verifier,
 };
 use super::{
     Bound, GRPC_PREFIX, HEAD_PREFIX, REFUSED_REQUEST_PREFIX, REQUEST_STREAM_DIGEST,
@@ -143,14 +144,28 @@ pub(crate) fn check(
         uri: uri.clone(),
         headers: bound,
     };
-    if let Some(mut head) = prefixed(&r.headers, HEAD_PREFIX)? {
+    // A head with its own signature (server streaming) is checked here; one without (the
+    // head of one message) must be bound by the final status's head digest, checked below.
+    let mut unsigned_head = None;
+    let head = section(&r.headers, |n| {
+        n.strip_prefix(HEAD_PREFIX).map(String::from)
+    })?;
+    if !head.is_empty() {
+        let mut head = head;
         if !head.contains_key(context::MESSAGE_ID) {
             put(&mut head, context::MESSAGE_ID, Some(&r.message_id))?;
         }
-        let what = format!("response head ({HEADERS_TAG})");
-        lines.push(check.signature(&what, signers.provider, &during, &|v| {
-            signing::verify_response_head(&head, &request, v)
-        })?);
+        if head.contains_key(signature::SIGNATURE) {
+            let what = format!("response head ({HEADERS_TAG})");
+            lines.push(check.signature(&what, signers.provider, &during, &|v| {
+                signing::verify_response_head(&head, &request, v)
+            })?);
+        } else {
+            unsigned_head = Some(head);
+        }
+    }
+    if unsigned_head.is_some() && r.signature.is_none() {
+        return Err("the response head is not signed, and no signed final status binds it".into());
     }
     if r.signature.is_some() {
         let mut status = main;
@@ -169,6 +184,12 @@ pub(crate) fn check(
                 v,
             )
         })?);
+        if let Some(head) = &unsigned_head {
+            signing::check_head_digest(head, &status).map_err(|p| p.detail)?;
+            lines.push(format!(
+                "the response head matches the {HEAD_DIGEST} of the signed final status"
+            ));
+        }
         if let Some(line) = check_kept_messages(r, &status)? {
             lines.push(line);
         }

@@ -8,9 +8,10 @@
 //! its own task, each strictly decoded, bound to the subject and chained, and its end passed on
 //! only once the consumer node's signed request trailers verify (otherwise the backend sees a
 //! reset) → sign the
-//! response head → per response message: validate, minimise, re-encode, chain (the single
-//! message of a unary or client-streaming call held until the final status) → sign the final
-//! status bound to the request → log → release it.
+//! response head of a server stream, or digest the head of one message → per response message:
+//! validate, minimise, re-encode, chain (the single message of a unary or client-streaming call
+//! held until the final status) → sign the final status (with the head digest) bound to the
+//! request → log → release it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -600,6 +601,7 @@ async fn exchange(
             disclosed: BTreeSet::new(),
             held: None,
             head: None,
+            head_digest: None,
         };
         call.finish(outcome, pump, Deliver::Head(reply)).await;
         return Ok(());
@@ -611,8 +613,15 @@ async fn exchange(
         Problem::new(ProblemKind::ResponseSchemaViolation, d).caused_by(Culprit::ProviderBackend)
     })?;
     metadata::append(&mut head, &custom);
-    signing::sign_response_head(&signer(node), &mut head, req)?;
-    let signed_head = head.clone();
+    // The head of a server-streaming call is signed on its own: its messages go on before the
+    // final status. The head of a response of one message is bound by the final status.
+    let head_digest = if call.method.server_streaming {
+        signing::sign_response_head(&signer(node), &mut head, req)?;
+        None
+    } else {
+        Some(signing::head_digest(&head)?)
+    };
+    let sent_head = head.clone();
     let (tx, rx) = body_channel(CHANNEL_FRAMES);
     reply.send(streamed(head, rx));
 
@@ -666,7 +675,8 @@ async fn exchange(
         kept: relayed.kept,
         disclosed,
         held,
-        head: Some(signed_head),
+        head: Some(sent_head),
+        head_digest,
     };
     call.finish(outcome, pump, Deliver::Stream(tx)).await;
     Ok(())
@@ -714,8 +724,10 @@ struct Outcome {
     kept: Option<Vec<u8>>,
     disclosed: BTreeSet<String>,
     held: Option<Vec<u8>>,
-    /// The response head as signed and sent, for the log.
+    /// The response head as sent, for the log.
     head: Option<HeaderMap>,
+    /// The digest of a head of one message, for the final status to carry.
+    head_digest: Option<String>,
 }
 
 enum Deliver<'a> {
@@ -797,6 +809,9 @@ impl Call {
             put(&mut t, STREAM_DIGEST, &chain.value());
             if streamed_request {
                 put(&mut t, REQUEST_STREAM_DIGEST, &request_chain.value());
+            }
+            if let Some(d) = &o.head_digest {
+                put(&mut t, signing::HEAD_DIGEST, d);
             }
             match signing::sign_trailers(&signer(&self.node), &mut t, &self.request) {
                 Ok(()) => t,

@@ -5,10 +5,14 @@
 //!   the request is streamed (client and bidirectional streaming; tag `enlace-request-stream`);
 //! - the request trailers of a streamed request (tag `enlace-grpc-request-trailers`): the chain
 //!   of the request messages, bound to the head by the message id, method and path;
-//! - the response head (tag `enlace-grpc-headers`) and the response trailers (tag
-//!   `enlace-grpc-trailers`: the final status and the chain of the response messages, and for a
-//!   streamed request the chain of its messages as received), both bound (`;req`) to the
-//!   request head as the consumer node sent it.
+//! - the response trailers (tag `enlace-grpc-trailers`: the final status and the chain of the
+//!   response messages, and for a streamed request the chain of its messages as received),
+//!   bound (`;req`) to the request head as the consumer node sent it;
+//! - the response head of a server-streaming call (tag `enlace-grpc-headers`, bound the same
+//!   way), whose messages are released before the final status. The head of a response of one
+//!   message (unary, client streaming) is held with the message until the final status
+//!   verifies, so it is not signed on its own: the final status carries its digest
+//!   (`enlace-grpc-head-digest`) under the one signature, as a REST response is signed once.
 //!
 //! Custom metadata present in a signed section must be covered, so that metadata added on the
 //! way is refused rather than passed on. See docs/PROTOCOL.md, "gRPC".
@@ -35,6 +39,10 @@ pub const REQUEST_TRAILERS_TAG: &str = "enlace-grpc-request-trailers";
 pub const HEADERS_TAG: &str = "enlace-grpc-headers";
 /// The `tag` of the response trailers (or of a trailers-only response).
 pub const TRAILERS_TAG: &str = "enlace-grpc-trailers";
+
+/// The field of a final status binding the head of a response of one message: the
+/// `Content-Digest`-style SHA-256 of the head's component lines (see [`head_digest`]).
+pub const HEAD_DIGEST: &str = "enlace-grpc-head-digest";
 
 /// Who signs, and when.
 pub(super) struct Signer {
@@ -273,6 +281,7 @@ const OPTIONAL_TRAILERS: &[&str] = &[
     PROBLEM_TYPE,
     context::ERROR,
     REQUEST_STREAM_DIGEST,
+    HEAD_DIGEST,
 ];
 
 pub(super) fn trailer_components(trailers: &HeaderMap, request: &Bound) -> Vec<Component> {
@@ -337,6 +346,53 @@ fn same_message(section: &HeaderMap, sent: &Bound) -> Result<(), Problem> {
         ));
     }
     Ok(())
+}
+
+/// What [`HEAD_DIGEST`] covers of a response head: its content type, message id and custom
+/// metadata, as the lines of a signature base.
+fn head_lines(headers: &HeaderMap) -> Result<String, Problem> {
+    let mut c = vec![
+        Component::new("content-type"),
+        Component::new("enlace-message-id"),
+    ];
+    c.extend(covered(metadata::custom_names(headers)));
+    let msg = MessageContext::response(
+        Message::response(StatusCode::OK, headers),
+        Message::response(StatusCode::OK, headers),
+    );
+    signature::component_lines(&c, &msg).map_err(|e| {
+        Problem::new(
+            ProblemKind::SignatureInvalid,
+            format!("the response head cannot be digested: {e}"),
+        )
+    })
+}
+
+/// The [`HEAD_DIGEST`] value of a response head of one message, for its final status.
+pub(super) fn head_digest(headers: &HeaderMap) -> Result<String, Problem> {
+    Ok(signature::content_digest(head_lines(headers)?.as_bytes()))
+}
+
+/// Checks a held response head against the [`HEAD_DIGEST`] its final status carries (the
+/// status's signature verified first): a head without a digest to match, or one that does not
+/// match, was altered or added on the way.
+pub(super) fn check_head_digest(head: &HeaderMap, status: &HeaderMap) -> Result<(), Problem> {
+    let claimed = field(status, HEAD_DIGEST);
+    if claimed.is_empty() {
+        return Err(Problem::new(
+            ProblemKind::SignatureInvalid,
+            format!("the response head is not signed, and the final status has no {HEAD_DIGEST}"),
+        ));
+    }
+    signature::check_content_digest(claimed, head_lines(head)?.as_bytes()).map_err(|p| {
+        Problem::new(
+            ProblemKind::SignatureInvalid,
+            format!(
+                "the response head is not the one the final status binds: {}",
+                p.detail
+            ),
+        )
+    })
 }
 
 /// Signs the final status (trailers, or the headers of a trailers-only response) in place.
@@ -700,5 +756,74 @@ mod tests {
             "0193a0c0-0000-7000-8000-000000000002",
         );
         assert!(verify_response_head(&h, &another, &v).is_err());
+    }
+
+    #[test]
+    fn the_head_of_one_message_is_bound_by_the_signed_final_status() {
+        let key = SigningKey::generate().unwrap();
+        let public = key.public_key_bytes();
+        let key_for = |_: &str| Ok(vec![public.clone()]);
+        let v = Verifier {
+            now: 1_000,
+            max_skew_secs: 30,
+            key_for: &key_for,
+        };
+        let req = request(false);
+        let mut head = HeaderMap::new();
+        put(&mut head, "content-type", "application/grpc");
+        put(&mut head, context::MESSAGE_ID, ID);
+        put(&mut head, "x-backend-trace", "t-1");
+        let digest = head_digest(&head).unwrap();
+
+        let mut t = HeaderMap::new();
+        put(&mut t, GRPC_STATUS, "0");
+        put(&mut t, context::MESSAGE_ID, ID);
+        put(&mut t, STREAM_DIGEST, &StreamDigest::new().value());
+        put(&mut t, HEAD_DIGEST, &digest);
+        sign_trailers(&signer(&key), &mut t, &req).unwrap();
+        let received = StreamDigest::new();
+        let chains = Chains {
+            received: &received,
+            sent_request: None,
+        };
+        verify_trailers(&t, &req, &chains, &v).unwrap();
+        check_head_digest(&head, &t).unwrap();
+        // Transport fields are not metadata and do not matter.
+        let mut dated = head.clone();
+        put(&mut dated, "date", "Tue, 01 Dec 2026 00:00:00 GMT");
+        check_head_digest(&dated, &t).unwrap();
+        // Metadata changed, added or removed, another content type or message id: refused.
+        let mut changes = Vec::new();
+        for (name, value) in [
+            ("x-backend-trace", "t-2"),
+            ("x-added", "1"),
+            ("content-type", "application/grpc+proto"),
+            (context::MESSAGE_ID, "0193a0c0-0000-7000-8000-000000000002"),
+        ] {
+            let mut changed = head.clone();
+            put(&mut changed, name, value);
+            changes.push((name, changed));
+        }
+        let mut removed = head.clone();
+        removed.remove("x-backend-trace");
+        changes.push(("removed", removed));
+        for (what, changed) in changes {
+            let err = check_head_digest(&changed, &t).unwrap_err();
+            assert_eq!(err.kind, ProblemKind::SignatureInvalid, "{what}");
+            assert!(err.detail.contains("not the one"), "{what}: {}", err.detail);
+        }
+        // The digest is under the signature: changing it breaks the final status.
+        let mut swapped = t.clone();
+        put(
+            &mut swapped,
+            HEAD_DIGEST,
+            &signature::content_digest(b"another head"),
+        );
+        assert!(verify_trailers(&swapped, &req, &chains, &v).is_err());
+        // A final status without a digest binds no head.
+        let mut bare = HeaderMap::new();
+        put(&mut bare, GRPC_STATUS, "0");
+        let err = check_head_digest(&head, &bare).unwrap_err();
+        assert!(err.detail.contains("has no"), "{}", err.detail);
     }
 }
