@@ -723,6 +723,15 @@ mod tests {
         }
     }
 
+    /// A response head with the backend's custom metadata, as the provider node sends it.
+    fn backend_head() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        put(&mut h, "content-type", "application/grpc");
+        put(&mut h, context::MESSAGE_ID, ID);
+        put(&mut h, "x-backend-trace", "t-1");
+        h
+    }
+
     #[test]
     fn response_heads_cover_their_metadata_and_message_id() {
         let key = SigningKey::generate().unwrap();
@@ -734,10 +743,7 @@ mod tests {
             key_for: &key_for,
         };
         let req = request(false);
-        let mut h = HeaderMap::new();
-        put(&mut h, "content-type", "application/grpc");
-        put(&mut h, context::MESSAGE_ID, ID);
-        put(&mut h, "x-backend-trace", "t-1");
+        let mut h = backend_head();
         sign_response_head(&signer(&key), &mut h, &req).unwrap();
         verify_response_head(&h, &req, &v).unwrap();
         // Transport fields added on the way are not metadata and do not matter.
@@ -769,10 +775,7 @@ mod tests {
             key_for: &key_for,
         };
         let req = request(false);
-        let mut head = HeaderMap::new();
-        put(&mut head, "content-type", "application/grpc");
-        put(&mut head, context::MESSAGE_ID, ID);
-        put(&mut head, "x-backend-trace", "t-1");
+        let head = backend_head();
         let digest = head_digest(&head).unwrap();
 
         let mut t = HeaderMap::new();
