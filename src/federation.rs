@@ -79,13 +79,18 @@ pub struct Federation {
 }
 
 /// A free port below the kernel's ephemeral range (32768 and up), so that no outgoing
-/// connection takes it before the node binds it.
+/// connection takes it before the node binds it. A port is free when it can be bound now and
+/// this process has not handed it out before: the listeners bind later, so two picks in a row
+/// could otherwise both find the same port free.
 fn free_port() -> anyhow::Result<u16> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let mut b = [0u8; 2];
         rand::fill(&mut b);
         let port = 20_000 + u16::from_le_bytes(b) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return Ok(port);
         }
     }

@@ -203,11 +203,16 @@ pub struct GrpcBackend {
 /// A free loopback port (bound, then released).
 ///
 /// Picked below the kernel's ephemeral range (32768 and up), so that the outgoing connections
-/// of tests running in parallel cannot take it between now and the node binding it.
+/// of tests running in parallel cannot take it between now and the node binding it; and never
+/// one handed out before in this process, which a listener not yet bound would leave looking
+/// free.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let port = 20_000 + (rand_u16() % 12_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
