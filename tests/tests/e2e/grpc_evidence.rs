@@ -241,6 +241,12 @@ async fn bundles_of_every_kind_of_grpc_call_verify_offline_and_catch_a_change() 
     .verify()
     .expect_err("metadata added to the head");
     assert!(err.contains("not the one the final status binds"), "{err}");
+    let err = forged(&b, 1, |r| {
+        r.headers.retain(|(k, _)| !k.starts_with("enlace-head-"))
+    })
+    .verify()
+    .expect_err("the head taken out of the record");
+    assert!(err.contains("does not hold"), "{err}");
     // A server stream's head is signed on its own.
     let b = bundle(&f, &server, false, 2).await;
     let err = forged(&b, 1, |r| {

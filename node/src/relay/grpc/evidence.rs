@@ -184,11 +184,20 @@ pub(crate) fn check(
                 v,
             )
         })?);
-        if let Some(head) = &unsigned_head {
-            signing::check_head_digest(head, &status).map_err(|p| p.detail)?;
-            lines.push(format!(
-                "the response head matches the {HEAD_DIGEST} of the signed final status"
-            ));
+        match &unsigned_head {
+            Some(head) => {
+                signing::check_head_digest(head, &status).map_err(|p| p.detail)?;
+                lines.push(format!(
+                    "the response head matches the {HEAD_DIGEST} of the signed final status"
+                ));
+            }
+            None if status.contains_key(HEAD_DIGEST) => {
+                return Err(format!(
+                    "the signed final status binds a response head ({HEAD_DIGEST}) that the \
+                     record does not hold"
+                ));
+            }
+            None => {}
         }
         if let Some(line) = check_kept_messages(r, &status)? {
             lines.push(line);
