@@ -146,16 +146,20 @@ impl Bundle {
                 }
                 continue;
             }
-            let Some(signer) = signer_of(&self.node, r) else {
-                continue;
-            };
-            let key = key_of(&signer, r.at)?;
-            verify_record(r, &key).map_err(|p| format!("record {}: {p}", e.seq))?;
-            lines.push(format!(
-                "record {} ({}): RFC 9421 signature of {signer} verifies",
-                e.seq,
-                r.kind.as_str()
-            ));
+            if let Some(signer) = signer_of(&self.node, r) {
+                let key = key_of(&signer, r.at)?;
+                verify_record(r, &key).map_err(|p| format!("record {}: {p}", e.seq))?;
+                lines.push(format!(
+                    "record {} ({}): RFC 9421 signature of {signer} verifies",
+                    e.seq,
+                    r.kind.as_str()
+                ));
+            }
+            if r.kind == RecordKind::Refusal
+                && let Some(l) = refused_request_line(r, &key_of)
+            {
+                lines.push(format!("record {} ({}): {l}", e.seq, r.kind.as_str()));
+            }
         }
         Ok(lines)
     }
@@ -198,22 +202,7 @@ fn verify_record(r: &Record, key: &[u8]) -> Result<(), String> {
                 ],
                 &r.headers,
             )?;
-            let required = signature::request_components(&headers);
-            let expected = Expected {
-                required: &required,
-                tag: signature::REQUEST_TAG,
-                now: at,
-                max_skew_secs: 300,
-            };
-            let (input, sig) = signature::signature_headers(&headers).map_err(|p| p.detail)?;
-            signature::verify(
-                &input,
-                &sig,
-                &MessageContext::request(Message::request(&method, &uri, &headers)),
-                &expected,
-                lookup,
-            )
-            .map_err(|p| p.detail)?;
+            verify_request_head(&method, &uri, &headers, at, key)?;
         }
         _ => {
             let status = StatusCode::from_u16(r.status).map_err(|_| "status".to_string())?;
@@ -248,6 +237,79 @@ fn verify_record(r: &Record, key: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Verifies a REST request head (its signature, tag `enlace-request`) with `key`, the clock at
+/// `at`.
+fn verify_request_head(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    at: i64,
+    key: &[u8],
+) -> Result<(), String> {
+    let lookup = |_: &str| -> Result<Vec<u8>, Problem> { Ok(key.to_vec()) };
+    let required = signature::request_components(headers);
+    let expected = Expected {
+        required: &required,
+        tag: signature::REQUEST_TAG,
+        now: at,
+        max_skew_secs: 300,
+    };
+    let (input, sig) = signature::signature_headers(headers).map_err(|p| p.detail)?;
+    signature::verify(
+        &input,
+        &sig,
+        &MessageContext::request(Message::request(method, uri, headers)),
+        &expected,
+        lookup,
+    )
+    .map_err(|p| p.detail)?;
+    Ok(())
+}
+
+/// What a REST refusal says of the request it kept as the peer node sent it (prefixed
+/// `request-`): whether its signature verifies. Told, never held against the evidence: a bad
+/// signature may be why it was refused. `None` when no request signature was kept.
+fn refused_request_line(r: &Record, key_of: &grpc_evidence::KeyOf<'_>) -> Option<String> {
+    let kept: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("request-")?.to_string(), v.clone())))
+        .collect();
+    if !kept.iter().any(|(k, _)| k == signature::SIGNATURE) {
+        return None;
+    }
+    let what = "the refused request as the peer node sent it";
+    let Some(peer) = r.peer.as_deref() else {
+        return Some(format!(
+            "{what}: no peer node known, its signature not checked"
+        ));
+    };
+    let checked = (|| {
+        let method: Method = r
+            .method
+            .as_deref()
+            .unwrap_or("GET")
+            .parse()
+            .map_err(|_| "method")?;
+        let uri: Uri = r
+            .target
+            .as_deref()
+            .ok_or("no target")?
+            .parse()
+            .map_err(|_| "target")?;
+        let headers = header_map(&[], &kept)?;
+        let key = key_of(peer, r.at)?;
+        verify_request_head(&method, &uri, &headers, r.at.unix_timestamp(), &key)
+    })();
+    Some(match checked {
+        Ok(()) => format!("{what}: RFC 9421 signature of {peer} verifies"),
+        Err(e) => format!(
+            "{what}: the signature of {peer} does not verify ({e}); a bad signature may be why \
+             it was refused"
+        ),
+    })
 }
 
 /// Reads a bundle file.

@@ -293,6 +293,27 @@ pub fn request_components(headers: &HeaderMap) -> Vec<Component> {
     components
 }
 
+/// The header fields (not derived components, not `;req` ones) a `Signature-Input` holding
+/// one signature says it covers, at most `max`; none when it does not parse. For keeping what
+/// a refused message's signature covers beside it, whatever the refusal was.
+pub fn covered_field_names(signature_input: &str, max: usize) -> Vec<String> {
+    let Ok(inputs) = sf::parse_dictionary(signature_input) else {
+        return Vec::new();
+    };
+    let [(_, sf::Member::InnerList(items, _))] = inputs.as_slice() else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter(|i| i.params.is_empty())
+        .filter_map(|i| match &i.bare {
+            sf::BareItem::String(name) if !name.starts_with('@') => Some(name.clone()),
+            _ => None,
+        })
+        .take(max)
+        .collect()
+}
+
 /// The `tag` of a `Signature-Input` holding one signature, if it parses and has one: which
 /// kind of message it signs, for a reader that must pick the rule to check it by.
 pub fn tag_of(signature_input: &str) -> Option<String> {

@@ -106,16 +106,23 @@ async fn refuse(
     resp
 }
 
-/// A refusal record holds the response's signature; the request's Enlace headers and
-/// signature go beside it (prefixed `request-`), so the log shows what the peer sent even when
-/// it did not parse or verify.
+/// A refusal record holds the response's signature; the request's Enlace headers, signature,
+/// and every other field its `Signature-Input` says it covers (a declared header parameter,
+/// say; at most 32) go beside it (prefixed `request-`), so the log shows what the peer sent
+/// even when it did not parse or verify, and a bundle can tell whether its signature held.
 pub(crate) fn keep_request_signature(rec: &mut crate::msglog::Record, request: &HeaderMap) {
+    let covered = request
+        .get(signature::SIGNATURE_INPUT)
+        .and_then(|v| v.to_str().ok())
+        .map(|input| signature::covered_field_names(input, 32))
+        .unwrap_or_default();
     for (name, value) in request {
         let n = name.as_str();
         if (n.starts_with("enlace-")
             || n == signature::SIGNATURE_INPUT
             || n == signature::SIGNATURE
-            || n == signature::CONTENT_DIGEST)
+            || n == signature::CONTENT_DIGEST
+            || covered.iter().any(|c| c == n))
             && let Ok(v) = value.to_str()
         {
             rec.headers

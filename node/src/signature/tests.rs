@@ -1159,3 +1159,17 @@ proptest! {
         prop_assert_eq!(result.is_ok(), byte == original, "{}", mutated);
     }
 }
+
+#[test]
+fn covered_field_names_lists_the_header_fields_a_signature_covers() {
+    let input = r#"sig1=("@method" "@path" "content-digest" "enlace-client" "x-request-ref" "enlace-message-id";req);created=1;keyid="k";alg="ed25519";tag="enlace-request""#;
+    assert_eq!(
+        covered_field_names(input, 32),
+        ["content-digest", "enlace-client", "x-request-ref"]
+    );
+    assert_eq!(covered_field_names(input, 1), ["content-digest"]);
+    // Anything but one well-formed signature: nothing.
+    assert!(covered_field_names("not a dictionary (", 32).is_empty());
+    assert!(covered_field_names(r#"a=("x"), b=("y")"#, 32).is_empty());
+    assert!(covered_field_names("sig1=token", 32).is_empty());
+}

@@ -50,7 +50,7 @@ fn assert_lines(lines: &[String], expected: &[&str]) {
 
 /// `b` with record `i` changed by `change` and its canonical bytes and chain hash recomputed,
 /// and no proof to a signed head: only the signatures can tell.
-fn forged(b: &Bundle, i: usize, change: impl Fn(&mut msglog::Record)) -> Bundle {
+pub(crate) fn forged(b: &Bundle, i: usize, change: impl Fn(&mut msglog::Record)) -> Bundle {
     let mut b = b.clone();
     for e in &mut b.evidence.entries {
         e.proof = None;
@@ -68,7 +68,7 @@ fn forged(b: &Bundle, i: usize, change: impl Fn(&mut msglog::Record)) -> Bundle 
     b
 }
 
-fn set_field(r: &mut msglog::Record, name: &str, value: &str) {
+pub(crate) fn set_field(r: &mut msglog::Record, name: &str, value: &str) {
     let i = r
         .headers
         .iter()

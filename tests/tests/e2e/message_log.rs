@@ -116,6 +116,33 @@ async fn logs_hold_every_exchange_verify_and_catch_one_altered_byte() {
             refusal.record.headers
         );
     }
+    // The provider's bundle of the refusal says whether the request it kept verifies, and
+    // tells, without failing, when it does not (a bad signature may be why it was refused).
+    let refused_bundle =
+        enlace_node::bundle::create(&provider_db, &refused_id, demo::PROVIDER_NODE, &config)
+            .unwrap();
+    let lines = refused_bundle.verify().unwrap();
+    let told = format!(
+        "refusal): the refused request as the peer node sent it: RFC 9421 signature of {} verifies",
+        demo::CONSUMER_NODE
+    );
+    assert!(lines.iter().any(|l| l.contains(&told)), "{lines:#?}");
+    let i = refused_bundle
+        .evidence
+        .entries
+        .iter()
+        .position(|e| e.record.kind == RecordKind::Refusal)
+        .unwrap();
+    let changed = crate::grpc_evidence::forged(&refused_bundle, i, |r| {
+        crate::grpc_evidence::set_field(r, "request-enlace-client", "CL-DEV/GOV/60803000-K/other")
+    });
+    let lines = changed.verify().expect("told, not failed");
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "the refused request as the peer node sent it: the signature of CL-DEV/GOV/60803000-K/node/a does not verify"
+        )),
+        "{lines:#?}"
+    );
     let provider_side = msglog::export(&provider_db, &ok_id).unwrap();
     let disclosed = provider_side
         .entries

@@ -273,12 +273,14 @@ fn keep_refused_request(rec: &mut crate::msglog::Record, request: &HeaderMap) {
             .take(metadata::MAX_CUSTOM),
     );
     for name in names {
+        let kept = format!("{}{name}", super::REFUSED_REQUEST_PREFIX);
+        if rec.headers.iter().any(|(k, _)| *k == kept) {
+            continue; // covered by the signature, kept with it
+        }
         for v in request.get_all(name) {
             if let Ok(v) = v.to_str() {
-                rec.headers.push((
-                    format!("{}{name}", super::REFUSED_REQUEST_PREFIX),
-                    v.chars().take(4096).collect(),
-                ));
+                rec.headers
+                    .push((kept.clone(), v.chars().take(4096).collect()));
             }
         }
     }
