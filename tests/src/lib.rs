@@ -506,6 +506,29 @@ impl TestFederation {
         req
     }
 
+    /// Waits up to 10 s until the provider's (or the consumer's) node holds a signed
+    /// configuration satisfying `ready`; panics saying `what` it never saw.
+    pub async fn await_config(
+        &self,
+        provider: bool,
+        what: &str,
+        ready: impl Fn(&enlace_core::config::GlobalConfig) -> bool,
+    ) {
+        let node = if provider {
+            &self.provider.node
+        } else {
+            &self.consumer.node
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ready(&node.config.current().unwrap()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node never saw {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The message-log database of the consumer (`false`) or provider (`true`) node.
     pub fn log_db(&self, provider: bool) -> std::path::PathBuf {
         let node = if provider {

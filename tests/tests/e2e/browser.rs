@@ -25,6 +25,20 @@ pub(crate) fn chromium() -> PathBuf {
     path
 }
 
+/// How the tests run Chromium: headless, sandbox off (as root in CI), nothing fetched but
+/// the page.
+pub(crate) const HEADLESS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+];
+
 /// One page in a headless Chromium.
 pub(crate) struct Browser {
     child: tokio::process::Child,
@@ -39,18 +53,8 @@ impl Browser {
     pub(crate) async fn open(url: &str) -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let mut child = tokio::process::Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--remote-debugging-port=0",
-            ])
+            .args(HEADLESS)
+            .arg("--remote-debugging-port=0")
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())

@@ -6,27 +6,15 @@
 //! Needs Chromium (`/usr/bin/chromium`, Debian package `chromium`; `.ci/run` installs it). The
 //! browser test fails, never skips, when it is missing.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use enlace_registry::citizen_page::CSP;
 use enlace_registry::demo;
 use enlace_tests::TestFederation;
-use reqwest::Method;
 
-/// The Chromium binary: `ENLACE_CHROMIUM`, else `/usr/bin/chromium`; fails with how to install.
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("ENLACE_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        path.exists(),
-        "Chromium is missing at {}: install it (as root on Debian: `apt-get update && apt-get install -y --no-install-recommends chromium`; .ci/run does this), or set ENLACE_CHROMIUM",
-        path.display()
-    );
-    path
-}
+use crate::browser::{HEADLESS, chromium};
+use reqwest::Method;
 
 /// The DOM of `url` after its scripts ran, from headless Chromium's `--dump-dom`.
 fn dump_dom(url: &str) -> String {
@@ -35,18 +23,8 @@ fn dump_dom(url: &str) -> String {
     let out_path = dir.path().join("dom.html");
     let out = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new(&bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=10000",
-        ])
+        .args(HEADLESS)
+        .arg("--virtual-time-budget=10000")
         .arg(format!(
             "--user-data-dir={}",
             dir.path().join("profile").display()

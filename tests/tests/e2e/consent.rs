@@ -300,23 +300,10 @@ async fn approved_contract(f: &TestFederation, terms: Value) -> String {
         )
         .await
         .ok(200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f
-        .consumer
-        .node
-        .config
-        .current()
-        .unwrap()
-        .contracts
-        .iter()
-        .any(|c| c.id.as_str() == id)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the node never saw contract {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    f.await_config(false, &format!("contract {id}"), |c| {
+        c.contracts.iter().any(|c| c.id.as_str() == id)
+    })
+    .await;
     id
 }
 
@@ -617,20 +604,10 @@ async fn a_later_minor_version_cannot_leak_sensitive_or_secret_fields_under_an_a
         )
         .await
         .ok(201);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f
-        .provider
-        .node
-        .config
-        .current()
-        .unwrap()
-        .services
-        .iter()
-        .any(|s| s.version.to_string() == "v1.1")
-    {
-        assert!(Instant::now() < deadline, "the node never saw v1.1");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    f.await_config(true, "v1.1", |c| {
+        c.services.iter().any(|s| s.version.to_string() == "v1.1")
+    })
+    .await;
     // The demo contract allows /address whole: the new fields under it stay behind.
     let body = f
         .call(Method::GET, "/persons/12345678-5", &[])

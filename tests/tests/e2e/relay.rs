@@ -656,7 +656,12 @@ async fn header_parameters_travel_signed_and_no_other_header_reaches_the_backend
         )
         .await
         .ok(200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    for provider in [false, true] {
+        f.await_config(provider, &format!("contract {id}"), |c| {
+            c.contracts.iter().any(|c| c.id.as_str() == id)
+        })
+        .await;
+    }
     let call = |folio: Option<&'static str>| {
         let mut req = f
             .registry

@@ -483,6 +483,21 @@ mod tests {
     use super::*;
     use crate::relay::grpc::put;
 
+    /// A fresh signing key `$key`, and `$v`: a verifier trusting only that key, its clock at
+    /// 1,000 s with 30 s of skew.
+    macro_rules! key_and_verifier {
+        ($key:ident, $v:ident) => {
+            let $key = SigningKey::generate().unwrap();
+            let public = $key.public_key_bytes();
+            let key_for = |_: &str| Ok(vec![public.clone()]);
+            let $v = Verifier {
+                now: 1_000,
+                max_skew_secs: 30,
+                key_for: &key_for,
+            };
+        };
+    }
+
     const ID: &str = "0193a0c0-0000-7000-8000-000000000001";
     const KEYID: &str = "CL-DEV/GOV/61002000-3/node/a";
 
@@ -552,14 +567,7 @@ mod tests {
 
     #[test]
     fn the_trailer_signature_covers_the_chain_the_status_and_the_metadata() {
-        let key = SigningKey::generate().unwrap();
-        let public = key.public_key_bytes();
-        let key_for = |_: &str| Ok(vec![public.clone()]);
-        let v = Verifier {
-            now: 1_000,
-            max_skew_secs: 30,
-            key_for: &key_for,
-        };
+        key_and_verifier!(key, v);
         let req = request(false);
         let sent = chain(&[b"one", b"two"]);
         let t = final_status(&key, &sent, &req);
@@ -611,14 +619,7 @@ mod tests {
 
     #[test]
     fn the_final_status_of_a_streamed_request_binds_its_chain() {
-        let key = SigningKey::generate().unwrap();
-        let public = key.public_key_bytes();
-        let key_for = |_: &str| Ok(vec![public.clone()]);
-        let v = Verifier {
-            now: 1_000,
-            max_skew_secs: 30,
-            key_for: &key_for,
-        };
+        key_and_verifier!(key, v);
         let req = request(true);
         let received = chain(&[b"r"]);
         let t = final_status(&key, &received, &req);
@@ -658,14 +659,7 @@ mod tests {
 
     #[test]
     fn request_trailers_sign_the_request_chain() {
-        let key = SigningKey::generate().unwrap();
-        let public = key.public_key_bytes();
-        let key_for = |_: &str| Ok(vec![public.clone()]);
-        let v = Verifier {
-            now: 1_000,
-            max_skew_secs: 30,
-            key_for: &key_for,
-        };
+        key_and_verifier!(key, v);
         let req = request(true);
         let sent = chain(&[b"a", b"b", b"c"]);
         let t = request_trailers(&signer(&key), &req, &sent).unwrap();
@@ -686,25 +680,14 @@ mod tests {
             "0193a0c0-0000-7000-8000-000000000002",
         );
         assert!(verify_request_trailers(&t, &another, &sent, &v).is_err());
-        let late = Verifier {
-            now: 2_000,
-            max_skew_secs: 30,
-            key_for: &key_for,
-        };
+        let late = Verifier { now: 2_000, ..v };
         let err = verify_request_trailers(&t, &req, &sent, &late).unwrap_err();
         assert_eq!(err.kind, ProblemKind::Stale);
     }
 
     #[test]
     fn request_heads_are_signed_with_or_without_a_body_digest() {
-        let key = SigningKey::generate().unwrap();
-        let public = key.public_key_bytes();
-        let key_for = |_: &str| Ok(vec![public.clone()]);
-        let v = Verifier {
-            now: 1_000,
-            max_skew_secs: 30,
-            key_for: &key_for,
-        };
+        key_and_verifier!(key, v);
         let mut single = request(false);
         sign_request_head(&signer(&key), &mut single, false).unwrap();
         verify_request_head(&single, Some(b"x"), &v).unwrap();
@@ -734,14 +717,7 @@ mod tests {
 
     #[test]
     fn response_heads_cover_their_metadata_and_message_id() {
-        let key = SigningKey::generate().unwrap();
-        let public = key.public_key_bytes();
-        let key_for = |_: &str| Ok(vec![public.clone()]);
-        let v = Verifier {
-            now: 1_000,
-            max_skew_secs: 30,
-            key_for: &key_for,
-        };
+        key_and_verifier!(key, v);
         let req = request(false);
         let mut h = backend_head();
         sign_response_head(&signer(&key), &mut h, &req).unwrap();
@@ -766,14 +742,7 @@ mod tests {
 
     #[test]
     fn the_head_of_one_message_is_bound_by_the_signed_final_status() {
-        let key = SigningKey::generate().unwrap();
-        let public = key.public_key_bytes();
-        let key_for = |_: &str| Ok(vec![public.clone()]);
-        let v = Verifier {
-            now: 1_000,
-            max_skew_secs: 30,
-            key_for: &key_for,
-        };
+        key_and_verifier!(key, v);
         let req = request(false);
         let head = backend_head();
         let digest = head_digest(&head).unwrap();
