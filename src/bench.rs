@@ -520,18 +520,7 @@ async fn bench_in(dir: &Path, args: &LoadArgs, protocol: Protocol) -> anyhow::Re
         &[command, "--listen", &backend_arg],
         &dir.join("backend.log"),
     )?;
-    let zero = Ports {
-        registry: 0,
-        backend: 0,
-        grpc_backend: 0,
-        rc_provider: 0,
-        rc_consumer: 0,
-        rc_admin: 0,
-        sii_provider: 0,
-        sii_consumer: 0,
-        sii_admin: 0,
-    };
-    let fed = federation::prepare(&dir.join("federation"), zero, backends).await?;
+    let fed = federation::prepare(&dir.join("federation"), Ports::ANY, backends).await?;
     let node = |name, config: &PathBuf, log: &str| {
         let config = config.display().to_string();
         Proc::spawn(

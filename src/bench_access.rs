@@ -71,20 +71,10 @@ impl Rng {
     }
 }
 
-/// The RUN check digit (modulo 11).
+/// The data subject with RUN body `n` and its check digit.
 fn run_with_dv(n: u64) -> String {
-    let (mut sum, mut weight, mut x) = (0u64, 2u64, n);
-    while x > 0 {
-        sum += (x % 10) * weight;
-        x /= 10;
-        weight = if weight == 7 { 2 } else { weight + 1 };
-    }
-    let dv = match 11 - sum % 11 {
-        11 => "0".to_string(),
-        10 => "K".to_string(),
-        d => d.to_string(),
-    };
-    format!("CL-RUN:{n}-{dv}")
+    let body = u32::try_from(n).expect("a RUN body fits in 32 bits");
+    format!("CL-RUN:{n}-{}", enlace_core::id::rut_check_digit(body))
 }
 
 /// Who the records are about: a few people with many records, the others with a handful.
@@ -356,22 +346,11 @@ pub async fn run(args: AccessLogArgs) -> anyhow::Result<ExitCode> {
 async fn run_in(dir: &std::path::Path, args: &AccessLogArgs) -> anyhow::Result<ExitCode> {
     let n = args.records.max(1);
     let http_n = args.http_records.min(n) / BATCH as u64 * BATCH as u64;
-    let zero = Ports {
-        registry: 0,
-        backend: 0,
-        grpc_backend: 0,
-        rc_provider: 0,
-        rc_consumer: 0,
-        rc_admin: 0,
-        sii_provider: 0,
-        sii_consumer: 0,
-        sii_admin: 0,
-    };
     let no_backends = Backends {
         rest: None,
         grpc: None,
     };
-    let fed = federation::prepare(&dir.join("federation"), zero, no_backends).await?;
+    let fed = federation::prepare(&dir.join("federation"), Ports::ANY, no_backends).await?;
     let registry = fed.registry.registry.clone();
     let url = format!("http://{}", fed.registry.addr);
     let key = enlace_certs::SigningKey::from_pem(&std::fs::read_to_string(

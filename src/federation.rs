@@ -43,6 +43,19 @@ impl Ports {
         sii_admin: 8083,
     };
 
+    /// Every port picked free (the benchmarks'), the registry's by the kernel.
+    pub const ANY: Ports = Ports {
+        registry: 0,
+        backend: 0,
+        grpc_backend: 0,
+        rc_provider: 0,
+        rc_consumer: 0,
+        rc_admin: 0,
+        sii_provider: 0,
+        sii_consumer: 0,
+        sii_admin: 0,
+    };
+
     /// Nine consecutive ports from `base`, in the order of the fields (for tests that run
     /// `enlace up` beside a developer's own).
     pub fn from_base(base: u16) -> Ports {

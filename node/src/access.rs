@@ -1,7 +1,9 @@
-//! The provider node's outbox of signed access records: a durable SQLite queue (one writer
-//! thread, group commit, `synchronous=FULL`) and a shipper that sends batches to the registry's
-//! `POST /v1/access-records` and deletes them only after a 2xx, retrying with backoff while the
-//! registry is unreachable.
+//! The provider node's outbox of signed access records: the `access_queue` table of the node's
+//! message log, where each record is committed in the same transaction as the log record
+//! closing its exchange ([`AccessQueue::in_log`]), and a shipper that sends batches to the
+//! registry's `POST /v1/access-records` and deletes them only after a 2xx, retrying with
+//! backoff while the registry is unreachable. (A stand-alone queue file with its own writer
+//! thread, [`AccessQueue::open`], remains for tools and tests that feed records directly.)
 //!
 //! Delivery is at least once: a batch the registry ingested whose response was lost is sent
 //! again, and the registry, idempotent on (message id, node), does not log it twice. A record the
@@ -299,9 +301,11 @@ fn migrate_old_queue(conn: &Connection, old: &Path) -> Result<(), Problem> {
         conn.execute_batch("COMMIT")?;
         Ok(n)
     })();
+    if moved.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     let _ = conn.execute_batch("DETACH DATABASE old");
     let moved = moved.map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
         internal(format!(
             "moving {} into the message log: {e}",
             old.display()

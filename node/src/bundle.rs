@@ -275,7 +275,10 @@ fn refused_request_line(r: &Record, key_of: &grpc_evidence::KeyOf<'_>) -> Option
     let kept: Vec<(String, String)> = r
         .headers
         .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("request-")?.to_string(), v.clone())))
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix(crate::relay::REFUSED_REQUEST_PREFIX)?;
+            Some((name.to_string(), v.clone()))
+        })
         .collect();
     if !kept.iter().any(|(k, _)| k == signature::SIGNATURE) {
         return None;
@@ -285,6 +288,11 @@ fn refused_request_line(r: &Record, key_of: &grpc_evidence::KeyOf<'_>) -> Option
         return Some(format!(
             "{what}: no peer node known, its signature not checked"
         ));
+    };
+    // The peer's key first: without it nothing can be said of the signature.
+    let key = match key_of(peer, r.at) {
+        Ok(key) => key,
+        Err(e) => return Some(format!("{what}: its signature not checked: {e}")),
     };
     let checked = (|| {
         let method: Method = r
@@ -300,7 +308,6 @@ fn refused_request_line(r: &Record, key_of: &grpc_evidence::KeyOf<'_>) -> Option
             .parse()
             .map_err(|_| "target")?;
         let headers = header_map(&[], &kept)?;
-        let key = key_of(peer, r.at)?;
         verify_request_head(&method, &uri, &headers, r.at.unix_timestamp(), &key)
     })();
     Some(match checked {

@@ -27,7 +27,8 @@ pub const AUTHORISATION: &str = "authorisation";
 pub const REVOKED_AUTHORISATION: &str = "revoked-authorisation";
 /// Longest reason a consumer gives, in characters.
 pub const MAX_REASON_CHARS: usize = 500;
-/// Most pending requests one person may have at once.
+/// Most pending requests one institution may have open with one person at once: counted per
+/// asking member, so that no institution can fill a person's list and keep others from asking.
 pub const MAX_PENDING_PER_PERSON: usize = 50;
 
 /// `POST /v1/authorisations`.
@@ -299,9 +300,14 @@ impl Registry {
             )
             .with("id", &same.id));
         }
-        if pending.len() >= MAX_PENDING_PER_PERSON {
+        let member_label = member.to_string();
+        let ours = pending
+            .iter()
+            .filter(|a| a.consumer_member == member_label)
+            .count();
+        if ours >= MAX_PENDING_PER_PERSON {
             return Err(invalid(format!(
-                "the person already has {MAX_PENDING_PER_PERSON} pending requests"
+                "{member_label} already has {MAX_PENDING_PER_PERSON} requests pending with the person"
             )));
         }
         let by = actor.label();

@@ -10,7 +10,7 @@ use enlace_core::evidence::{
 use enlace_core::id::NodeId;
 use enlace_core::problem::Problem;
 
-use crate::access_log::{Found, db};
+use crate::access_log::{Found, blocking, db};
 use crate::registry::Registry;
 
 impl Registry {
@@ -22,11 +22,10 @@ impl Registry {
         let node_signing_certificate = self
             .signing_certificate_at(&node, &found.record.record.at)
             .await?;
-        let record = found.record.clone();
-        let proof = self
-            .record_proof(found, Some(tree_head.tree_head.tree_size))
-            .await?
-            .proof;
+        let log = self.access_log()?.clone();
+        let (idx, size) = (found.idx, tree_head.tree_head.tree_size);
+        let proof = blocking(move || log.inclusion_proof(idx, size)).await?;
+        let record = found.record;
         Ok(AccessEvidence {
             format: ACCESS_EVIDENCE_FORMAT.into(),
             record,

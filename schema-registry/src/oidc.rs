@@ -412,8 +412,15 @@ impl Oidc {
             .send()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(unreachable(format!("{url} answered {}", resp.status())));
+        let status = resp.status();
+        if bearer.is_some() && matches!(status.as_u16(), 401 | 403) {
+            // The bearer (the person's access token) was refused, not the issuer broken.
+            return Err(unauthenticated(
+                "the issuer did not accept the access token",
+            ));
+        }
+        if !status.is_success() {
+            return Err(unreachable(format!("{url} answered {status}")));
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(e.to_string()))? {
@@ -584,15 +591,7 @@ impl Oidc {
                 unreachable("the discovery document names no userinfo_endpoint".into())
             })?;
             // ClaveÚnica's userinfo endpoint takes a POST with the bearer access token.
-            self.get_json(&endpoint, Some(access), true)
-                .await
-                .map_err(|p| {
-                    if p.detail.contains("401") || p.detail.contains("403") {
-                        unauthenticated("the issuer did not accept the access token")
-                    } else {
-                        p
-                    }
-                })?
+            self.get_json(&endpoint, Some(access), true).await?
         };
         if info["sub"].as_str() != Some(sub) {
             return Err(unauthenticated(

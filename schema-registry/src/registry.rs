@@ -1331,28 +1331,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl Registry {
-    /// The Ed25519 public key of `node`'s signing certificate: the node must be approved and
-    /// unrevoked, and the certificate must chain to the federation CA, not be revoked by the
-    /// current CRL, be valid now and name the node.
-    pub fn node_signing_key(&self, node: &NodeId) -> Result<Vec<u8>, Problem> {
-        let rec = self.node(node)?;
-        let (Some(cert), Approval::Approved, false) =
-            (rec.signing_certificate.as_deref(), &rec.state, rec.revoked)
-        else {
-            return Err(Problem::new(
-                ProblemKind::SignatureInvalid,
-                format!("node {node} has no valid signing certificate"),
-            ));
-        };
-        let trust = enlace_certs::TrustStore::new(
-            &[self.ca.cert_pem().to_string()],
-            Some(&self.current_config().crl),
-        )?;
-        enlace_certs::verify_signer(&trust, cert, &node.uri(), now())
-    }
-}
-
 /// Revocation entries for a node's replaced certificates that are still valid and not yet
 /// revoked, marking them revoked in `rec`.
 fn revoke_previous_certs(

@@ -251,9 +251,20 @@ impl Auditor {
                 format!("the registry is unreachable: {e}"),
             )
         };
-        let resp = req.send().await.map_err(|e| unreachable(e.to_string()))?;
+        let mut resp = req.send().await.map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| unreachable(e.to_string()))?;
+        // Read at most what any answer needs: the evidence bound, which the largest (an
+        // evidence document) must fit too.
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(e.to_string()))? {
+            if bytes.len() + chunk.len() > MAX_EVIDENCE_BYTES {
+                return Err(Problem::new(
+                    ProblemKind::BodyTooLarge,
+                    format!("GET {path}: the answer is larger than {MAX_EVIDENCE_BYTES} bytes"),
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             return Err(Problem::new(
                 ProblemKind::PeerUnreachable,
@@ -263,7 +274,7 @@ impl Auditor {
                 ),
             ));
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     /// The evidence of the record with `message_id` (of `node`, when several nodes logged it),

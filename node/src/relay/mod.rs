@@ -11,6 +11,7 @@ pub mod context;
 mod disclosure;
 mod grpc;
 pub(crate) use grpc::evidence as grpc_evidence;
+pub(crate) use provider::REFUSED_REQUEST_PREFIX;
 mod guard;
 mod meta;
 mod provider;

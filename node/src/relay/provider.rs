@@ -106,6 +106,10 @@ async fn refuse(
     resp
 }
 
+/// Prefix of the fields of a refused request, as the peer node sent them, in the provider
+/// node's refusal record (REST and gRPC).
+pub(crate) const REFUSED_REQUEST_PREFIX: &str = "request-";
+
 /// A refusal record holds the response's signature; the request's Enlace headers, signature,
 /// and every other field its `Signature-Input` says it covers (a declared header parameter,
 /// say; at most 32) go beside it (prefixed `request-`), so the log shows what the peer sent
@@ -125,8 +129,10 @@ pub(crate) fn keep_request_signature(rec: &mut crate::msglog::Record, request: &
             || covered.iter().any(|c| c == n))
             && let Ok(v) = value.to_str()
         {
-            rec.headers
-                .push((format!("request-{n}"), v.chars().take(4096).collect()));
+            rec.headers.push((
+                format!("{REFUSED_REQUEST_PREFIX}{n}"),
+                v.chars().take(4096).collect(),
+            ));
         }
     }
 }

@@ -457,7 +457,7 @@ async fn exchange(
     };
     if rparts.headers.contains_key(GRPC_STATUS) {
         // Trailers-only: the provider node's status (a refusal, or its backend's) in headers.
-        let relayed = Relayed::status_only(rparts.headers, None);
+        let relayed = Relayed::status_only(rparts.headers);
         call.finish(relayed, pump, Deliver::Head(reply, None)).await;
         return Ok(());
     }
@@ -467,13 +467,13 @@ async fn exchange(
         call.verifier(|v| signing::verify_response_head(&rparts.headers, &call.sent, v))
             .map_err(|p| p.caused_by(Culprit::PeerNode))?;
     }
-    let received_head = Some(rparts.headers.clone());
     let mut head = HeaderMap::new();
     put(&mut head, context::MESSAGE_ID, &trace.message_id);
     let custom = metadata::custom(&rparts.headers).map_err(|d| {
         Problem::new(ProblemKind::ResponseSchemaViolation, d).caused_by(Culprit::PeerNode)
     })?;
     metadata::append(&mut head, &custom);
+    let received_head = Some(rparts.headers);
     let mut inbound = Inbound::new(
         rbody,
         Side::Response,
@@ -554,13 +554,13 @@ struct Relayed {
 }
 
 impl Relayed {
-    fn status_only(headers: HeaderMap, head: Option<HeaderMap>) -> Relayed {
+    fn status_only(headers: HeaderMap) -> Relayed {
         Relayed {
             ending: Ending::Trailers(headers),
             chain: StreamDigest::new(),
             kept: None,
             held: None,
-            head,
+            head: None,
         }
     }
 }
@@ -632,15 +632,16 @@ impl Call {
                     received: &relayed.chain,
                     sent_request: streamed_request.then_some(&sent_request),
                 };
-                let held_head = relayed
-                    .head
-                    .as_ref()
-                    .filter(|_| !self.method.server_streaming);
+                // A server stream's head verified on its own when it came.
+                let one_message = !self.method.server_streaming;
                 let checked = self
                     .verifier(|v| signing::verify_trailers(&t, &self.sent, &chains, v))
-                    .and_then(|()| match held_head {
-                        Some(head) => signing::check_head_digest(head, &t),
-                        None => Ok(()),
+                    .and_then(|()| {
+                        if one_message {
+                            signing::check_head_digest(relayed.head.as_ref(), &t)
+                        } else {
+                            Ok(())
+                        }
                     })
                     .and_then(|()| {
                         verified = true;

@@ -151,10 +151,6 @@ pub(crate) fn check(
         n.strip_prefix(HEAD_PREFIX).map(String::from)
     })?;
     if !head.is_empty() {
-        let mut head = head;
-        if !head.contains_key(context::MESSAGE_ID) {
-            put(&mut head, context::MESSAGE_ID, Some(&r.message_id))?;
-        }
         if head.contains_key(signature::SIGNATURE) {
             let what = format!("response head ({HEADERS_TAG})");
             lines.push(check.signature(&what, signers.provider, &during, &|v| {
@@ -186,7 +182,7 @@ pub(crate) fn check(
         })?);
         match &unsigned_head {
             Some(head) => {
-                signing::check_head_digest(head, &status).map_err(|p| p.detail)?;
+                signing::check_head_digest(Some(head), &status).map_err(|p| p.detail)?;
                 lines.push(format!(
                     "the response head matches the {HEAD_DIGEST} of the signed final status"
                 ));

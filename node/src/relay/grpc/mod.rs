@@ -63,9 +63,7 @@ pub(crate) const HEAD_PREFIX: &str = "enlace-head-";
 /// Prefix of the request trailers' fields (a streamed request) in the record closing an
 /// exchange.
 pub(crate) const REQUEST_TRAILERS_PREFIX: &str = "enlace-request-trailers-";
-/// Prefix of the fields of a refused request, as the peer node sent them, in the provider
-/// node's refusal record (as for REST).
-pub(crate) const REFUSED_REQUEST_PREFIX: &str = "request-";
+pub(crate) use crate::relay::REFUSED_REQUEST_PREFIX;
 
 /// What the relay's listeners answer with: a whole body (REST, trailers-only gRPC) or a stream.
 pub(crate) type OutBody = Either<Body, ChannelBody>;
@@ -362,15 +360,16 @@ fn signable(name: &str) -> bool {
 }
 
 /// Keeps a signed header section in a log record, so that its signature can be checked from
-/// the record alone: every field the signature may cover, each value as it came (at most 4096
-/// characters), names prefixed with `prefix`. The signature goes to the record's own fields
+/// the record alone: every field the signature may cover, each value as it came (cut at
+/// [`metadata::MAX_VALUE`] characters, more than the relay accepts, so a signed value is kept
+/// whole), names prefixed with `prefix`. The signature goes to the record's own fields
 /// when `prefix` is empty (replacing the fields kept before), beside the others otherwise.
 fn keep_section(rec: &mut Record, section: &HeaderMap, prefix: &str) {
     let kept = section
         .iter()
         .filter(|(n, _)| signable(n.as_str()))
         .filter_map(|(n, v)| {
-            let v: String = v.to_str().ok()?.chars().take(4096).collect();
+            let v: String = v.to_str().ok()?.chars().take(metadata::MAX_VALUE).collect();
             Some((format!("{prefix}{n}"), v))
         });
     let signature_field = |name: &str| {

@@ -280,7 +280,7 @@ fn keep_refused_request(rec: &mut crate::msglog::Record, request: &HeaderMap) {
         for v in request.get_all(name) {
             if let Ok(v) = v.to_str() {
                 rec.headers
-                    .push((kept.clone(), v.chars().take(4096).collect()));
+                    .push((kept.clone(), v.chars().take(metadata::MAX_VALUE).collect()));
             }
         }
     }

@@ -373,17 +373,33 @@ pub(super) fn head_digest(headers: &HeaderMap) -> Result<String, Problem> {
     Ok(signature::content_digest(head_lines(headers)?.as_bytes()))
 }
 
-/// Checks a held response head against the [`HEAD_DIGEST`] its final status carries (the
-/// status's signature verified first): a head without a digest to match, or one that does not
-/// match, was altered or added on the way.
-pub(super) fn check_head_digest(head: &HeaderMap, status: &HeaderMap) -> Result<(), Problem> {
+/// Checks the head of a response of one message (`None`: no head came, a trailers-only
+/// answer) against the [`HEAD_DIGEST`] its final status carries (the status's signature
+/// verified first). A head without a digest to match, one that does not match, or a digest
+/// binding a head that never came: the answer was altered on the way.
+pub(super) fn check_head_digest(
+    head: Option<&HeaderMap>,
+    status: &HeaderMap,
+) -> Result<(), Problem> {
     let claimed = field(status, HEAD_DIGEST);
-    if claimed.is_empty() {
-        return Err(Problem::new(
-            ProblemKind::SignatureInvalid,
-            format!("the response head is not signed, and the final status has no {HEAD_DIGEST}"),
-        ));
-    }
+    let head = match (head, claimed.is_empty()) {
+        (None, true) => return Ok(()),
+        (Some(head), false) => head,
+        (Some(_), true) => {
+            return Err(Problem::new(
+                ProblemKind::SignatureInvalid,
+                format!(
+                    "the response head is not signed, and the final status has no {HEAD_DIGEST}"
+                ),
+            ));
+        }
+        (None, false) => {
+            return Err(Problem::new(
+                ProblemKind::SignatureInvalid,
+                format!("the final status binds a response head ({HEAD_DIGEST}) that never came"),
+            ));
+        }
+    };
     signature::check_content_digest(claimed, head_lines(head)?.as_bytes()).map_err(|p| {
         Problem::new(
             ProblemKind::SignatureInvalid,
@@ -759,11 +775,11 @@ mod tests {
             sent_request: None,
         };
         verify_trailers(&t, &req, &chains, &v).unwrap();
-        check_head_digest(&head, &t).unwrap();
+        check_head_digest(Some(&head), &t).unwrap();
         // Transport fields are not metadata and do not matter.
         let mut dated = head.clone();
         put(&mut dated, "date", "Tue, 01 Dec 2026 00:00:00 GMT");
-        check_head_digest(&dated, &t).unwrap();
+        check_head_digest(Some(&dated), &t).unwrap();
         // Metadata changed, added or removed, another content type or message id: refused.
         let mut changes = Vec::new();
         for (name, value) in [
@@ -780,7 +796,7 @@ mod tests {
         removed.remove("x-backend-trace");
         changes.push(("removed", removed));
         for (what, changed) in changes {
-            let err = check_head_digest(&changed, &t).unwrap_err();
+            let err = check_head_digest(Some(&changed), &t).unwrap_err();
             assert_eq!(err.kind, ProblemKind::SignatureInvalid, "{what}");
             assert!(err.detail.contains("not the one"), "{what}: {}", err.detail);
         }
@@ -795,7 +811,11 @@ mod tests {
         // A final status without a digest binds no head.
         let mut bare = HeaderMap::new();
         put(&mut bare, GRPC_STATUS, "0");
-        let err = check_head_digest(&head, &bare).unwrap_err();
+        let err = check_head_digest(Some(&head), &bare).unwrap_err();
         assert!(err.detail.contains("has no"), "{}", err.detail);
+        check_head_digest(None, &bare).unwrap();
+        // A digest binding a head that never came (a trailers-only answer made of the status).
+        let err = check_head_digest(None, &t).unwrap_err();
+        assert!(err.detail.contains("never came"), "{}", err.detail);
     }
 }
