@@ -139,6 +139,12 @@ fn check_procedure(p: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// An authorisation as someone other than its consumer sees it: everything but the token.
+fn without_token(mut a: Authorisation) -> Authorisation {
+    a.token = None;
+    a
+}
+
 impl Registry {
     fn authorisation(&self, id: &str) -> Result<Option<Authorisation>, Problem> {
         if !token::is_id(id) {
@@ -338,21 +344,23 @@ impl Registry {
     }
 
     /// An authorisation, for the consumer's member admin (with its token once granted) or the
-    /// federation admin; anyone else learns nothing.
+    /// federation admin (without it: the token is for the consumer alone); anyone else learns
+    /// nothing.
     pub fn authorisation_for(&self, actor: &Actor, id: &str) -> Result<Authorisation, Problem> {
         let a = self.authorisation(id)?.ok_or_else(|| not_found(id))?;
         match actor {
-            Actor::FederationAdmin => Ok(a),
+            Actor::FederationAdmin => Ok(without_token(a)),
             Actor::MemberAdmin(m) if m.to_string() == a.consumer_member => Ok(a),
             Actor::MemberAdmin(_) => Err(not_found(id)),
         }
     }
 
-    /// The authorisations a member asked for, newest first.
+    /// The authorisations a member asked for (every member's for the federation admin, without
+    /// their tokens), newest first.
     pub fn authorisations_of_member(&self, actor: &Actor) -> Result<Vec<Authorisation>, Problem> {
         let all: Vec<Authorisation> = self.list(AUTHORISATION)?;
         let mut mine: Vec<Authorisation> = match actor {
-            Actor::FederationAdmin => all,
+            Actor::FederationAdmin => all.into_iter().map(without_token).collect(),
             Actor::MemberAdmin(m) => {
                 let m = m.to_string();
                 all.into_iter().filter(|a| a.consumer_member == m).collect()

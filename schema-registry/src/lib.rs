@@ -364,6 +364,17 @@ mod tests {
         let cfg = RegistryConfig::from_toml(text).unwrap();
         assert_eq!(cfg.instance, "CL-DEV");
         assert_eq!(cfg.config_validity_secs, 600);
+        assert!(cfg.tls_names.is_empty());
+        // As the container image sets it: listening on every address, with a TLS name.
+        let image = |k: &str| match k {
+            "ENLACE_REGISTRY_LISTEN" => Some("0.0.0.0:7400".to_string()),
+            "ENLACE_REGISTRY_TLS_NAMES" => Some("\"enlace-registry\"".to_string()),
+            _ => None,
+        };
+        let expanded = enlace_core::settings::expand_env(text, image).unwrap();
+        let cfg: RegistryConfig = toml::from_str(&expanded).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.tls_names, ["enlace-registry"]);
     }
 
     #[test]

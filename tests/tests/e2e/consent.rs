@@ -69,6 +69,17 @@ pub(crate) async fn token_of(f: &TestFederation, id: &str) -> String {
         .await;
     let body = r.ok(200);
     assert_eq!(body["state"], "granted", "{body:#}");
+    // The federation admin sees the authorisation, never its token: that is the consumer's.
+    let seen = f
+        .registry
+        .get(
+            &format!("/v1/authorisations/{id}"),
+            Some(f.registry.admin()),
+        )
+        .await;
+    let seen = seen.ok(200);
+    assert_eq!(seen["state"], "granted", "{seen:#}");
+    assert!(seen["token"].is_null(), "{seen:#}");
     body["token"].as_str().unwrap().to_string()
 }
 
