@@ -294,9 +294,13 @@ pub fn request_components(headers: &HeaderMap) -> Vec<Component> {
 }
 
 /// The header fields (not derived components, not `;req` ones) a `Signature-Input` holding
-/// one signature says it covers, at most `max`; none when it does not parse. For keeping what
-/// a refused message's signature covers beside it, whatever the refusal was.
+/// one signature says it covers, at most `max`; none when it does not parse or is longer than
+/// [`MAX_SIGNATURE_HEADER_LEN`]. For keeping what a refused message's signature covers beside
+/// it, whatever the refusal was.
 pub fn covered_field_names(signature_input: &str, max: usize) -> Vec<String> {
+    if signature_input.len() > MAX_SIGNATURE_HEADER_LEN {
+        return Vec::new();
+    }
     let Ok(inputs) = sf::parse_dictionary(signature_input) else {
         return Vec::new();
     };

@@ -131,6 +131,7 @@ impl Registry {
     pub(crate) async fn batch_signing_keys(&self, nodes: &[NodeId]) -> Result<BatchKeys, Problem> {
         let log = self.access_log()?.clone();
         let crl = self.current_config().crl.clone();
+        let crl_digest = enlace_description::sha256_hex(crl.as_bytes());
         let mut keys = BatchKeys::default();
         for node in nodes {
             let rec = self.node(node)?;
@@ -153,7 +154,9 @@ impl Registry {
             }
             let mut windows = Vec::new();
             for pem in pems {
-                if let Some((not_before, not_after, key)) = self.verified_key(node, &pem, &crl)? {
+                if let Some((not_before, not_after, key)) =
+                    self.verified_key(node, &pem, (&crl, &crl_digest))?
+                {
                     windows.push(Window {
                         not_before,
                         not_after,
@@ -167,16 +170,17 @@ impl Registry {
     }
 
     /// The key of a signing certificate of `node` if it chains to the CA, is not on `crl` and
-    /// names the node, with its validity; cached.
+    /// names the node, with its validity; cached by the certificate's and the CRL's digests
+    /// (`crl` as `(pem, digest)`, the digest taken once by the caller).
     fn verified_key(
         &self,
         node: &NodeId,
         pem: &str,
-        crl: &str,
+        (crl, crl_digest): (&str, &str),
     ) -> Result<Option<(i64, i64, Vec<u8>)>, Problem> {
         let cache_key = (
             enlace_description::sha256_hex(pem.as_bytes()),
-            enlace_description::sha256_hex(crl.as_bytes()),
+            crl_digest.to_string(),
         );
         let cache = &self.caches.signing_keys;
         if let Some(hit) = cache
@@ -217,6 +221,7 @@ impl Registry {
     ) -> Result<String, Problem> {
         let log = self.access_log()?.clone();
         let crl = self.current_config().crl.clone();
+        let crl_digest = enlace_description::sha256_hex(crl.as_bytes());
         let t = OffsetDateTime::parse(at, &Rfc3339)
             .map_err(|_| Problem::new(ProblemKind::InvalidRequest, "at: not RFC 3339"))?
             .unix_timestamp();
@@ -226,7 +231,7 @@ impl Registry {
             pems.push(current);
         }
         for pem in pems.into_iter().rev() {
-            if let Some((nb, na, _)) = self.verified_key(node, &pem, &crl)?
+            if let Some((nb, na, _)) = self.verified_key(node, &pem, (&crl, &crl_digest))?
                 && nb <= t
                 && t <= na
             {

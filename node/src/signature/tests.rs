@@ -1172,4 +1172,6 @@ fn covered_field_names_lists_the_header_fields_a_signature_covers() {
     assert!(covered_field_names("not a dictionary (", 32).is_empty());
     assert!(covered_field_names(r#"a=("x"), b=("y")"#, 32).is_empty());
     assert!(covered_field_names("sig1=token", 32).is_empty());
+    let long = input.replace("x-request-ref", &"x".repeat(MAX_SIGNATURE_HEADER_LEN));
+    assert!(covered_field_names(&long, 32).is_empty());
 }
