@@ -301,6 +301,10 @@ struct Header {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    /// RFC 7515 §4.1.11: extensions the verifier must understand. This verifier implements
+    /// none, so a header that carries `crit` at all is refused.
+    #[serde(default)]
+    crit: Option<Value>,
 }
 
 /// The RUN in a ClaveÚnica `RolUnico` claim: `{"numero": 12345678, "DV": "5", "tipo": "RUN"}`.
@@ -632,6 +636,11 @@ impl Oidc {
         };
         let header: Header = serde_json::from_slice(&decode(h, "header")?)
             .map_err(|_| unauthenticated("the ID token's header is not a JOSE header"))?;
+        if header.crit.is_some() {
+            return Err(unauthenticated(
+                "the ID token's header names critical extensions (`crit`), which are not understood",
+            ));
+        }
         if header.alg != "EdDSA" && header.alg != "ES256" {
             return Err(unauthenticated(format!(
                 "the ID token's algorithm `{}` is not accepted (EdDSA, ES256)",

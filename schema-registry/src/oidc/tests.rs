@@ -92,6 +92,25 @@ async fn nbf_azp_and_audiences_are_checked() {
         .unwrap();
 }
 
+/// RFC 7515 §4.1.11: a header with `crit` names extensions this verifier does not implement,
+/// so the token is refused even though the configured issuer signed it.
+#[tokio::test]
+async fn a_token_with_critical_extensions_is_refused() {
+    let (oidc, url) = own(SubjectFrom::Sub);
+    let dev = oidc.dev.as_ref().unwrap();
+    let t = now();
+    let claims = json!({"iss": url, "aud": DEFAULT_AUDIENCE, "sub": person().to_string(), "iat": t, "exp": t + 300});
+    for crit in [json!(["x-unknown"]), json!([]), json!("b64")] {
+        let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": dev.kid, "crit": crit, "x-unknown": 1});
+        let token = sign_jwt(&header, &claims, |m| dev.key.sign(m));
+        let p = oidc.verify(&token, None).await.unwrap_err();
+        assert_eq!(p.kind, ProblemKind::Unauthenticated, "{p:?}");
+        assert!(p.detail.contains("crit"), "{}", p.detail);
+    }
+    // The same claims without `crit` are accepted: the refusal is the header's.
+    oidc.verify(&dev.sign_claims(&claims), None).await.unwrap();
+}
+
 #[test]
 fn the_run_is_read_from_rol_unico() {
     let ok = json!({"numero": 12345678, "DV": "5", "tipo": "RUN"});
