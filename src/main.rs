@@ -245,7 +245,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             let running = enlace_registry::start(&cfg).await?;
-            eprintln!("registry listening on http://{}", running.addr);
+            eprintln!(
+                "registry listening on {}, serving {}",
+                running.addr, running.url
+            );
             eprintln!(
                 "federation admin token in {}",
                 cfg.data_dir.join("admin.token").display()

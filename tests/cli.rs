@@ -305,3 +305,61 @@ fn certs_and_node_init_make_a_ca_and_node_keys_with_csrs() {
     assert!(!o.status.success());
     assert!(text(&o).contains("check digit"), "{}", text(&o));
 }
+
+/// `registry serve` names the scheme it really serves: with `tls_names` set it says https.
+#[test]
+fn registry_serve_names_https_when_it_serves_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_base();
+    for (names, scheme) in [
+        ("\"enlace-registry\"", "https://enlace-registry:"),
+        ("", "http://127.0.0.1:"),
+    ] {
+        let data = dir.path().join(format!("data-{}", names.len()));
+        let path = dir.path().join(format!("registry-{}.toml", names.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "instance = \"CL-DEV\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ntls_names = [{names}]\n",
+                data.display()
+            ),
+        )
+        .expect("write");
+        let mut child = Command::new(BIN)
+            .args([
+                "registry",
+                "serve",
+                "--config",
+                path.to_str().expect("path"),
+            ])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("enlace runs");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) if l.contains("listening") => break l,
+                Ok(_) => continue,
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!("no listening line: {e}");
+                }
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(line.contains(&format!("{scheme}{port}")), "{line}");
+        if !names.is_empty() {
+            assert!(!line.contains("http://"), "{line}");
+        }
+    }
+}

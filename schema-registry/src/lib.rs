@@ -148,6 +148,9 @@ impl RegistryConfig {
 /// A registry serving on a socket.
 pub struct RunningRegistry {
     pub addr: SocketAddr,
+    /// The registry's own base URL: `https://<first TLS name>:<port>` when it serves HTTPS,
+    /// `http://<addr>` otherwise (what it names as the OIDC redirect and issuer base).
+    pub url: String,
     pub registry: Arc<Registry>,
     /// The federation admin's token.
     pub admin_token: String,
@@ -301,6 +304,7 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
     tracing::info!(%addr, https = !cfg.tls_names.is_empty(), "registry listening");
     Ok(RunningRegistry {
         addr,
+        url: own_url,
         registry,
         admin_token,
         shutdown,

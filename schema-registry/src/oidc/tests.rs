@@ -101,7 +101,8 @@ async fn a_token_with_critical_extensions_is_refused() {
     let t = now();
     let claims = json!({"iss": url, "aud": DEFAULT_AUDIENCE, "sub": person().to_string(), "iat": t, "exp": t + 300});
     for crit in [json!(["x-unknown"]), json!([]), json!("b64")] {
-        let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": dev.kid, "crit": crit, "x-unknown": 1});
+        let header =
+            json!({"alg": "EdDSA", "typ": "JWT", "kid": dev.kid, "crit": crit, "x-unknown": 1});
         let token = sign_jwt(&header, &claims, |m| dev.key.sign(m));
         let p = oidc.verify(&token, None).await.unwrap_err();
         assert_eq!(p.kind, ProblemKind::Unauthenticated, "{p:?}");
