@@ -43,13 +43,16 @@ pub fn node_init(node: &NodeId) -> Result<NodeKeys> {
     let cn = node.to_string();
     let tls = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| internal(format!("generating the TLS key: {e}")))?;
-    let signing = KeyPair::generate_for(&rcgen::PKCS_ED25519)
-        .map_err(|e| internal(format!("generating the signing key: {e}")))?;
+    // Written as PKCS#8 v1, which OpenSSL 3.0 and Python's `cryptography` read (rcgen would
+    // write v2, with the public key inside).
+    let signing_pem = crate::SigningKey::generate()?.to_pem().to_string();
+    let signing = KeyPair::from_pem(&signing_pem)
+        .map_err(|e| internal(format!("reading the new signing key: {e}")))?;
     Ok(NodeKeys {
         tls_csr_pem: csr_with(&tls, &cn)?,
         tls_key_pem: tls.serialize_pem(),
         signing_csr_pem: csr_with(&signing, &cn)?,
-        signing_key_pem: signing.serialize_pem(),
+        signing_key_pem: signing_pem,
     })
 }
 

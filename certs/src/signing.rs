@@ -29,8 +29,14 @@ impl SigningKey {
     pub fn generate() -> Result<SigningKey> {
         let pair =
             Ed25519KeyPair::generate().map_err(|_| internal("generating an Ed25519 key failed"))?;
+        SigningKey::with_pem(pair)
+    }
+
+    /// Keeps the key with its PEM as PKCS#8 v1 (RFC 5208: no public key inside), the form
+    /// OpenSSL 3.0 and Python's `cryptography` read; v2 (RFC 5958) is read but never written.
+    fn with_pem(pair: Ed25519KeyPair) -> Result<SigningKey> {
         let der = pair
-            .to_pkcs8()
+            .to_pkcs8v1()
             .map_err(|_| internal("encoding an Ed25519 key failed"))?;
         Ok(SigningKey {
             pem: encoding::to_pem("PRIVATE KEY", der.as_ref()),
@@ -46,13 +52,10 @@ impl SigningKey {
         };
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8.secret_pkcs8_der())
             .map_err(|e| invalid(format!("signing key: not an Ed25519 PKCS#8 key: {e}")))?;
-        Ok(SigningKey {
-            pair,
-            pem: encoding::to_pem("PRIVATE KEY", pkcs8.secret_pkcs8_der()),
-        })
+        SigningKey::with_pem(pair)
     }
 
-    /// The key as PKCS#8 PEM.
+    /// The key as PKCS#8 v1 PEM.
     pub fn to_pem(&self) -> &str {
         &self.pem
     }

@@ -559,3 +559,40 @@ async fn a_signing_certificate_does_not_pass_as_a_tls_certificate() {
     let out = handshake(server_for(&t, &a), client_for(&t, &b, None)).await;
     assert_eq!(out.server.unwrap(), b.id);
 }
+
+/// The DER of a PEM private key.
+fn key_der(pem: &str) -> Vec<u8> {
+    let rustls_pki_types::PrivateKeyDer::Pkcs8(k) = crate::encoding::private_key(pem).unwrap()
+    else {
+        panic!("not PKCS#8");
+    };
+    k.secret_pkcs8_der().to_vec()
+}
+
+/// Ed25519 keys are written as PKCS#8 v1 (RFC 5208: `SEQUENCE { INTEGER 0, algorithm, OCTET
+/// STRING }`, 48 bytes), which OpenSSL 3.0 and Python's `cryptography` read; a v2 key (RFC 5958,
+/// with the public key, as rcgen and older Enlace wrote them) is still read, and re-written as v1.
+#[test]
+fn ed25519_keys_are_written_as_pkcs8_v1_and_v2_is_still_read() {
+    const V1_PREFIX: [u8; 5] = [0x30, 0x2e, 0x02, 0x01, 0x00];
+    let generated = SigningKey::generate().unwrap();
+    let der = key_der(generated.to_pem());
+    assert_eq!((der.len(), &der[..5]), (48, &V1_PREFIX[..]), "{der:02x?}");
+    let keys = node_init(&node(REGISTRO_CIVIL, "a")).unwrap();
+    let der = key_der(&keys.signing_key_pem);
+    assert_eq!((der.len(), &der[..5]), (48, &V1_PREFIX[..]), "{der:02x?}");
+    SigningKey::from_pem(&keys.signing_key_pem).unwrap();
+    // The CSR was made with that very key.
+    assert!(keys.signing_csr_pem.contains("CERTIFICATE REQUEST"));
+
+    let v2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let v2_der = key_der(&v2.serialize_pem());
+    assert_eq!(v2_der[4], 0x01, "rcgen writes v2: {v2_der:02x?}");
+    let read = SigningKey::from_pem(&v2.serialize_pem()).unwrap();
+    assert_eq!(read.public_key_bytes(), v2.public_key_raw());
+    let der = key_der(read.to_pem());
+    assert_eq!((der.len(), &der[..5]), (48, &V1_PREFIX[..]));
+    // Same key, same signatures: the v1 re-encoding did not change it.
+    let again = SigningKey::from_pem(read.to_pem()).unwrap();
+    assert_eq!(again.sign(b"m"), read.sign(b"m"));
+}
