@@ -70,6 +70,10 @@ kinds! {
     InvalidRequest = ("invalid-request", 400, 3, Client, "Invalid request"),
     BodyTooLarge = ("body-too-large", 413, 8, Client, "Body too large"),
     UnsupportedMediaType = ("unsupported-media-type", 415, 3, Client, "Unsupported media type"),
+    /// The route exists but not with this method (`Allow` names the ones it takes).
+    MethodNotAllowed = ("method-not-allowed", 405, 12, Client, "Method not allowed"),
+    /// The request's header section is larger than the listener reads.
+    HeadersTooLarge = ("headers-too-large", 431, 8, Client, "Request header fields too large"),
     /// A gRPC message encoding (compression) the relay does not implement.
     UnsupportedEncoding = ("unsupported-encoding", 415, 12, Client, "Unsupported message encoding"),
     InvalidServiceDescription = ("invalid-service-description", 422, 3, Client, "Invalid service description"),

@@ -231,8 +231,64 @@ pub fn router(app: App) -> Router {
         .route("/oidc/userinfo", post(oidc_userinfo))
         .merge(crate::citizen_page::routes())
         .fallback(|req: Request| async move { no_route(req.uri().path()) })
+        .layer(middleware::from_fn(framework_rejections_as_problems))
         .layer(middleware::from_fn_with_state(app.clone(), audit_refusals))
         .with_state(app)
+}
+
+/// Longest framework rejection text kept as a problem's `detail`.
+const MAX_REJECTION_DETAIL: usize = 300;
+
+/// The framework's own refusals (a query string or path that does not deserialise, a JSON body
+/// of the wrong shape, a method the route does not take, a body over a limit) come out of axum
+/// as `text/plain` or with no body at all. Each becomes an RFC 9457 problem like every other
+/// refusal, keeping its status's meaning, and so is audited as one (this layer sits inside
+/// [`audit_refusals`]).
+async fn framework_rejections_as_problems(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || resp.extensions().get::<Refused>().is_some()
+    {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match Limited::new(body, 4096).collect().await {
+        Ok(c) => String::from_utf8_lossy(&c.to_bytes()).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let kind = match status {
+        StatusCode::NOT_FOUND => ProblemKind::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ProblemKind::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ProblemKind::BodyTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemKind::UnsupportedMediaType,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ProblemKind::HeadersTooLarge,
+        StatusCode::UNAUTHORIZED => ProblemKind::Unauthenticated,
+        StatusCode::FORBIDDEN => ProblemKind::Forbidden,
+        s if s.is_server_error() => ProblemKind::Internal,
+        // 400, and 422 (well-formed JSON of the wrong shape): the request is invalid.
+        _ => ProblemKind::InvalidRequest,
+    };
+    let detail = if text.is_empty() {
+        match kind {
+            ProblemKind::MethodNotAllowed => {
+                let allow = parts
+                    .headers
+                    .get(header::ALLOW)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                format!("this route does not take this method (it takes {allow})")
+            }
+            k => k.title().to_string(),
+        }
+    } else {
+        text.chars().take(MAX_REJECTION_DETAIL).collect()
+    };
+    let mut out = problem_response(&Problem::new(kind, detail));
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// Every refused change (any method but GET/HEAD) goes into the audit trail, like a success.

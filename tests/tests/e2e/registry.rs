@@ -1332,3 +1332,98 @@ async fn a_leaked_member_token_is_revoked_by_its_member_or_the_federation_admin(
             .any(|e| e["action"] == "member.token.revoke" && e["outcome"] == "ok")
     );
 }
+
+/// Every refusal is an RFC 9457 problem, including the framework's own: a query string or path
+/// that does not deserialise, a method a route does not take, a JSON body of the wrong shape.
+/// A sweep over every documented path with garbage query values and unexpected methods finds no
+/// `text/plain` or empty refusal.
+#[tokio::test]
+async fn every_refusal_of_every_route_is_a_problem() {
+    let r = start_registry().await;
+    r.seed_demo().await;
+    for path in [
+        "/v1/access-log/proof/consistency?from=-1&to=2",
+        "/v1/access-log/tree-heads?size=x",
+        "/v1/citizen/access-records?page=abc",
+        "/v1/config?after=soon",
+        "/v1/audit?limit=-3",
+    ] {
+        let reply = r.get(path, Some(r.admin())).await;
+        assert!(reply.status.is_client_error(), "{path}: {reply:?}");
+        reply.problem("invalid-request", 400);
+    }
+    let reply = r
+        .send(
+            Method::DELETE,
+            "/v1/members",
+            Some(r.admin()),
+            "",
+            Vec::new(),
+        )
+        .await;
+    reply.problem("method-not-allowed", 405);
+
+    let doc = r.get("/openapi.json", None).await.ok(200).clone();
+    let garbage = "?page=abc&size=x&from=-1&to=x&after=x&wait=x&index=x&seq=x&limit=x&tree_size=x";
+    let mut checked = 0;
+    for (template, ops) in doc["paths"].as_object().unwrap() {
+        let path: String = template
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        let documented: Vec<String> = ops.as_object().unwrap().keys().cloned().collect();
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ] {
+            for token in [None, Some(r.admin())] {
+                let target = format!("{path}{garbage}");
+                let reply = r
+                    .send(
+                        method.clone(),
+                        &target,
+                        token,
+                        "application/json",
+                        b"{\"x\":".to_vec(),
+                    )
+                    .await;
+                checked += 1;
+                if reply.status.is_client_error() || reply.status.is_server_error() {
+                    assert_eq!(
+                        reply.content_type, "application/problem+json",
+                        "{method} {target} ({documented:?}): {} {:?}",
+                        reply.status, reply.body
+                    );
+                    assert_eq!(
+                        reply.body["status"],
+                        reply.status.as_u16(),
+                        "{method} {target}"
+                    );
+                    assert!(
+                        !reply.status.is_server_error(),
+                        "{method} {target}: {:?}",
+                        reply.body
+                    );
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "{checked}");
+
+    // A refused write the framework itself rejected is audited like any other.
+    let before = r.audit_len().await;
+    r.send(
+        Method::DELETE,
+        "/v1/members",
+        Some(r.admin()),
+        "",
+        Vec::new(),
+    )
+    .await
+    .problem("method-not-allowed", 405);
+    assert_eq!(r.audit_len().await, before + 1);
+}
