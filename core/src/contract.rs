@@ -165,13 +165,50 @@ pub enum Party {
 }
 
 /// A change requested to a contract's state.
+///
+/// Read strictly: `{"action": …}` plus `reason` where the action takes one, and nothing else
+/// (serde's internally tagged unit variants would ignore unknown members).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "lowercase")]
+#[serde(tag = "action", rename_all = "lowercase", try_from = "ActionWire")]
 pub enum ContractAction {
     Approve,
     Refuse { reason: String },
     Withdraw,
     Revoke { reason: String },
+}
+
+/// The wire form of a [`ContractAction`], before the members each action takes are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionWire {
+    action: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+impl TryFrom<ActionWire> for ContractAction {
+    type Error = String;
+
+    fn try_from(w: ActionWire) -> Result<Self, String> {
+        let no_reason = |a: ContractAction| match w.reason {
+            None => Ok(a),
+            Some(_) => Err(format!("`{}` takes no `reason`", w.action)),
+        };
+        let reason = || {
+            w.reason
+                .clone()
+                .ok_or_else(|| format!("`{}` needs a `reason`", w.action))
+        };
+        match w.action.as_str() {
+            "approve" => no_reason(ContractAction::Approve),
+            "withdraw" => no_reason(ContractAction::Withdraw),
+            "refuse" => Ok(ContractAction::Refuse { reason: reason()? }),
+            "revoke" => Ok(ContractAction::Revoke { reason: reason()? }),
+            other => Err(format!(
+                "unknown action `{other}` (approve, refuse, withdraw, revoke)"
+            )),
+        }
+    }
 }
 
 /// A contract with its lifecycle.

@@ -137,3 +137,26 @@ fn json_refuses_unknown_terms() {
     v["sneaky"] = serde_json::json!(true);
     assert!(serde_json::from_value::<ContractTerms>(v).is_err());
 }
+
+/// A contract action with a member it does not know is refused, as every other write body is:
+/// a misspelt `reason` must not become an approval without one.
+#[test]
+fn contract_actions_refuse_unknown_members() {
+    let ok: ContractAction = serde_json::from_str(r#"{"action":"approve"}"#).unwrap();
+    assert_eq!(ok, ContractAction::Approve);
+    let ok: ContractAction =
+        serde_json::from_str(r#"{"action":"refuse","reason":"no legal basis"}"#).unwrap();
+    assert!(matches!(ok, ContractAction::Refuse { .. }));
+    for body in [
+        r#"{"action":"approve","reason":"x"}"#,
+        r#"{"action":"approve","until":"2030-01-01"}"#,
+        r#"{"action":"refuse","reason":"x","reasons":"y"}"#,
+        r#"{"action":"withdraw","force":true}"#,
+        r#"{"action":"revoke","reason":"x","extra":1}"#,
+    ] {
+        assert!(
+            serde_json::from_str::<ContractAction>(body).is_err(),
+            "{body} accepted"
+        );
+    }
+}
