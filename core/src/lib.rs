@@ -21,3 +21,20 @@ pub use id::{
     ServiceVersion, SubjectId, SubsystemId,
 };
 pub use problem::{Culprit, Problem, ProblemKind};
+
+/// `t` as RFC 3339 (`2026-12-03T08:58:04.6Z`), the one time format Enlace's answers and
+/// messages use.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn times_are_rfc3339_in_utc() {
+        let t = time::macros::datetime!(2026-12-03 05:58:04.6 -3);
+        assert_eq!(super::rfc3339(t), "2026-12-03T08:58:04.6Z");
+    }
+}

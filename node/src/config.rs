@@ -85,7 +85,7 @@ pub fn verify(
     if config.issued_at > now + MAX_SKEW {
         return Err(bad_signature(format!(
             "configuration issued in the future ({})",
-            config.issued_at
+            enlace_core::rfc3339(config.issued_at)
         )));
     }
     if config.expires_at <= now {
@@ -93,7 +93,8 @@ pub fn verify(
             ProblemKind::ConfigurationExpired,
             format!(
                 "configuration serial {} expired at {}",
-                config.serial, config.expires_at
+                config.serial,
+                enlace_core::rfc3339(config.expires_at)
             ),
         ));
     }
@@ -218,7 +219,8 @@ impl ConfigClient {
                 ProblemKind::ConfigurationExpired,
                 format!(
                     "configuration serial {} expired at {}; the registry has not been reachable",
-                    cfg.serial, cfg.expires_at
+                    cfg.serial,
+                    enlace_core::rfc3339(cfg.expires_at)
                 ),
             ));
         }

@@ -571,7 +571,10 @@ pub(crate) fn check_contract<'a>(
     if now >= contract.terms.valid_until {
         return Err(Problem::new(
             ProblemKind::ContractExpired,
-            format!("contract {id} expired at {}", contract.terms.valid_until),
+            format!(
+                "contract {id} expired at {}",
+                enlace_core::rfc3339(contract.terms.valid_until)
+            ),
         ));
     }
     if now < contract.terms.valid_from {

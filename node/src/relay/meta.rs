@@ -85,7 +85,7 @@ async fn meta(
                         "fields": c.terms.allowed_fields,
                         "purpose": c.terms.purpose,
                         "subject_required": c.terms.subject_required,
-                        "valid_until": c.terms.valid_until,
+                        "valid_until": enlace_core::rfc3339(c.terms.valid_until),
                     })
                 })
                 .collect();
@@ -133,7 +133,7 @@ pub async fn admin(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         "/healthz" => Response::new(Full::new(Bytes::from_static(b"ok"))),
         "/readyz" => match node.snapshot() {
             Ok(s) => json_response(
-                &json!({"ready": true, "serial": s.config.serial, "expires_at": s.config.expires_at.to_string()}),
+                &json!({"ready": true, "serial": s.config.serial, "expires_at": enlace_core::rfc3339(s.config.expires_at)}),
             ),
             Err(p) => problem_response(&p, None),
         },

@@ -41,6 +41,13 @@ async fn a_person_is_fetched_through_both_nodes_cut_to_the_contract() {
         allowed["allowed"][0]["fields"],
         json!(["/name", "/address"])
     );
+    // Times are RFC 3339, as everywhere in Enlace's answers.
+    let rfc3339 = |v: &Value| {
+        let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
+    };
+    rfc3339(&allowed["allowed"][0]["valid_until"]);
     let doc = f
         .registry
         .http
@@ -90,6 +97,11 @@ async fn a_person_is_fetched_through_both_nodes_cut_to_the_contract() {
         .await
         .unwrap();
     assert_eq!(ready["ready"], true);
+    time::OffsetDateTime::parse(
+        ready["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap_or_else(|e| panic!("{ready}: {e}"));
     let members = f
         .registry
         .http
