@@ -687,7 +687,7 @@ async fn publish_service(
         )));
     }
     let ct = content_type(&headers);
-    let bytes = read_body(body, MAX_DESCRIPTION_BYTES + 64 * 1024).await?;
+    let bytes = read_body(body, MAX_DESCRIPTION_BYTES).await?;
     let description = parse_description(&ct, &bytes)?;
     let rec = app.publish_service(&who, id, version, description).await?;
     json_response(StatusCode::CREATED, rec)

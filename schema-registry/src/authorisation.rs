@@ -470,11 +470,17 @@ impl Registry {
                 return Err(Problem::new(
                     ProblemKind::InvalidTransition,
                     format!(
-                        "authorisation {id} is {}; it cannot be {action}d",
+                        "authorisation {id} is {}; it cannot be {}",
                         serde_json::to_value(before.state)
                             .ok()
                             .and_then(|v| v.as_str().map(String::from))
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
+                        match action {
+                            "grant" => "granted",
+                            "refuse" => "refused",
+                            "revoke" => "revoked",
+                            other => other,
+                        }
                     ),
                 )
                 .with("state", before.state));

@@ -474,9 +474,12 @@ async fn only_the_person_named_acts_and_every_event_is_audited() {
 
     // The person refuses; a refused request cannot be granted after.
     act(&f, &person, &id, "refuse").await.ok(200);
-    act(&f, &person, &id, "grant")
-        .await
-        .problem("invalid-transition", 409);
+    let refused = act(&f, &person, &id, "grant").await;
+    let detail = refused.problem("invalid-transition", 409)["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(detail.ends_with("it cannot be granted"), "{detail}");
     act(&f, &person, &id, "undo")
         .await
         .problem("not-found", 404);

@@ -651,6 +651,21 @@ async fn services_are_classified_checked_for_compatibility_and_bounded() {
     upload(&r, &rc, &other.to_string(), "v1", "application/json", &huge)
         .await
         .problem("body-too-large", 413);
+    // One limit, one number: a byte over it is refused naming the same limit the parser uses.
+    let just_over = vec![b' '; enlace_description::MAX_DESCRIPTION_BYTES + 1];
+    let reply = upload(
+        &r,
+        &rc,
+        &other.to_string(),
+        "v1",
+        "application/json",
+        &just_over,
+    )
+    .await;
+    assert_eq!(
+        reply.problem("body-too-large", 413)["limit"],
+        enlace_description::MAX_DESCRIPTION_BYTES
+    );
     upload(
         &r,
         &rc,
