@@ -17,6 +17,7 @@ mod csr;
 mod encoding;
 mod error;
 mod inspect;
+pub mod io;
 mod signing;
 mod tls;
 

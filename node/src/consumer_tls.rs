@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -62,8 +62,9 @@ pub async fn serve<F, Fut, B>(
                         }
                         async move { Ok::<_, Infallible>(handler(req, remote).await) }
                     });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned();
+                    let builder = crate::net::http_server_builder();
+                    let stream = enlace_certs::io::FirstReadDeadline::new(tls_stream, crate::net::HEADER_READ_TIMEOUT);
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "backend connection ended");
                     }

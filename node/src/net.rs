@@ -240,6 +240,28 @@ pub fn is_reset(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// How long a client has to send a whole request header section on an HTTP/1.1 connection
+/// (its first request or the next one on a kept-alive connection); then the connection is
+/// closed, so slow or idle clients cannot hold a listener's connections.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server side of a plain (HTTP/1.1 or h2c) connection, with a timer so that the header
+/// read timeout and HTTP/2 keep-alive pings really run (hyper's builder has no timer of its own).
+pub fn http_server_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    use hyper_util::rt::TokioTimer;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(HEADER_READ_TIMEOUT);
+    builder
+}
+
 /// Serves plain HTTP/1.1 and h2c on `listener` until `shutdown` turns true, then drains. The
 /// response body may stream (gRPC responses carry trailers).
 pub async fn serve_plain<F, Fut, B>(
@@ -263,7 +285,8 @@ pub async fn serve_plain<F, Fut, B>(
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req, remote).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let builder = http_server_builder();
+                let stream = enlace_certs::io::FirstReadDeadline::new(stream, HEADER_READ_TIMEOUT);
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

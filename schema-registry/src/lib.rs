@@ -314,6 +314,9 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
     })
 }
 
+/// How long a client has to send a whole request header section.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The accept loop: HTTP/1.1 and HTTP/2, over TLS when an acceptor is given (the handshake in
 /// its own task, with a timeout); drains connections on shutdown.
 async fn serve(
@@ -322,6 +325,7 @@ async fn serve(
     app: axum::Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    use enlace_certs::io::FirstReadDeadline;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
@@ -334,16 +338,26 @@ async fn serve(
                 let tls = tls.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let builder = Builder::new(TokioExecutor::new());
+                    let mut builder = Builder::new(TokioExecutor::new());
+                    // With a timer, so that the header read timeout really runs: a slow or
+                    // idle client is dropped instead of holding a descriptor forever.
+                    builder
+                        .http1()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT);
                     let result = match tls {
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
+                        None => {
+                            let stream = FirstReadDeadline::new(stream, HEADER_READ_TIMEOUT);
+                            watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await
+                        }
                         Some(acceptor) => {
                             let hs = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
                             let Ok(Ok(tls_stream)) = hs else {
                                 tracing::info!(%remote, "registry: TLS handshake failed or timed out");
                                 return;
                             };
-                            watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc).into_owned()).await
+                            let stream = FirstReadDeadline::new(tls_stream, HEADER_READ_TIMEOUT);
+                            watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await
                         }
                     };
                     if let Err(e) = result {

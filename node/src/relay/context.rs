@@ -139,9 +139,10 @@ pub fn check_header_section(headers: &HeaderMap, max_bytes: usize) -> Result<(),
         .sum();
     if size > max_bytes {
         return Err(Problem::new(
-            ProblemKind::BodyTooLarge,
+            ProblemKind::HeadersTooLarge,
             format!("headers total {size} bytes, more than {max_bytes}"),
-        ));
+        )
+        .with("limit", max_bytes));
     }
     Ok(())
 }
@@ -203,7 +204,7 @@ mod tests {
             check_header_section(&map(&[("x-big", &big)]), 1000)
                 .unwrap_err()
                 .kind,
-            ProblemKind::BodyTooLarge
+            ProblemKind::HeadersTooLarge
         );
         assert!(check_header_section(&map(&[("accept", "application/json")]), 1000).is_ok());
     }

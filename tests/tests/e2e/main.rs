@@ -20,3 +20,4 @@ mod message_log;
 mod registry;
 mod relay;
 mod renewal;
+mod slow_clients;

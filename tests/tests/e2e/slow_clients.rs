@@ -1,0 +1,92 @@
+//! Slow and idle clients: a header section sent byte by byte, or nothing at all, cannot hold a
+//! listener's connections. Each is closed after the header read timeout, and while they are
+//! held, other clients are served.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use enlace_tests::{TestFederation, start_registry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Slow clients per listener: enough to show they do not stop others, few enough for the
+/// default descriptor limit of a test run.
+const SLOW: usize = 200;
+
+/// Opens `SLOW` connections to `addr`: half send a partial header section, half send nothing.
+async fn slow_clients(addr: SocketAddr) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for i in 0..SLOW {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        if i % 2 == 0 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .expect("write");
+        }
+        held.push(s);
+    }
+    held
+}
+
+/// Every held connection is closed by the server within the header read timeout and a margin.
+async fn all_closed(held: Vec<TcpStream>, started: Instant) {
+    let limit = enlace_node::net::HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    for mut s in held {
+        let left = limit.saturating_sub(started.elapsed());
+        let mut buf = [0u8; 512];
+        // EOF, a reset, or a 408 answer all close it; only silence past the limit fails.
+        loop {
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("a slow client was still held after {:?}", started.elapsed()),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_dropped_and_do_not_stop_others() {
+    let f = TestFederation::start().await;
+    let registry_addr: SocketAddr = f
+        .registry
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("registry address");
+    let consumer_addr = f.consumer.consumer_addr;
+    let started = Instant::now();
+    let mut held = slow_clients(registry_addr).await;
+    held.extend(slow_clients(consumer_addr).await);
+
+    // Others are served meanwhile, on both listeners.
+    let reply = f.registry.get("/v1/members", None).await;
+    assert_eq!(reply.status, 200);
+    let health = f
+        .registry
+        .http
+        .get(format!("{}/meta/allowed", f.consumer_url))
+        .bearer_auth(&f.client_token)
+        .send()
+        .await
+        .expect("consumer answers");
+    assert_eq!(health.status(), 200);
+
+    all_closed(held, started).await;
+    assert!(
+        started.elapsed() >= enlace_node::net::HEADER_READ_TIMEOUT - Duration::from_secs(1),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The registry alone, as `registry serve` runs it.
+#[tokio::test]
+async fn the_registry_drops_a_client_that_never_finishes_its_headers() {
+    let r = start_registry().await;
+    let addr: SocketAddr = r.url.trim_start_matches("http://").parse().expect("addr");
+    let started = Instant::now();
+    let held = slow_clients(addr).await;
+    assert_eq!(r.get("/healthz", None).await.status, 200);
+    all_closed(held, started).await;
+}
