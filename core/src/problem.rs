@@ -121,6 +121,15 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A body over `limit` bytes, declared (`Content-Length`) or read.
+    pub fn body_too_large(limit: usize) -> Self {
+        Problem::new(
+            ProblemKind::BodyTooLarge,
+            format!("the body is larger than {limit} bytes"),
+        )
+        .with("limit", limit)
+    }
+
     pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
         Problem {
             kind,

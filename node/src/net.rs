@@ -210,13 +210,15 @@ where
     B: hyper::body::Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    // A declared length over the limit is refused at once, not waited for.
+    if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(Problem::body_too_large(limit));
+    }
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::new(
-            ProblemKind::BodyTooLarge,
-            format!("the body is larger than {limit} bytes"),
-        )
-        .with("limit", limit)),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Problem::body_too_large(limit))
+        }
         Err(e) => Err(Problem::new(
             ProblemKind::InvalidRequest,
             format!("could not read the body: {e}"),

@@ -111,13 +111,15 @@ fn actor(app: &Registry, headers: &HeaderMap) -> Result<Actor, Problem> {
 
 /// Reads a body of at most `limit` bytes.
 async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Problem> {
+    // A declared length over the limit is refused at once, not waited for.
+    if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(Problem::body_too_large(limit));
+    }
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::new(
-            ProblemKind::BodyTooLarge,
-            format!("the body is larger than {limit} bytes"),
-        )
-        .with("limit", limit)),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Problem::body_too_large(limit))
+        }
         Err(e) => Err(Problem::new(
             ProblemKind::InvalidRequest,
             format!("could not read the body: {e}"),

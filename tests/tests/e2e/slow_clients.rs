@@ -90,3 +90,57 @@ async fn the_registry_drops_a_client_that_never_finishes_its_headers() {
     assert_eq!(r.get("/healthz", None).await.status, 200);
     all_closed(held, started).await;
 }
+
+/// Sends a request head declaring `length` body bytes, then two bytes, and returns the status
+/// line, which must come within two seconds: a declared oversized body is refused on its
+/// header, not waited for.
+async fn declared_length_answer(addr: SocketAddr, head: &str, length: usize) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "{head}Host: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{}}"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .expect("an answer within 2 s, not a wait for the declared body")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.contains("application/problem+json"), "{text}");
+    text.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn a_declared_oversized_body_is_refused_on_its_header() {
+    let f = TestFederation::start().await;
+    let registry: SocketAddr = f
+        .registry
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let admin = f.registry.admin().to_string();
+    let line = declared_length_answer(
+        registry,
+        &format!("POST /v1/members HTTP/1.1\r\nAuthorization: Bearer {admin}\r\n"),
+        1_000_000,
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 413"), "{line}");
+    let path = format!(
+        "/r1/{}/v1/persons/12345678-5",
+        enlace_registry::demo::PERSONAS
+    );
+    let line = declared_length_answer(
+        f.consumer.consumer_addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nAuthorization: Bearer {}\r\nEnlace-Client: {}\r\nEnlace-Contract: {}\r\n",
+            f.client_token,
+            enlace_registry::demo::CONSUMER_SUBSYSTEM,
+            f.demo.contract
+        ),
+        64 * 1024 * 1024,
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 413"), "{line}");
+}
