@@ -86,12 +86,15 @@ fn json_response(status: StatusCode, v: impl serde::Serialize) -> ApiResult {
     Ok(resp)
 }
 
+/// The bearer token, if exactly one `Authorization` header carries one (a repeated header is
+/// no token at all: which one wins must never depend on the proxy in front).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let first = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()?.strip_prefix("Bearer ")
 }
 
 /// The OAuth access token a person's page sends beside the ID token (ClaveÚnica mode).
@@ -100,6 +103,17 @@ fn access_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn actor(app: &Registry, headers: &HeaderMap) -> Result<Actor, Problem> {
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(Problem::new(
+            ProblemKind::Unauthenticated,
+            "Authorization: given more than once; send one",
+        ));
+    }
     let token = bearer(headers).ok_or_else(|| {
         Problem::new(
             ProblemKind::Unauthenticated,

@@ -384,6 +384,17 @@ pub(crate) fn authenticate_backend(
     headers: &HeaderMap,
     extensions: &http::Extensions,
 ) -> Result<(SubsystemId, bool), Problem> {
+    if headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(Problem::new(
+            ProblemKind::Unauthenticated,
+            "Authorization: given more than once; send one",
+        ));
+    }
     let token = match headers.get(http::header::AUTHORIZATION) {
         None => None,
         Some(v) => Some(

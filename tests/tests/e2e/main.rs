@@ -21,3 +21,4 @@ mod registry;
 mod relay;
 mod renewal;
 mod slow_clients;
+mod strict_parsing;
