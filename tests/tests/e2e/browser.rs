@@ -19,7 +19,7 @@ pub(crate) fn chromium() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
     assert!(
         path.exists(),
-        "Chromium is missing at {}: install it (as root on Debian: `apt-get update && apt-get install -y --no-install-recommends chromium`; .ci/run does this), or set ENLACE_CHROMIUM",
+        "Chromium is missing at {}: install it (as root on Debian: `apt-get update && apt-get install -y --no-install-recommends chromium`; ./test.sh does this), or set ENLACE_CHROMIUM",
         path.display()
     );
     path
