@@ -1442,3 +1442,82 @@ async fn every_refusal_of_every_route_is_a_problem() {
     .problem("method-not-allowed", 405);
     assert_eq!(r.audit_len().await, before + 1);
 }
+
+/// The registry's answers match its own OpenAPI document: a real contract validates against
+/// `Contract` (the `allOf` that adds `id`, `state` and `reason` to the terms), a proposal with
+/// a member the terms do not have does not validate against `ContractTerms`, and a stored
+/// description is served as one of the media types the document names.
+#[tokio::test]
+async fn answers_match_the_registry_openapi_document() {
+    let r = start_registry().await;
+    let demo = r.seed_demo().await;
+    let doc = r.get("/openapi.json", None).await.ok(200).clone();
+    let validator = |name: &str| {
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$ref": format!("#/components/schemas/{name}"),
+            "components": doc["components"],
+        });
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .offline()
+            .build(&schema)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let contracts = r
+        .get("/v1/contracts", Some(r.admin()))
+        .await
+        .ok(200)
+        .clone();
+    let contract = &contracts.as_array().unwrap()[0];
+    assert_eq!(contract["id"], demo.contract.to_string());
+    let v = validator("Contract");
+    let errors: Vec<String> = v.iter_errors(contract).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{contract:#}");
+    let mut extra = contract.clone();
+    extra["colour"] = json!("blue");
+    assert!(
+        !v.is_valid(&extra),
+        "unknown members are not part of a contract"
+    );
+
+    let terms = validator("ContractTerms");
+    let mut proposal = contract.clone();
+    for k in ["id", "state", "reason"] {
+        proposal.as_object_mut().unwrap().remove(k);
+    }
+    assert!(terms.is_valid(&proposal), "{proposal:#}");
+    proposal["id"] = contract["id"].clone();
+    assert!(!terms.is_valid(&proposal), "a proposal names no id");
+
+    // Every description the configuration lists is served as a documented media type.
+    let served = doc["paths"]["/v1/descriptions/{digest}"]["get"]["responses"]["200"]["content"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    let mut checked = 0;
+    for service in [demo::PERSONAS, demo::PERSONAS_GRPC] {
+        let info = r
+            .get(&format!("/v1/services/{service}"), None)
+            .await
+            .ok(200)
+            .clone();
+        let text = info.to_string();
+        for d in text
+            .split('"')
+            .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            let reply = r.get(&format!("/v1/descriptions/{d}"), None).await;
+            assert_eq!(reply.status, 200, "{d}");
+            assert!(
+                served.contains(&reply.content_type),
+                "{} not in {served:?}",
+                reply.content_type
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no description listed");
+}
