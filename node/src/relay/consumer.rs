@@ -210,7 +210,10 @@ async fn run(
     let request_logged = node.log.append(rec);
     let sent_method = outbound.method().clone();
     let sent_uri = outbound.uri().clone();
-    let timeout = Duration::from_millis(limits.upstream_timeout_ms);
+    // The provider node waits `upstream_timeout_ms` for its backend and then answers a signed
+    // refusal naming that backend; the consumer waits a margin longer, so that refusal arrives
+    // rather than being blamed on the peer node.
+    let timeout = Duration::from_millis(limits.upstream_timeout_ms) + PEER_MARGIN;
     let send = node
         .pool
         .send(&provider.id, &provider.address, outbound, timeout);
@@ -373,6 +376,11 @@ pub(crate) fn fill_signature(rec: &mut Record, headers: &HeaderMap, request: boo
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
 }
+
+/// How much longer the consumer waits for the provider node than a provider waits for its
+/// backend (the same `upstream_timeout_ms` on both, by default): time to log, sign and send
+/// the provider's refusal.
+pub(crate) const PEER_MARGIN: Duration = Duration::from_secs(2);
 
 // ---- phases ----
 

@@ -1,5 +1,5 @@
-//! Lenient parsing an outside review found, refused now: a repeated `Authorization` header
-//! (which one wins would depend on the proxy in front).
+//! What an outside review found, fixed: a repeated `Authorization` header (which one wins
+//! would depend on the proxy in front) is refused; a hung provider backend is blamed on it.
 
 use enlace_registry::demo;
 use enlace_tests::TestFederation;
@@ -53,4 +53,44 @@ async fn a_repeated_authorization_header_is_refused_on_the_registry_and_the_node
     assert_eq!(body["type"], "urn:enlace:problem:unauthenticated", "{body}");
     assert!(body["detail"].as_str().unwrap().contains("more than once"));
     assert_eq!(send(false).await.unwrap().status(), 200);
+}
+
+/// A provider backend that accepts and never answers (as one stopped with SIGSTOP): the
+/// provider node's signed refusal names the backend, and the consumer relays it instead of
+/// blaming the peer node.
+#[tokio::test]
+async fn a_hung_provider_backend_is_blamed_on_the_backend_not_the_peer() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            conns.push(s);
+        }
+    });
+    let f = TestFederation::start_with(move |s, provider| {
+        s.limits.upstream_timeout_ms = 1_000;
+        if provider {
+            s.services[0].backend = format!("http://{hung_addr}");
+        }
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let reply = f
+        .call(reqwest::Method::GET, "/persons/12345678-5", &[])
+        .await;
+    let took = started.elapsed();
+    let body = &reply.body;
+    assert_eq!(reply.status.as_u16(), 504, "{body:#}");
+    assert_eq!(body["type"], "urn:enlace:problem:peer-timeout", "{body:#}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("backend"),
+        "the provider's refusal, not the consumer's: {body:#}"
+    );
+    assert!(
+        body.to_string().contains("provider-backend"),
+        "culprit named: {body:#}"
+    );
+    assert!(took < std::time::Duration::from_millis(2_900), "{took:?}");
+    held.abort();
 }
