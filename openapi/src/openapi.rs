@@ -102,12 +102,17 @@ pub fn parse(bytes: &[u8]) -> Result<Description, Problem> {
             stored.len()
         )));
     }
-    Ok(Description {
+    let description = Description {
         kind: DescriptionKind::Openapi,
         digest: sha256_hex(&stored),
         operations,
         stored,
-    })
+    };
+    // Compile every operation's validators now, as a node will: a schema that cannot be
+    // compiled (a `pattern` that is no regular expression, say) is refused at upload rather
+    // than failing every call through the nodes.
+    crate::validate::CompiledService::compile(&description)?;
+    Ok(description)
 }
 
 /// The breaking changes from `old` to `new`, both OpenAPI descriptions.

@@ -943,3 +943,38 @@ fn removed_inputs_and_changed_input_types_are_breaks() {
         b[0].detail
     );
 }
+
+/// A `pattern` that is no regular expression is refused at upload, where before it was
+/// accepted and then every call through the nodes failed 422.
+#[test]
+fn a_pattern_that_does_not_compile_is_refused_at_upload() {
+    for pattern in ["(", "\\p{Nonexistent}", "[z-a]"] {
+        let d = doc(json!({
+            "openapi": "3.0.3",
+            "info": { "title": "t", "version": "1" },
+            "paths": { "/x/{id}": { "get": {
+                "operationId": "getX",
+                "parameters": [{ "name": "id", "in": "path", "required": true,
+                    "schema": { "type": "string", "pattern": pattern } }],
+                "responses": { "200": { "description": "ok",
+                    "content": { "application/json": { "schema": {
+                        "type": "object", "x-enlace-class": "public",
+                        "properties": { "name": { "type": "string" } } } } } } }
+            } } }
+        }));
+        let p = refused(&d);
+        assert_eq!(
+            p.kind,
+            ProblemKind::InvalidServiceDescription,
+            "{pattern}: {p:?}"
+        );
+        assert!(p.detail.contains("compiled"), "{pattern}: {}", p.detail);
+    }
+    // The same document with a pattern that compiles is accepted.
+    let ok = with_schema(
+        json!({ "type": "object", "x-enlace-class": "public",
+                "properties": { "name": { "type": "string", "pattern": "^[0-9]+$" } } }),
+        json!({}),
+    );
+    parse(&ok).unwrap();
+}
