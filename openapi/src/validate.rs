@@ -17,7 +17,8 @@
 //! raw non-ASCII (`non-ascii`), `//` (`empty-segment`), `.` or `..` segments (`dot-segment`),
 //! `%` without two hex digits (`bad-percent-encoding`), percent-encoded `/`, `\`, `.`, `%` or
 //! control characters (`encoded-slash`, `encoded-backslash`, `encoded-dot`, `encoded-percent`,
-//! `encoded-control-character`), segments that do not decode to UTF-8 (`not-utf8`), a trailing
+//! `encoded-control-character`), percent-encoded unreserved characters, which RFC 3986 says are
+//! never encoded and which the backend would read raw (`encoded-unreserved`), segments that do not decode to UTF-8 (`not-utf8`), a trailing
 //! `/` no template has (`trailing-slash`), and a method that is not an upper-case token
 //! (`method`). Literal segments match the decoded segment exactly (case-sensitive); `{param}`
 //! matches one whole non-empty decoded segment (with any literal text around it in the

@@ -161,6 +161,12 @@ fn decode_segment(seg: &str) -> Result<String, Problem> {
                 "a percent-encoded `%` (%25, double encoding)",
             )),
             b';' => Some(("matrix-parameter", "a percent-encoded `;` (%3B)")),
+            // RFC 3986 §2.3: unreserved characters are never to be encoded. One that is would
+            // be read decoded here (the subject check) and raw by the backend it is forwarded to.
+            c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~') => Some((
+                "encoded-unreserved",
+                "a percent-encoded letter, digit, `-`, `_` or `~`, which must be sent as itself",
+            )),
             c if c.is_ascii_control() => Some((
                 "encoded-control-character",
                 "a percent-encoded control character",

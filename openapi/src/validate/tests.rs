@@ -128,9 +128,12 @@ fn matches_the_personas_operations() {
         .match_request("GET", "/persons/12345678-5/documents")
         .unwrap();
     assert_eq!(m.operation_id, "listDocuments");
-    // Percent-encoded ordinary characters are decoded.
-    let m = svc.match_request("GET", "/persons/1234567%38-5").unwrap();
-    assert_eq!(m.params[0].1, "12345678-5");
+    // Other percent-encoded characters are decoded (a space, non-ASCII text).
+    let m = svc.match_request("GET", "/persons/1234%20%C3%B1").unwrap();
+    assert_eq!(m.params[0].1, "1234 ñ");
+    // A percent-encoded digit is refused: the subject check would read it decoded, the
+    // backend raw (see `refuses_path_tricks`).
+    assert!(svc.match_request("GET", "/persons/1234567%38-5").is_err());
 }
 
 #[test]
@@ -144,6 +147,9 @@ fn refuses_path_tricks() {
         ("/persons/../persons/1-9", "dot-segment"),
         ("/persons/./1-9", "dot-segment"),
         ("/persons/%2E%2E", "encoded-dot"),
+        ("/persons/12345678%2d5", "encoded-unreserved"),
+        ("/persons/%31%32345678-5", "encoded-unreserved"),
+        ("/persons/1-9%7E", "encoded-unreserved"),
         ("//persons/1-9", "empty-segment"),
         ("/persons//1-9", "empty-segment"),
         ("/persons/1-9/", "trailing-slash"),
@@ -713,12 +719,16 @@ fn the_bound_subject_comes_from_the_described_parameter() {
         svc.bound_subject(&m, None).unwrap().as_deref(),
         Some("CL-RUN:12345678-5")
     );
-    // Percent-decoded, as the path parameter is.
-    let m = svc.match_request("GET", "/persons/1234567%38-5").unwrap();
-    assert_eq!(
-        svc.bound_subject(&m, None).unwrap().as_deref(),
-        Some("CL-RUN:12345678-5")
-    );
+    // A subject spelt with percent-encoded digits or `-` never reaches the subject check: the
+    // path is refused, so the node and the backend cannot read two different people.
+    for spelt in [
+        "/persons/1234567%38-5",
+        "/persons/12345678%2d5",
+        "/persons/12345678%2D5",
+    ] {
+        let p = svc.match_request("GET", spelt).unwrap_err();
+        assert_eq!(p.extensions["trick"], "encoded-unreserved", "{spelt}");
+    }
     // An operation binding none, and one bound through a query parameter.
     assert_eq!(orders_bound(None), Ok(None));
     let doc = json!({
