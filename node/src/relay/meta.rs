@@ -103,6 +103,13 @@ async fn meta(
                     )
                 })?;
             let target = super::consumer::read_target(&uri)?;
+            // Exactly SERVICE/vMAJOR: nothing may follow (`…/v1/../../x` is no description).
+            if !(target.rest.is_empty() || target.rest == "/") || req.uri().query().is_some() {
+                return Err(Problem::new(
+                    ProblemKind::NotFound,
+                    "path: /meta/openapi/SERVICE/vMAJOR, with nothing after the major version",
+                ));
+            }
             let entry = Node::resolve_service(&snap, &target.service, target.major)?;
             if entry.kind != enlace_core::config::DescriptionKind::Openapi {
                 return Err(Problem::new(

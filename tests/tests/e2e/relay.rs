@@ -67,6 +67,39 @@ async fn a_person_is_fetched_through_both_nodes_cut_to_the_contract() {
         doc["paths"]["/persons/{run}"]["get"]["operationId"],
         "getPerson"
     );
+    // Nothing may follow the major version.
+    for tail in ["/extra", "/v1", "?x=1"] {
+        let resp = f
+            .registry
+            .http
+            .get(format!(
+                "{}/meta/openapi/{}/v1{tail}",
+                f.consumer_url,
+                demo::PERSONAS
+            ))
+            .bearer_auth(&f.client_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{tail}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
+    // As `curl --path-as-is` sends it (an HTTP client would resolve the dots itself).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(f.consumer.consumer_addr)
+            .await
+            .unwrap();
+        let req = format!(
+            "GET /meta/openapi/{}/v1/../../../../x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            demo::PERSONAS,
+            f.client_token
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    }
     let services = f
         .registry
         .http
