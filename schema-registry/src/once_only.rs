@@ -116,21 +116,36 @@ fn invalid(detail: String) -> Problem {
     Problem::new(ProblemKind::InvalidRequest, detail)
 }
 
-/// Resolves a local `$ref` (`#/$defs/x`, `#/definitions/x`); anything else is refused.
+/// Most `$ref` hops from one schema to the schema it finally names.
+const MAX_REF_HOPS: usize = 32;
+
+/// Resolves a local `$ref` (`#/$defs/x`, `#/definitions/x`), following a chain of them to the
+/// schema it names; anything else is refused, and so is a chain that loops (`{"$ref": "#"}`,
+/// or `a` → `b` → `a`), which names no schema at all.
 fn resolve<'a>(root: &'a Value, schema: &'a Value, at: &str) -> Result<&'a Value, Problem> {
-    let Some(r) = schema.get("$ref") else {
-        return Ok(schema);
-    };
-    let r = r.as_str().unwrap_or("");
-    let Some(ptr) = r.strip_prefix('#') else {
-        return Err(Problem::new(
-            ProblemKind::RemoteReference,
-            format!("{at}: `$ref` {r} is not local to the form; nothing is fetched"),
-        )
-        .with("at", at));
-    };
-    root.pointer(ptr)
-        .ok_or_else(|| invalid(format!("{at}: `$ref` {r} points at nothing in the form")))
+    let mut cur = schema;
+    let mut seen: Vec<&str> = Vec::new();
+    while let Some(r) = cur.get("$ref") {
+        let r = r.as_str().unwrap_or("");
+        let Some(ptr) = r.strip_prefix('#') else {
+            return Err(Problem::new(
+                ProblemKind::RemoteReference,
+                format!("{at}: `$ref` {r} is not local to the form; nothing is fetched"),
+            )
+            .with("at", at));
+        };
+        if seen.contains(&ptr) || seen.len() >= MAX_REF_HOPS {
+            return Err(invalid(format!(
+                "{at}: its `$ref`s loop ({}) without reaching a schema",
+                seen.join(" → ")
+            )));
+        }
+        seen.push(ptr);
+        cur = root
+            .pointer(ptr)
+            .ok_or_else(|| invalid(format!("{at}: `$ref` {r} points at nothing in the form")))?;
+    }
+    Ok(cur)
 }
 
 type Matcher<'a> = dyn Fn(&str, Option<&ConceptId>) -> Option<(usize, &'static str)> + 'a;

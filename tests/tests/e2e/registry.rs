@@ -861,6 +861,16 @@ async fn concepts_have_one_source_and_the_once_only_check_finds_them() {
     r.post("/v1/once-only-check", None, &evil)
         .await
         .problem("remote-reference", 422);
+    // `$ref`s that loop name no schema: refused, not answered as a form with no fields.
+    for looping in [
+        json!({"$ref": "#"}),
+        json!({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}),
+        json!({"type": "object", "properties": {"x": {"$ref": "#/properties/x"}}}),
+    ] {
+        let reply = r.post("/v1/once-only-check", None, &looping).await;
+        let body = reply.problem("invalid-request", 400);
+        assert!(body["detail"].as_str().unwrap().contains("loop"), "{body}");
+    }
 }
 
 #[tokio::test]
