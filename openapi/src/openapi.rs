@@ -407,6 +407,15 @@ fn decode(bytes: &[u8]) -> Result<Value, Problem> {
         .and_then(|v| de.end().map(|()| v))
         .map_err(|e| format!("not valid JSON: {e}"))
     } else {
+        // The YAML parser reads the whole event stream before the seed below sees a level,
+        // and its cost grows with the square of flow nesting: bound that nesting first.
+        if let Some(at) = yaml_flow_too_deep(bytes) {
+            return Err(invalid(format!(
+                "the document's flow collections (`[`, `{{`) nest deeper than {MAX_DEPTH} levels \
+                 (at byte {at})"
+            ))
+            .with("limit", MAX_DEPTH));
+        }
         let de = serde_norway::Deserializer::from_slice(bytes);
         ValueSeed {
             limits: &mut limits,
@@ -416,6 +425,51 @@ fn decode(bytes: &[u8]) -> Result<Value, Problem> {
         .map_err(|e| format!("not valid JSON or YAML: {e}"))
     };
     result.map_err(|msg| limits.tripped.take().unwrap_or_else(|| invalid(msg)))
+}
+
+/// Where YAML flow collections (`[…]`, `{…}`) first nest deeper than [`MAX_DEPTH`], counted
+/// outside quoted scalars and comments, in one linear pass; `None` when they never do. A plain
+/// scalar's brackets are counted too, which can only make the count larger.
+fn yaml_flow_too_deep(bytes: &[u8]) -> Option<usize> {
+    #[derive(PartialEq)]
+    enum In {
+        Text,
+        Single,
+        Double,
+        Comment,
+    }
+    let mut state = In::Text;
+    let mut depth = 0usize;
+    let mut prev = b'\n';
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let starts_token =
+            prev.is_ascii_whitespace() || matches!(prev, b':' | b',' | b'[' | b'{' | b'-');
+        match state {
+            In::Text => match b {
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Some(i);
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                b'\'' if starts_token => state = In::Single,
+                b'"' if starts_token => state = In::Double,
+                b'#' if prev.is_ascii_whitespace() => state = In::Comment,
+                _ => {}
+            },
+            In::Single if b == b'\'' => state = In::Text,
+            In::Double if b == b'\\' => i += 1,
+            In::Double if b == b'"' => state = In::Text,
+            In::Comment if b == b'\n' => state = In::Text,
+            _ => {}
+        }
+        prev = b;
+        i += 1;
+    }
+    None
 }
 
 #[derive(Default)]

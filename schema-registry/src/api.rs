@@ -704,7 +704,11 @@ async fn publish_service(
     }
     let ct = content_type(&headers);
     let bytes = read_body(body, MAX_DESCRIPTION_BYTES).await?;
-    let description = parse_description(&ct, &bytes)?;
+    // Parsing megabytes of YAML or protobuf is CPU work: keep it off the async workers, so
+    // that an upload does not stall `/healthz` and everyone else's requests.
+    let description = tokio::task::spawn_blocking(move || parse_description(&ct, &bytes))
+        .await
+        .map_err(|e| Problem::new(ProblemKind::Internal, format!("parsing the upload: {e}")))??;
     let rec = app.publish_service(&who, id, version, description).await?;
     json_response(StatusCode::CREATED, rec)
 }
