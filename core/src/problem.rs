@@ -121,6 +121,15 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A request with more than one `Authorization` header: which one counts must never depend
+    /// on the proxy in front, so neither does.
+    pub fn repeated_authorization() -> Self {
+        Problem::new(
+            ProblemKind::Unauthenticated,
+            "Authorization: given more than once; send one",
+        )
+    }
+
     /// A body over `limit` bytes, declared (`Content-Length`) or read.
     pub fn body_too_large(limit: usize) -> Self {
         Problem::new(

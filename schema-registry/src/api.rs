@@ -109,10 +109,7 @@ fn actor(app: &Registry, headers: &HeaderMap) -> Result<Actor, Problem> {
         .nth(1)
         .is_some()
     {
-        return Err(Problem::new(
-            ProblemKind::Unauthenticated,
-            "Authorization: given more than once; send one",
-        ));
+        return Err(Problem::repeated_authorization());
     }
     let token = bearer(headers).ok_or_else(|| {
         Problem::new(

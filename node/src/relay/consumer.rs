@@ -398,10 +398,7 @@ pub(crate) fn authenticate_backend(
         .nth(1)
         .is_some()
     {
-        return Err(Problem::new(
-            ProblemKind::Unauthenticated,
-            "Authorization: given more than once; send one",
-        ));
+        return Err(Problem::repeated_authorization());
     }
     let token = match headers.get(http::header::AUTHORIZATION) {
         None => None,
