@@ -221,10 +221,16 @@ pub struct LogSettings {
     /// Seconds between signed chain heads sent to the registry.
     #[serde(default = "default_anchor")]
     pub anchor_interval_secs: u64,
+    /// Records written after which the head is anchored without waiting for the interval.
+    #[serde(default = "default_anchor_records")]
+    pub anchor_after_records: u64,
 }
 
 fn default_anchor() -> u64 {
     60
+}
+fn default_anchor_records() -> u64 {
+    10_000
 }
 
 impl Default for LogSettings {
@@ -232,6 +238,7 @@ impl Default for LogSettings {
         LogSettings {
             retention_days: None,
             anchor_interval_secs: default_anchor(),
+            anchor_after_records: default_anchor_records(),
         }
     }
 }

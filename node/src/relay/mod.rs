@@ -711,13 +711,26 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         node.registry_http.clone(),
         Duration::from_millis(500),
     ));
-    // Anchor the log head periodically.
+    // Anchor the log head every `anchor_interval_secs`, and sooner once `anchor_after_records`
+    // records have been written since the last anchor: what a disk thief could cut or rewrite
+    // undetected is bounded in time and in count.
     let n = node.clone();
     let every = Duration::from_secs(raw.log.anchor_interval_secs.max(1));
+    let after_records = raw.log.anchor_after_records.max(1);
     background.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(Duration::from_secs(1).min(every));
+        let mut last = (tokio::time::Instant::now(), n.log.head().0);
+        let mut first = true;
         loop {
             tick.tick().await;
+            let seq = n.log.head().0;
+            let due =
+                first || last.0.elapsed() >= every || seq.saturating_sub(last.1) >= after_records;
+            if !due {
+                continue;
+            }
+            first = false;
+            last = (tokio::time::Instant::now(), seq);
             if let Err(p) = n.anchor_log_head().await {
                 tracing::warn!(problem = %p, "could not anchor the log head");
             }

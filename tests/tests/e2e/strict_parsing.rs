@@ -94,3 +94,36 @@ async fn a_hung_provider_backend_is_blamed_on_the_backend_not_the_peer() {
     assert!(took < std::time::Duration::from_millis(2_900), "{took:?}");
     held.abort();
 }
+
+/// Records after the last anchored head could be cut or rewritten undetected; under load the
+/// head is anchored after `anchor_after_records` records, not only every interval.
+#[tokio::test]
+async fn the_log_head_is_anchored_after_enough_records_without_waiting_for_the_interval() {
+    let f = TestFederation::start_with(|s, _| {
+        s.log.anchor_interval_secs = 3600;
+        s.log.anchor_after_records = 3;
+    })
+    .await;
+    let db = f.log_db(true);
+    let before = enlace_node::msglog::stored_heads(&db).unwrap().len();
+    for _ in 0..3 {
+        let reply = f
+            .call(reqwest::Method::GET, "/persons/12345678-5", &[])
+            .await;
+        assert_eq!(reply.status, 200, "{:#}", reply.body);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let heads = enlace_node::msglog::stored_heads(&db).unwrap();
+        if heads.len() > before && heads.last().unwrap().seq >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new anchor within 5 s: {} heads before, {} now",
+            before,
+            heads.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
