@@ -217,6 +217,7 @@ pub async fn prepare(dir: &Path, ports: Ports, backends: Backends) -> anyhow::Re
             ..Default::default()
         },
         consent_max_days: 365,
+        limits: Default::default(),
     };
     let registry = enlace_registry::start(&cfg).await?;
     let registry_url = format!("http://{}", registry.addr);

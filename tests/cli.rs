@@ -59,13 +59,19 @@ impl Drop for Up {
 
 impl Up {
     fn start(dir: &std::path::Path, base: u16) -> Up {
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        cmd.stderr(Stdio::null());
+        Up::start_as(cmd, dir, base)
+    }
+
+    /// `cmd` (the binary, or a shell that execs it) with `up`'s arguments.
+    fn start_as(mut cmd: Command, dir: &std::path::Path, base: u16) -> Up {
+        let mut child = cmd
             .args(["up", "--dir"])
             .arg(dir)
             .args(["--base-port", &base.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("enlace up starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -362,4 +368,94 @@ fn registry_serve_names_https_when_it_serves_tls() {
             assert!(!line.contains("http://"), "{line}");
         }
     }
+}
+
+/// The soft and hard "Max open files" of a process, from `/proc/<pid>/limits`.
+fn open_files_limit(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let mut words = line.split_whitespace().skip(3);
+    (
+        words.next().expect("soft").to_string(),
+        words.next().expect("hard").to_string(),
+    )
+}
+
+#[tokio::test]
+async fn under_a_small_descriptor_limit_two_thousand_idle_sockets_do_not_stop_the_node() {
+    enlace_certs::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_base();
+    let stderr_path = dir.path().join("stderr.log");
+    // systemd's default soft limit (1024), under a hard limit barely above it.
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -Sn 1024 && ulimit -Hn 1100 && exec \"$0\" \"$@\"",
+        BIN,
+    ])
+    .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+    let up = Up::start_as(cmd, &dir.path().join("fed"), base);
+    // The soft limit was raised to the hard one at start.
+    assert_eq!(
+        open_files_limit(up.child.id()),
+        ("1100".to_string(), "1100".to_string())
+    );
+    let token = up.value("SII renta backend token");
+    let contract = up.value("contract");
+
+    // 2,000 idle sockets on the SII consumer listener, from five source addresses (400 each):
+    // more than the process has descriptors for. Each source is held to its share.
+    let consumer: std::net::SocketAddr = format!("127.0.0.1:{}", base + 7).parse().unwrap();
+    let mut held = Vec::new();
+    for i in 0..2000 {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        let source: std::net::IpAddr = format!("127.0.0.{}", 10 + i % 5).parse().unwrap();
+        sock.bind(std::net::SocketAddr::new(source, 0))
+            .expect("bind");
+        if let Ok(s) = sock.connect(consumer).await {
+            held.push(s);
+        }
+    }
+
+    // The node still answers: its admin listener, and an exchange from another source.
+    let started = Instant::now();
+    let http = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let ready = http
+        .get(format!("http://127.0.0.1:{}/readyz", base + 8))
+        .send()
+        .await
+        .expect("the admin listener answers");
+    assert_eq!(ready.status(), 200);
+    let resp = http
+        .get(format!(
+            "http://127.0.0.1:{}/r1/CL-DEV/GOV/61002000-3/registro-civil/personas/v1/persons/12345678-5",
+            base + 7
+        ))
+        .bearer_auth(&token)
+        .header("Enlace-Client", "CL-DEV/GOV/60803000-K/renta")
+        .header("Enlace-Contract", &contract)
+        .header("Enlace-Subject", "CL-RUN:12345678-5")
+        .send()
+        .await
+        .expect("the consumer listener answers");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    drop(up);
+    // The operator was told, once per interval, not once per connection.
+    let log = std::fs::read_to_string(&stderr_path).expect("stderr");
+    let lines = log.matches("connection cap reached").count();
+    assert!((1..=3).contains(&lines), "{lines} cap lines:\n{log}");
 }

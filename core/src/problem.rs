@@ -9,6 +9,9 @@ use crate::id::IdError;
 /// Prefix of every problem `type` URI.
 pub const PROBLEM_TYPE_PREFIX: &str = "urn:enlace:problem:";
 
+/// The extension member that carries a problem's `Retry-After` (seconds).
+pub const RETRY_AFTER_MEMBER: &str = "retry_after";
+
 /// Who caused an error, sent in the `Enlace-Error` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -98,6 +101,8 @@ kinds! {
     ContractExpired = ("contract-expired", 403, 7, Client, "Contract expired"),
     ContractRevoked = ("contract-revoked", 403, 7, Client, "Contract revoked"),
     VolumeExceeded = ("volume-exceeded", 429, 8, Client, "Contract volume exceeded"),
+    /// More requests than the caller's rate allows (`Retry-After` says when to try again).
+    RateLimited = ("rate-limited", 429, 8, Client, "Too many requests"),
     /// `Enlace-Subject` names another person than the one the request asks about.
     SubjectMismatch = ("subject-mismatch", 403, 7, Client, "Data subject does not match the request"),
     SignatureInvalid = ("signature-invalid", 401, 16, PeerNode, "Signature invalid"),
@@ -137,6 +142,26 @@ impl Problem {
             format!("the body is larger than {limit} bytes"),
         )
         .with("limit", limit)
+    }
+
+    /// More requests than `who` may send; it may try again after `wait` (whole seconds, at
+    /// least one: the `Retry-After` header and the `retry_after` member).
+    pub fn rate_limited(who: &str, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let secs = secs.max(1);
+        Problem::new(
+            ProblemKind::RateLimited,
+            format!("{who} is sending more requests than its rate allows; try again in {secs} s"),
+        )
+        .with(RETRY_AFTER_MEMBER, secs)
+    }
+
+    /// Seconds after which the caller may try again, when the problem says (sent as the
+    /// `Retry-After` header too).
+    pub fn retry_after(&self) -> Option<u64> {
+        self.extensions
+            .get(RETRY_AFTER_MEMBER)
+            .and_then(Value::as_u64)
     }
 
     pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {

@@ -25,6 +25,7 @@ pub struct BackendCertificate(pub String);
 /// handshake runs in its own task with a timeout; a failed one is logged and dropped.
 pub async fn serve<F, Fut, B>(
     listener: TcpListener,
+    caps: Arc<enlace_limits::ConnectionCaps>,
     tls: Arc<ServerConfig>,
     handshake_timeout: Duration,
     handler: F,
@@ -40,12 +41,13 @@ pub async fn serve<F, Fut, B>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, remote)) = accepted else { continue };
+                let Some((stream, remote, permit)) = enlace_limits::admit(&caps, accepted).await else { continue };
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let handler = handler.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let Some(tls_stream) = crate::net::handshake(&acceptor, stream, remote, handshake_timeout, "backend").await else {
                         return;
                     };
@@ -70,7 +72,7 @@ pub async fn serve<F, Fut, B>(
                     }
                 });
             }
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         }
     }
     drop(listener);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use enlace_core::id::NodeId;
 use enlace_core::problem::{Problem, ProblemKind};
+use enlace_limits::ConnectionCaps;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::SendRequest;
@@ -268,6 +269,7 @@ pub fn http_server_builder() -> hyper_util::server::conn::auto::Builder<TokioExe
 /// response body may stream (gRPC responses carry trailers).
 pub async fn serve_plain<F, Fut, B>(
     listener: TcpListener,
+    caps: Arc<ConnectionCaps>,
     handler: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -280,7 +282,7 @@ pub async fn serve_plain<F, Fut, B>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, remote)) = accepted else { continue };
+                let Some((stream, remote, permit)) = enlace_limits::admit(&caps, accepted).await else { continue };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let svc = hyper::service::service_fn(move |req| {
@@ -295,9 +297,10 @@ pub async fn serve_plain<F, Fut, B>(
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "consumer connection ended");
                     }
+                    drop(permit);
                 });
             }
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         }
     }
     drop(listener);
@@ -330,6 +333,7 @@ pub(crate) async fn handshake(
 /// the handler learns the peer's node id from its certificate.
 pub async fn serve_mtls<F, Fut, B>(
     listener: TcpListener,
+    caps: Arc<ConnectionCaps>,
     tls: watch::Receiver<Arc<ServerConfig>>,
     handshake_timeout: Duration,
     handler: F,
@@ -344,12 +348,13 @@ pub async fn serve_mtls<F, Fut, B>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, remote)) = accepted else { continue };
+                let Some((stream, remote, permit)) = enlace_limits::admit(&caps, accepted).await else { continue };
                 let _ = stream.set_nodelay(true);
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
                 let handler = handler.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let Some(tls_stream) = handshake(&acceptor, stream, remote, handshake_timeout, "peer").await else {
                         return;
                     };
@@ -373,7 +378,7 @@ pub async fn serve_mtls<F, Fut, B>(
                     }
                 });
             }
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         }
     }
     drop(listener);

@@ -107,8 +107,11 @@ pub async fn answer(method: &hyper::Method, path: &str) -> Response<Body> {
 
 /// Serves the sample backend until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    // A test backend: the caps only keep a runaway load generator from exhausting descriptors.
+    let caps = enlace_limits::ConnectionCaps::new("sample backend", 16_384, 16_384);
     serve_plain(
         listener,
+        caps,
         |req: Request<Incoming>, _remote: SocketAddr| async move {
             answer(req.method(), req.uri().path()).await
         },

@@ -148,6 +148,20 @@ pub struct Limits {
     /// either direction before the node ends it, milliseconds.
     #[serde(default = "default_grpc_idle")]
     pub grpc_idle_timeout_ms: u64,
+    /// Connections each listener holds open at most (lowered at start if the descriptor limit
+    /// is too small for it).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one source address (an IPv6 /64) holds open on a listener at most.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Requests per second one calling subsystem may send through this node, sustained; 0 is
+    /// no limit. Above it the node answers 429 `rate-limited` with `Retry-After`.
+    #[serde(default = "default_subsystem_rate")]
+    pub requests_per_sec_per_subsystem: u32,
+    /// Requests one calling subsystem may send at once after a quiet spell.
+    #[serde(default = "default_subsystem_burst")]
+    pub request_burst_per_subsystem: u32,
 }
 
 fn default_max_body() -> usize {
@@ -171,6 +185,18 @@ fn default_max_grpc_message() -> usize {
 fn default_grpc_idle() -> u64 {
     60_000
 }
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_connections_per_source() -> usize {
+    512
+}
+fn default_subsystem_rate() -> u32 {
+    2000
+}
+fn default_subsystem_burst() -> u32 {
+    4000
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -182,6 +208,10 @@ impl Default for Limits {
             handshake_timeout_ms: default_handshake(),
             max_grpc_message_bytes: default_max_grpc_message(),
             grpc_idle_timeout_ms: default_grpc_idle(),
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+            requests_per_sec_per_subsystem: default_subsystem_rate(),
+            request_burst_per_subsystem: default_subsystem_burst(),
         }
     }
 }

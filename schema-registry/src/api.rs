@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::limits::Guards;
 use crate::once_only;
 use crate::registry::{Actor, Registry};
 
@@ -59,6 +60,10 @@ pub fn problem_response(p: &Problem) -> Response {
     );
     if let Ok(v) = HeaderValue::from_str(p.kind.culprit().as_str()) {
         resp.headers_mut().insert("enlace-error", v);
+    }
+    if let Some(secs) = p.retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp.extensions_mut().insert(Refused(p.clone()));
     resp
@@ -183,7 +188,7 @@ fn no_route(rest: &str) -> ApiError {
     ))
 }
 
-pub fn router(app: App) -> Router {
+pub fn router(app: App, guards: Arc<Guards>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi))
@@ -245,8 +250,40 @@ pub fn router(app: App) -> Router {
         .merge(crate::citizen_page::routes())
         .fallback(|req: Request| async move { no_route(req.uri().path()) })
         .layer(middleware::from_fn(framework_rejections_as_problems))
-        .layer(middleware::from_fn_with_state(app.clone(), audit_refusals))
+        .layer(middleware::from_fn_with_state(
+            (app.clone(), guards.clone()),
+            audit_refusals,
+        ))
+        .layer(middleware::from_fn_with_state(guards, rate_limits))
         .with_state(app)
+}
+
+/// Each source address and each bearer token within its rate, or 429 `rate-limited` with
+/// `Retry-After`. Outside the audit layer: a flood's refusals are counted in a log line once
+/// per interval, not written one by one anywhere.
+async fn rate_limits(State(guards): State<Arc<Guards>>, req: Request, next: Next) -> Response {
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| enlace_limits::source_key(c.0.ip()));
+    let refused = match source.map(|ip| guards.per_source.check(&ip)) {
+        Some(Err(wait)) => Some(("this source address", wait)),
+        _ => match bearer(req.headers()).map(|t| guards.per_token.check(t)) {
+            Some(Err(wait)) => Some(("this token", wait)),
+            _ => None,
+        },
+    };
+    let Some((who, wait)) = refused else {
+        return next.run(req).await;
+    };
+    if let Some(unlogged) = guards.rate_refusals.hit() {
+        tracing::warn!(
+            limit = who,
+            refused_since_last_line = unlogged,
+            "requests refused for their rate"
+        );
+    }
+    problem_response(&Problem::rate_limited(who, wait))
 }
 
 /// Longest framework rejection text kept as a problem's `detail`.
@@ -305,7 +342,11 @@ async fn framework_rejections_as_problems(req: Request, next: Next) -> Response 
 }
 
 /// Every refused change (any method but GET/HEAD) goes into the audit trail, like a success.
-async fn audit_refusals(State(app): State<App>, req: Request, next: Next) -> Response {
+async fn audit_refusals(
+    State((app, guards)): State<(App, Arc<Guards>)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let method = req.method().clone();
     let path: String = req.uri().path().chars().take(512).collect();
     let who = match actor(&app, req.headers()) {
@@ -315,16 +356,32 @@ async fn audit_refusals(State(app): State<App>, req: Request, next: Next) -> Res
         Err(_) if bearer(req.headers()).is_some() => "invalid-token".to_string(),
         Err(_) => "anonymous".to_string(),
     };
+    let unknown = matches!(who.as_str(), "citizen" | "invalid-token" | "anonymous");
     let resp = next.run(req).await;
     if let Some(Refused(p)) = resp.extensions().get::<Refused>() {
         if method != Method::GET && method != Method::HEAD {
+            // An unknown caller's refusals are written one by one up to a budget per minute,
+            // then counted into one entry, so that a flood cannot grow the trail without bound.
+            let admission = match unknown {
+                true => guards.unknown_audit.admit(),
+                false => crate::limits::Admission {
+                    write: true,
+                    summarise: 0,
+                },
+            };
             let app = app.clone();
             let p = p.clone();
             let action = format!("{method} {path}");
             // The store is synchronous; keep it off the async workers.
-            let _ =
-                tokio::task::spawn_blocking(move || app.audit_refusal(&who, &action, &path, &p))
-                    .await;
+            let _ = tokio::task::spawn_blocking(move || {
+                if admission.summarise > 0 {
+                    app.audit_summary(admission.summarise, 60);
+                }
+                if admission.write {
+                    app.audit_refusal(&who, &action, &path, &p);
+                }
+            })
+            .await;
         } else {
             tracing::debug!(%path, problem = p.kind.slug(), "read refused");
         }

@@ -13,6 +13,7 @@ pub mod citizen_page;
 pub mod demo;
 mod evidence;
 pub mod hiding;
+pub mod limits;
 pub mod merkle_store;
 mod model;
 pub mod oidc;
@@ -74,6 +75,9 @@ pub struct RegistryConfig {
     /// the contract's end.
     #[serde(default = "default_consent_days")]
     pub consent_max_days: u32,
+    /// Connections, request rates and the audit budget of unknown callers (`[limits]`).
+    #[serde(default)]
+    pub limits: limits::ApiLimits,
 }
 
 fn default_listen() -> SocketAddr {
@@ -158,6 +162,7 @@ pub struct RunningRegistry {
     task: JoinHandle<()>,
     refresher: JoinHandle<()>,
     tree_heads: JoinHandle<()>,
+    audit_flush: JoinHandle<()>,
 }
 
 impl RunningRegistry {
@@ -172,6 +177,7 @@ impl RunningRegistry {
         let _ = self.shutdown.send(true);
         self.refresher.abort();
         self.tree_heads.abort();
+        self.audit_flush.abort();
         let _ = (&mut self.task).await;
     }
 }
@@ -282,7 +288,45 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         registry.attach_oidc(Arc::new(oidc));
     }
     let (shutdown, rx) = watch::channel(false);
-    let task = tokio::spawn(serve(listener, tls, router(registry.clone()), rx));
+    let descriptors = enlace_limits::raise_descriptor_limit();
+    let caps = enlace_limits::ConnectionCaps::for_listener(
+        "registry",
+        cfg.limits.max_connections,
+        cfg.limits.max_connections_per_source,
+        &descriptors,
+        1,
+    );
+    tracing::info!(
+        was = descriptors.was,
+        soft = descriptors.soft,
+        max_connections = caps.max_total(),
+        "descriptor limit"
+    );
+    let guards = Arc::new(limits::Guards::new(&cfg.limits));
+    let task = tokio::spawn(serve(
+        listener,
+        caps,
+        tls,
+        router(registry.clone(), guards.clone()),
+        rx,
+    ));
+    // The last window of a flood of unknown callers' refusals is summarised even if nothing
+    // follows it.
+    let audit_flush = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let n = guards.unknown_audit.flush();
+                if n > 0 {
+                    let registry = registry.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || registry.audit_summary(n, 60)).await;
+                }
+            }
+        })
+    };
     let refresher = {
         let registry = registry.clone();
         let every = std::time::Duration::from_secs((cfg.config_validity_secs / 3).max(10));
@@ -311,6 +355,7 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         task,
         refresher,
         tree_heads,
+        audit_flush,
     })
 }
 
@@ -321,6 +366,7 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// its own task, with a timeout); drains connections on shutdown.
 async fn serve(
     listener: tokio::net::TcpListener,
+    caps: Arc<enlace_limits::ConnectionCaps>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     mut shutdown: watch::Receiver<bool>,
@@ -333,11 +379,19 @@ async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, remote)) = accepted else { continue };
-                let svc = TowerToHyperService::new(app.clone());
+                let Some((stream, remote, permit)) = enlace_limits::admit(&caps, accepted).await else { continue };
+                // Each request carries the address it came from, for the per-source limits.
+                let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+                    app.clone(),
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+                        req
+                    },
+                ));
                 let tls = tls.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let mut builder = Builder::new(TokioExecutor::new());
                     // With a timer, so that the header read timeout really runs: a slow or
                     // idle client is dropped instead of holding a descriptor forever.
@@ -365,7 +419,7 @@ async fn serve(
                     }
                 });
             }
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         }
     }
     drop(listener);

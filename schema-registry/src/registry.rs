@@ -286,6 +286,32 @@ impl Registry {
         }
     }
 
+    /// Records that `count` refusals of unknown callers in the last `window_secs` were
+    /// counted rather than written one by one (their audit budget was spent).
+    pub fn audit_summary(&self, count: u64, window_secs: u64) {
+        let entry = AuditEntry {
+            seq: 0,
+            at: rfc3339(now()),
+            actor: "unknown callers".into(),
+            action: "refusals counted, not written one by one".into(),
+            object: String::new(),
+            outcome: "summarised".into(),
+            before: None,
+            after: Some(serde_json::json!({"refusals": count, "window_secs": window_secs})),
+        };
+        tracing::warn!(
+            refusals = count,
+            window_secs,
+            "refusals of unknown callers over their audit budget, summarised"
+        );
+        if let Err(e) = self.store.commit(Change {
+            audit: vec![entry],
+            ..Change::default()
+        }) {
+            tracing::error!(error = %e, "could not record a refusal summary");
+        }
+    }
+
     pub fn audit_entries(
         &self,
         actor: &Actor,

@@ -29,6 +29,7 @@ pub fn registry_config(dir: &std::path::Path) -> RegistryConfig {
             ..Default::default()
         },
         consent_max_days: 365,
+        limits: Default::default(),
     }
 }
 
@@ -56,6 +57,14 @@ pub async fn start_registry_on(
     let mut cfg = registry_config(dir.path());
     cfg.config_validity_secs = validity_secs;
     cfg.listen = format!("127.0.0.1:{port}").parse().expect("loopback");
+    start_registry_configured(dir, cfg).await
+}
+
+/// A registry with the configuration `cfg` (whose `data_dir` is under `dir`).
+pub async fn start_registry_configured(
+    dir: tempfile::TempDir,
+    cfg: RegistryConfig,
+) -> TestRegistry {
     let running = enlace_registry::start(&cfg).await.expect("registry starts");
     let url = format!("http://{}", running.addr);
     TestRegistry {

@@ -170,6 +170,7 @@ async fn run(
     context::check_header_section(&parts.headers, limits.max_header_bytes)?;
     let (client, log_bodies) = authenticate_backend(node, &parts.headers, &parts.extensions)?;
     trace.client = Some(client.clone());
+    within_rate(node, &client)?;
     let target = read_target(&parts.uri)?;
     trace.service = target.service.to_string();
     let ctx = read_context(&parts.headers, &client)?;
@@ -459,6 +460,14 @@ pub(crate) fn authenticate_backend(
             "a local backend authenticates with a pinned TLS client certificate or Authorization: Bearer <token>",
         )),
     }
+}
+
+/// The calling subsystem is within its rate (`limits.requests_per_sec_per_subsystem`), or the
+/// request is refused with 429 `rate-limited` and `Retry-After`.
+pub(crate) fn within_rate(node: &Node, client: &SubsystemId) -> Result<(), Problem> {
+    node.rate
+        .check(client)
+        .map_err(|wait| Problem::rate_limited(&format!("subsystem {client}"), wait))
 }
 
 pub(crate) struct Target {

@@ -53,6 +53,7 @@ async fn meta(
     }
     let (client, _) = super::consumer::authenticate_backend(node, req.headers(), req.extensions())?;
     *client_out = Some(client.clone());
+    super::consumer::within_rate(node, &client)?;
     let snap = node.snapshot()?;
     let cfg = &snap.config;
     let path = req.uri().path();

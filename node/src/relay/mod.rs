@@ -110,6 +110,8 @@ pub struct Node {
     pub access: Arc<crate::access::AccessQueue>,
     /// Field classes and verified authorisation tokens, for the effective disclosure.
     pub(crate) disclosure: disclosure::Cache,
+    /// Requests per second per calling subsystem (`limits.requests_per_sec_per_subsystem`).
+    pub(crate) rate: enlace_limits::RateLimiter,
 }
 
 /// A problem with the message id it concerns: status, headers and body.
@@ -129,6 +131,9 @@ pub(crate) fn problem_parts(
     );
     if let Some(id) = message_id.and_then(|id| HeaderValue::from_str(id).ok()) {
         h.insert(context::MESSAGE_ID, id);
+    }
+    if let Some(secs) = p.retry_after() {
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
     (status, h, Bytes::from(p.to_json().to_string()))
 }
@@ -590,6 +595,10 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         )?,
         access,
         disclosure: Default::default(),
+        rate: enlace_limits::RateLimiter::new(enlace_limits::RateLimits {
+            per_sec: limits.requests_per_sec_per_subsystem,
+            burst: limits.request_burst_per_subsystem,
+        }),
         settings,
     });
 
@@ -610,6 +619,25 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         admin_l.local_addr()?,
     );
 
+    // Each listener's connections, bounded so that together they cannot take the descriptors
+    // the logs, the stores and the peers need.
+    let descriptors = enlace_limits::raise_descriptor_limit();
+    tracing::info!(
+        was = descriptors.was,
+        soft = descriptors.soft,
+        "descriptor limit"
+    );
+    let listeners = if raw.consumer_tls.is_some() { 4 } else { 3 };
+    let caps = |name: &'static str| {
+        enlace_limits::ConnectionCaps::for_listener(
+            name,
+            raw.limits.max_connections,
+            raw.limits.max_connections_per_source,
+            &descriptors,
+            listeners,
+        )
+    };
+
     let mut tasks = Vec::new();
     let n = node.clone();
     let consumer_handler = move |req: http::Request<hyper::body::Incoming>, _remote| {
@@ -628,6 +656,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
     };
     tasks.push(tokio::spawn(serve_plain(
         consumer_l,
+        caps("consumer"),
         consumer_handler.clone(),
         shutdown_rx.clone(),
     )));
@@ -642,6 +671,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
             let addr = l.local_addr()?;
             tasks.push(tokio::spawn(crate::consumer_tls::serve(
                 l,
+                caps("consumer-tls"),
                 tls,
                 Duration::from_millis(raw.limits.handshake_timeout_ms),
                 consumer_handler,
@@ -654,6 +684,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
     let n = node.clone();
     tasks.push(tokio::spawn(serve_mtls(
         provider_l,
+        caps("provider"),
         tls_rx,
         Duration::from_millis(raw.limits.handshake_timeout_ms),
         move |req, peer| {
@@ -673,6 +704,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
     let n = node.clone();
     tasks.push(tokio::spawn(serve_plain(
         admin_l,
+        caps("admin"),
         move |req, _remote| meta::admin(n.clone(), req),
         shutdown_rx.clone(),
     )));

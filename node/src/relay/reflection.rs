@@ -104,6 +104,7 @@ async fn built_for(
     extensions: &http::Extensions,
 ) -> Result<(SubsystemId, u64, Arc<Built>), Problem> {
     let (client, _) = consumer::authenticate_backend(node, headers, extensions)?;
+    consumer::within_rate(node, &client)?;
     let snap = node.snapshot()?;
     let key = (client.clone(), snap.config.serial);
     if let Some(b) = node.reflection.get(&key) {

@@ -822,7 +822,15 @@ impl Mitm {
             }
         };
         let task = tokio::spawn(async move {
-            serve_mtls(listener, tls_rx, Duration::from_secs(5), handler, stop_rx).await;
+            serve_mtls(
+                listener,
+                enlace_limits::ConnectionCaps::new("test", 1024, 1024),
+                tls_rx,
+                Duration::from_secs(5),
+                handler,
+                stop_rx,
+            )
+            .await;
             drop((tls_tx, mat_tx));
         });
         Mitm {

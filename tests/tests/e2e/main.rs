@@ -17,6 +17,7 @@ mod grpc_reflection;
 mod grpc_subject;
 mod hidden_records;
 mod message_log;
+mod rate_limits;
 mod registry;
 mod relay;
 mod renewal;

@@ -302,6 +302,7 @@ async fn exchange(
     context::check_header_section(&parts.headers, limits.max_header_bytes)?;
     let (client, log_bodies) = authenticate_backend(node, &parts.headers, &parts.extensions)?;
     trace.client = Some(client.clone());
+    super::super::consumer::within_rate(node, &client)?;
     let ctx = read_context(&parts.headers, &client)?;
     trace.context = Some(ctx.clone());
     let path = parts.uri.path().to_string();
