@@ -188,6 +188,11 @@ impl Layout {
         format!("http://127.0.0.1:{}", self.base)
     }
 
+    /// The port the provider node listens on for peers.
+    fn provider_port(&self) -> u16 {
+        self.base + 3
+    }
+
     /// Starts the registry (on its data directory, kept across restarts) and waits until it
     /// serves its configuration.
     async fn start_registry(&self) -> Proc {
@@ -743,4 +748,45 @@ async fn registry_down_relays_on_the_cached_configuration_until_it_expires_then_
         (fed.provider.child.id(), fed.consumer.child.id()),
         (provider_pid, consumer_pid)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_node_down_the_consumer_answers_a_problem_naming_the_peer_within_a_second() {
+    let mut fed = Fed::start().await;
+    let http = http_client();
+    // A pooled connection to the provider node exists, and then dies with it.
+    assert_eq!(exchange(&http, &fed.target).await.status, 200);
+    fed.provider.kill9();
+    for _ in 0..3 {
+        let o = exchange(&http, &fed.target).await;
+        assert_eq!(o.status, 502, "{o:?}");
+        assert_eq!(
+            o.problem_type(),
+            "urn:enlace:problem:peer-unreachable",
+            "{o:?}"
+        );
+        assert_eq!(o.culprit(), "peer-node", "{o:?}");
+        assert!(o.elapsed < Duration::from_secs(1), "{o:?}");
+    }
+
+    // The provider's host accepts connections in the kernel but nothing ever answers (a hung
+    // process, a blackhole): the consumer gives up after its connect timeout (1 s by default).
+    let hole = std::net::TcpListener::bind(("127.0.0.1", fed.at.provider_port()))
+        .expect("the provider node's port is free");
+    for _ in 0..2 {
+        let o = exchange(&http, &fed.target).await;
+        assert_eq!(o.status, 504, "{o:?}");
+        assert_eq!(o.problem_type(), "urn:enlace:problem:peer-timeout", "{o:?}");
+        assert_eq!(o.culprit(), "peer-node", "{o:?}");
+        assert!(
+            o.elapsed < Duration::from_millis(1500),
+            "answered after {:?}: {o:?}",
+            o.elapsed
+        );
+    }
+    drop(hole);
+
+    fed.restart_node(Role::Provider).await;
+    let o = exchange(&http, &fed.target).await;
+    assert_eq!(o.status, 200, "{o:?}");
 }
