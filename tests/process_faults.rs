@@ -153,6 +153,9 @@ struct Target {
     url: String,
     token: String,
     contract: String,
+    /// The consumer node's listener, for h2c gRPC calls.
+    grpc_url: String,
+    grpc_contract: String,
 }
 
 /// Where the parts of a seeded federation live: its directory and its nine ports.
@@ -246,7 +249,7 @@ struct Fed {
     at: Layout,
     target: Target,
     registry: Proc,
-    _backend: Proc,
+    _backends: [Proc; 2],
     provider: Proc,
     consumer: Proc,
 }
@@ -282,6 +285,15 @@ impl Fed {
             ],
             &at.dir.join("backend.log"),
         );
+        let grpc_backend = Proc::spawn(
+            "sample gRPC backend",
+            &[
+                "sample-grpc-backend",
+                "--listen",
+                &format!("127.0.0.1:{}", base + 2),
+            ],
+            &at.dir.join("grpc-backend.log"),
+        );
         let registry = at.start_registry().await;
         let provider = at.start_node(Role::Provider).await;
         let consumer = at.start_node(Role::Consumer).await;
@@ -294,11 +306,16 @@ impl Fed {
                 ),
                 token: secrets["renta_token"].as_str().unwrap().to_string(),
                 contract: secrets["demo"]["contract"].as_str().unwrap().to_string(),
+                grpc_url: format!("http://127.0.0.1:{}", base + 7),
+                grpc_contract: secrets["demo"]["grpc_contract"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
             },
             _dir: dir,
             at,
             registry,
-            _backend: backend,
+            _backends: [backend, grpc_backend],
             provider,
             consumer,
         }
@@ -393,9 +410,11 @@ fn read_only(path: &Path) -> rusqlite::Connection {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// What one client saw of one exchange (status 0: no HTTP answer at all).
+/// What one client saw of one exchange: the HTTP status (0: no answer at all); for a gRPC call
+/// 200 when it succeeded, else 600 plus the gRPC code.
 #[derive(Debug, Clone)]
 struct Outcome {
+    grpc: bool,
     status: u16,
     message_id: Option<String>,
     problem: Option<serde_json::Value>,
@@ -440,6 +459,7 @@ async fn exchange(http: &reqwest::Client, t: &Target) -> Outcome {
         Ok(r) => r,
         Err(_) => {
             return Outcome {
+                grpc: false,
                 status: 0,
                 message_id: None,
                 problem: None,
@@ -458,6 +478,7 @@ async fn exchange(http: &reqwest::Client, t: &Target) -> Outcome {
     let Ok(body) = body else {
         // The head arrived but not the whole body: the client did not get an answer.
         return Outcome {
+            grpc: false,
             status: 0,
             message_id: None,
             problem: None,
@@ -470,10 +491,55 @@ async fn exchange(http: &reqwest::Client, t: &Target) -> Outcome {
         serde_json::from_slice(&body).ok()
     };
     Outcome {
+        grpc: false,
         status,
         message_id,
         problem,
         elapsed,
+    }
+}
+
+/// One unary gRPC call (GetPerson) through the consumer node, under the demo gRPC contract.
+async fn grpc_exchange(channel: &tonic::transport::Channel, t: &Target) -> Outcome {
+    use enlace_proto::personas::v1::GetPersonRequest;
+    use enlace_proto::personas::v1::personas_client::PersonasClient;
+    let start = Instant::now();
+    let mut req = tonic::Request::new(GetPersonRequest {
+        run: "12345678-5".into(),
+    });
+    for (k, v) in [
+        ("authorization", format!("Bearer {}", t.token)),
+        ("enlace-client", demo::CONSUMER_SUBSYSTEM.to_string()),
+        ("enlace-contract", t.grpc_contract.clone()),
+        ("enlace-subject", demo::PERSON.to_string()),
+    ] {
+        req.metadata_mut()
+            .insert(k, v.parse().expect("metadata value"));
+    }
+    let message_id = |md: &tonic::metadata::MetadataMap| {
+        md.get("enlace-message-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    match PersonasClient::new(channel.clone()).get_person(req).await {
+        Ok(resp) => Outcome {
+            grpc: true,
+            status: 200,
+            message_id: message_id(resp.metadata()),
+            problem: None,
+            elapsed: start.elapsed(),
+        },
+        Err(status) => Outcome {
+            grpc: true,
+            status: 600 + status.code() as u16,
+            message_id: message_id(status.metadata()),
+            problem: status
+                .metadata()
+                .get("enlace-problem-type")
+                .and_then(|v| v.to_str().ok())
+                .map(|t| serde_json::json!({ "type": t })),
+            elapsed: start.elapsed(),
+        },
     }
 }
 
@@ -486,17 +552,27 @@ struct Load {
 }
 
 impl Load {
-    fn start(target: &Target, clients: usize) -> Load {
+    /// `rest` REST clients and `grpc` gRPC ones (each on its own HTTP/2 connection).
+    fn start(target: &Target, rest: usize, grpc: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
-        let tasks = (0..clients)
-            .map(|_| {
+        let tasks = (0..rest + grpc)
+            .map(|i| {
                 let (stop, ok, t) = (stop.clone(), ok.clone(), target.clone());
                 tokio::spawn(async move {
                     let http = http_client();
+                    let channel = tonic::transport::Endpoint::from_shared(t.grpc_url.clone())
+                        .expect("endpoint")
+                        .connect_timeout(Duration::from_secs(5))
+                        .timeout(Duration::from_secs(20))
+                        .connect_lazy();
                     let mut seen = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        let o = exchange(&http, &t).await;
+                        let o = if i < rest {
+                            exchange(&http, &t).await
+                        } else {
+                            grpc_exchange(&channel, &t).await
+                        };
                         if o.status == 200 {
                             ok.fetch_add(1, Ordering::Relaxed);
                         } else {
@@ -550,7 +626,7 @@ fn logged(db: &Path, kind: &str) -> std::collections::HashSet<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_each_process_under_load_loses_no_answered_exchange() {
     let mut fed = Fed::start().await;
-    let load = Load::start(&fed.target, 4);
+    let load = Load::start(&fed.target, 4, 2);
     load.wait_ok(30, "before any kill").await;
 
     for role in [Role::Provider, Role::Consumer] {
@@ -579,10 +655,10 @@ async fn kill_9_of_each_process_under_load_loses_no_answered_exchange() {
     let mut by_status = std::collections::BTreeMap::new();
     for o in &outcomes {
         *by_status
-            .entry((o.status, o.problem_type().to_string()))
+            .entry((o.grpc, o.status, o.problem_type().to_string()))
             .or_insert(0) += 1;
     }
-    eprintln!("outcomes (status, problem type): {by_status:?}");
+    eprintln!("outcomes (grpc, status, problem type): {by_status:?}");
     // No client hung through the kills: each got an answer (or a closed connection) within the
     // consumer's wait for a peer (upstream_timeout_ms + 2 s).
     let slowest = outcomes.iter().map(|o| o.elapsed).max().unwrap_or_default();
@@ -593,6 +669,11 @@ async fn kill_9_of_each_process_under_load_loses_no_answered_exchange() {
     let unique: std::collections::HashSet<&str> = answered.iter().copied().collect();
     assert_eq!(unique.len(), answered.len(), "a message id answered twice");
     assert!(answered.len() >= 150, "only {} answered", answered.len());
+    let grpc_ok = outcomes
+        .iter()
+        .filter(|o| o.grpc && o.status == 200)
+        .count();
+    assert!(grpc_ok >= 20, "only {grpc_ok} gRPC calls answered");
 
     fed.wait_access_queue_empty().await;
     fed.provider.stop().await;
