@@ -245,6 +245,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             let running = enlace_registry::start(&cfg).await?;
+            let stop = stop_signal()?;
             eprintln!(
                 "registry listening on {}, serving {}",
                 running.addr, running.url
@@ -253,7 +254,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "federation admin token in {}",
                 cfg.data_dir.join("admin.token").display()
             );
-            stop_signal().await?;
+            stop.await;
             running.stop().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -303,11 +304,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let node =
                 enlace_node::relay::start(settings, std::time::Duration::from_secs(30)).await?;
+            let stop = stop_signal()?;
             eprintln!(
                 "node {} listening: consumer http://{}, provider {}, admin http://{}",
                 node.node.settings.id, node.consumer_addr, node.provider_addr, node.admin_addr
             );
-            stop_signal().await?;
+            stop.await;
             eprintln!("stopping: draining exchanges");
             node.stop().await;
             Ok(ExitCode::SUCCESS)
@@ -659,19 +661,27 @@ async fn log_command(cmd: LogCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what systemd and Kubernetes send), so that
-/// every role drains and anchors its log before it exits.
-pub(crate) async fn stop_signal() -> std::io::Result<()> {
+/// Listens for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what systemd and Kubernetes send), so that
+/// every role drains and anchors its log before it exits. The handlers are installed when this
+/// is called, not when the future is first polled: call it before saying "ready", or a signal
+/// sent right after that line would still meet the default action and kill the process.
+pub(crate) fn stop_signal() -> std::io::Result<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        Ok(Box::pin(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }))
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await
+        Ok(Box::pin(async {
+            let _ = tokio::signal::ctrl_c().await;
+        }))
     }
 }

@@ -25,6 +25,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         None => Ports::UP,
     };
     let f = federation::start(&args.dir, ports).await?;
+    // Listening before the ready line below: a Ctrl-C or SIGTERM right after it drains.
+    let stop = crate::stop_signal()?;
     let registry = format!("http://{}", f.registry.addr);
     let sii = format!("http://{}", f.consumer.consumer_addr);
     let s = &f.secrets;
@@ -182,7 +184,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     println!();
     println!("Press Ctrl-C to stop.");
-    crate::stop_signal().await?;
+    stop.await;
     println!("stopping: draining exchanges, anchoring log heads");
     f.stop().await;
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,14 @@ use enlace_core::problem::{Problem, ProblemKind};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+/// Longest pause between two fetches while the registry is unreachable and the cached
+/// configuration is still valid.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Longest pause between two fetches once no unexpired configuration is left (the node fails
+/// closed until one arrives).
+const FAILED_CLOSED_RETRY: Duration = Duration::from_secs(1);
+
 /// How far a configuration's issue time may lie in our future (clock skew).
 const MAX_SKEW: time::Duration = time::Duration::seconds(60);
 
@@ -308,7 +316,10 @@ impl ConfigClient {
         Ok(())
     }
 
-    /// Follows the registry until the task is dropped: long-polls, and retries after errors.
+    /// Follows the registry until the task is dropped: long-polls, and retries after errors,
+    /// backing off up to [`MAX_BACKOFF`] (but never past the expiry) while a usable copy is
+    /// cached, and retrying every [`FAILED_CLOSED_RETRY`] at most once it has expired (every
+    /// exchange is refused until then, so the node takes the registry's return within a second).
     pub fn follow(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
@@ -317,9 +328,17 @@ impl ConfigClient {
                 match me.fetch(Duration::from_secs(30)).await {
                     Ok(_) => backoff = Duration::from_millis(250),
                     Err(p) => {
-                        tracing::warn!(problem = %p, "configuration fetch failed; keeping the cached copy");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        let pause = if let Ok(cfg) = me.current() {
+                            tracing::warn!(problem = %p, "configuration fetch failed; keeping the cached copy");
+                            // Awake when it expires, to retry at the failed-closed pace.
+                            let left = cfg.expires_at - OffsetDateTime::now_utc();
+                            backoff.min(left.try_into().unwrap_or(Duration::ZERO))
+                        } else {
+                            tracing::warn!(problem = %p, "configuration fetch failed; no unexpired copy, refusing exchanges");
+                            backoff.min(FAILED_CLOSED_RETRY)
+                        };
+                        tokio::time::sleep(pause).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }

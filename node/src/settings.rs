@@ -138,6 +138,10 @@ pub struct Limits {
     /// How long to wait for the peer node or the provider backend, milliseconds.
     #[serde(default = "default_timeout")]
     pub upstream_timeout_ms: u64,
+    /// How long to wait for a connection to a peer node (TCP connect, TLS handshake and HTTP/2
+    /// preface), milliseconds: a peer whose host accepts nothing is reported this soon.
+    #[serde(default = "default_connect")]
+    pub connect_timeout_ms: u64,
     /// TLS handshake timeout, milliseconds.
     #[serde(default = "default_handshake")]
     pub handshake_timeout_ms: u64,
@@ -176,6 +180,9 @@ fn default_skew() -> i64 {
 fn default_timeout() -> u64 {
     10_000
 }
+fn default_connect() -> u64 {
+    1_000
+}
 fn default_handshake() -> u64 {
     5_000
 }
@@ -205,6 +212,7 @@ impl Default for Limits {
             max_header_bytes: default_max_headers(),
             clock_skew_secs: default_skew(),
             upstream_timeout_ms: default_timeout(),
+            connect_timeout_ms: default_connect(),
             handshake_timeout_ms: default_handshake(),
             max_grpc_message_bytes: default_max_grpc_message(),
             grpc_idle_timeout_ms: default_grpc_idle(),
@@ -313,6 +321,10 @@ impl NodeSettings {
         anyhow::ensure!(
             (100..=86_400_000).contains(&self.limits.grpc_idle_timeout_ms),
             "limits.grpc_idle_timeout_ms: must be between 100 ms and 24 hours"
+        );
+        anyhow::ensure!(
+            (50..=60_000).contains(&self.limits.connect_timeout_ms),
+            "limits.connect_timeout_ms: must be between 50 ms and 60 s"
         );
         anyhow::ensure!(
             (1..=600).contains(&self.limits.clock_skew_secs),

@@ -577,7 +577,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         signing_key: SigningKeyCell::new(signing_key),
         config: config.clone(),
         snapshot: watch::channel(Some(snap)).0,
-        pool: PeerPool::new(dial_rx, Duration::from_millis(limits.upstream_timeout_ms)),
+        pool: PeerPool::new(dial_rx, Duration::from_millis(limits.connect_timeout_ms)),
         log,
         replay: warmed_replay_guard(
             &raw.data_dir.join("messages.sqlite"),
