@@ -50,8 +50,8 @@ CREATE TABLE IF NOT EXISTS access_rejected (
 );
 ";
 
+/// A failure of the queue; whoever gets it says so (the shipper once per interval).
 fn internal(e: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %e, "access record queue failed");
     Problem::new(
         ProblemKind::Internal,
         format!("the access record queue failed: {e}"),
@@ -412,24 +412,69 @@ pub fn spawn_shipper(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = interval;
+        let mut outage = Outage::default();
         loop {
             match queue.ship_once(&registry_url, &http).await {
                 Ok(n) if n >= MAX_BATCH => {
+                    outage.over();
                     backoff = interval;
                     continue;
                 }
                 Ok(_) => {
+                    outage.over();
                     backoff = interval;
                     tokio::time::sleep(interval).await;
                 }
                 Err(p) => {
-                    tracing::warn!(problem = %p, retry_in_ms = backoff.as_millis() as u64, "could not ship access records");
+                    outage.failed(&p, backoff);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF.max(interval));
                 }
             }
         }
     })
+}
+
+/// The least time between two lines saying that shipping still fails.
+const OUTAGE_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// Failed shipping attempts in a row (the registry unreachable, the log's disk full), said at
+/// the first, then at most once every [`OUTAGE_SUMMARY_EVERY`], and when shipping works again.
+#[derive(Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+    last_line: Option<std::time::Instant>,
+    failed: u64,
+    unreported: u64,
+}
+
+impl Outage {
+    fn failed(&mut self, p: &Problem, backoff: Duration) {
+        let now = std::time::Instant::now();
+        self.failed += 1;
+        self.unreported += 1;
+        let retry_in_ms = backoff.as_millis() as u64;
+        match self.last_line {
+            None => {
+                tracing::warn!(problem = %p, retry_in_ms, "could not ship access records; they stay queued");
+                self.since = Some(now);
+            }
+            Some(last) if now.duration_since(last) >= OUTAGE_SUMMARY_EVERY => {
+                let for_secs = self.since.map_or(0, |s| now.duration_since(s).as_secs());
+                tracing::warn!(problem = %p, failed_attempts = self.unreported, for_secs, retry_in_ms, "still cannot ship access records");
+            }
+            Some(_) => return,
+        }
+        self.last_line = Some(now);
+        self.unreported = 0;
+    }
+
+    fn over(&mut self) {
+        if self.last_line.is_some() {
+            tracing::info!(failed_attempts = self.failed, "access records ship again");
+            *self = Outage::default();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -130,6 +130,9 @@ pub(crate) fn problem_parts(
     if let Some(id) = message_id.and_then(|id| HeaderValue::from_str(id).ok()) {
         h.insert(context::MESSAGE_ID, id);
     }
+    if let Some(secs) = p.kind.retry_after_secs() {
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     (status, h, Bytes::from(p.to_json().to_string()))
 }
 

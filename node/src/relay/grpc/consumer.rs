@@ -93,7 +93,8 @@ async fn run(node: Arc<Node>, req: Request<Incoming>, mut reply: Reply) {
 async fn refuse(node: &Node, trace: &Trace, problem: Problem, reply: &mut Reply) {
     if problem.kind == ProblemKind::Cancelled {
         tracing::info!(message_id = %trace.message_id, service = %trace.service, operation = %trace.operation, "grpc call cancelled before its answer");
-    } else {
+    } else if problem.kind != ProblemKind::LogUnavailable {
+        // (the message log's writer says, once per interval, that it cannot commit)
         tracing::info!(message_id = %trace.message_id, service = %trace.service, operation = %trace.operation, problem = problem.kind.slug(), detail = %problem.detail, "grpc call refused");
     }
     let mut rec = context_record(RecordKind::Refusal, problem.kind.status(), trace.about());
@@ -103,7 +104,9 @@ async fn refuse(node: &Node, trace: &Trace, problem: Problem, reply: &mut Reply)
     let out = match node.log.append(rec).await {
         Ok(_) => problem_trailers(&problem, Some(&trace.message_id)),
         Err(p) => {
-            tracing::error!(problem = %p, "could not log a refusal");
+            if p.kind != ProblemKind::LogUnavailable {
+                tracing::error!(problem = %p, "could not log a refusal");
+            }
             problem_trailers(&p, Some(&trace.message_id))
         }
     };
@@ -694,7 +697,9 @@ impl Call {
         let out = match self.node.log.append(rec).await {
             Ok(_) => out,
             Err(p) => {
-                tracing::error!(problem = %p, "could not log a grpc response");
+                if p.kind != ProblemKind::LogUnavailable {
+                    tracing::error!(problem = %p, "could not log a grpc response");
+                }
                 held = None;
                 verified = false;
                 Some(problem_trailers(&p, Some(id)))
