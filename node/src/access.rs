@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use enlace_certs::SigningKey;
 use enlace_core::access::{AccessRecord, SignedAccessRecord};
+use enlace_core::outage::{Outage, Say};
 use enlace_core::problem::{Problem, ProblemKind};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
@@ -412,21 +413,21 @@ pub fn spawn_shipper(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = interval;
-        let mut outage = Outage::default();
+        let mut outage = Outage::new(OUTAGE_SUMMARY_EVERY);
         loop {
             match queue.ship_once(&registry_url, &http).await {
                 Ok(n) if n >= MAX_BATCH => {
-                    outage.over();
+                    report(&mut outage, None);
                     backoff = interval;
                     continue;
                 }
                 Ok(_) => {
-                    outage.over();
+                    report(&mut outage, None);
                     backoff = interval;
                     tokio::time::sleep(interval).await;
                 }
                 Err(p) => {
-                    outage.failed(&p, backoff);
+                    report(&mut outage, Some((&p, backoff)));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF.max(interval));
                 }
@@ -438,42 +439,29 @@ pub fn spawn_shipper(
 /// The least time between two lines saying that shipping still fails.
 const OUTAGE_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-/// Failed shipping attempts in a row (the registry unreachable, the log's disk full), said at
-/// the first, then at most once every [`OUTAGE_SUMMARY_EVERY`], and when shipping works again.
-#[derive(Default)]
-struct Outage {
-    since: Option<std::time::Instant>,
-    last_line: Option<std::time::Instant>,
-    failed: u64,
-    unreported: u64,
-}
-
-impl Outage {
-    fn failed(&mut self, p: &Problem, backoff: Duration) {
-        let now = std::time::Instant::now();
-        self.failed += 1;
-        self.unreported += 1;
-        let retry_in_ms = backoff.as_millis() as u64;
-        match self.last_line {
-            None => {
-                tracing::warn!(problem = %p, retry_in_ms, "could not ship access records; they stay queued");
-                self.since = Some(now);
-            }
-            Some(last) if now.duration_since(last) >= OUTAGE_SUMMARY_EVERY => {
-                let for_secs = self.since.map_or(0, |s| now.duration_since(s).as_secs());
-                tracing::warn!(problem = %p, failed_attempts = self.unreported, for_secs, retry_in_ms, "still cannot ship access records");
-            }
-            Some(_) => return,
+/// Says that shipping fails (the registry unreachable, the log's disk full) at the first
+/// failure, then at most once every [`OUTAGE_SUMMARY_EVERY`], and when it works again.
+fn report(outage: &mut Outage, failure: Option<(&Problem, Duration)>) {
+    let now = std::time::Instant::now();
+    let Some((p, backoff)) = failure else {
+        if let Say::Over { failed, for_secs } = outage.succeeded(now) {
+            tracing::info!(
+                failed_attempts = failed,
+                for_secs,
+                "access records ship again"
+            );
         }
-        self.last_line = Some(now);
-        self.unreported = 0;
-    }
-
-    fn over(&mut self) {
-        if self.last_line.is_some() {
-            tracing::info!(failed_attempts = self.failed, "access records ship again");
-            *self = Outage::default();
+        return;
+    };
+    let retry_in_ms = backoff.as_millis() as u64;
+    match outage.failed(now) {
+        Say::Began => {
+            tracing::warn!(problem = %p, retry_in_ms, "could not ship access records; they stay queued");
         }
+        Say::Still { failed, for_secs } => {
+            tracing::warn!(problem = %p, failed_attempts = failed, for_secs, retry_in_ms, "still cannot ship access records");
+        }
+        Say::Nothing | Say::Over { .. } => {}
     }
 }
 

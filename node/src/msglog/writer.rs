@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 use enlace_certs::SigningKey;
+use enlace_core::outage::{Outage, Say};
 use enlace_core::problem::{Problem, ProblemKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
@@ -146,16 +147,6 @@ pub(crate) fn unavailable() -> Problem {
     )
 }
 
-/// An outage of the log: when it began, how many commits failed, and what the last line said,
-/// so that the condition is logged at its start, then at most once every
-/// [`OUTAGE_SUMMARY_EVERY`], and at its end, whatever the traffic.
-struct Outage {
-    since: Instant,
-    failed: u64,
-    last_line: Instant,
-    unreported: u64,
-}
-
 struct PendingAppend {
     message_id: String,
     kind: &'static str,
@@ -215,7 +206,7 @@ impl MessageLog {
             max_batch: opts.max_batch.max(1),
             retention: opts.retention,
             last_retention: None,
-            outage: None,
+            outage: Outage::new(OUTAGE_SUMMARY_EVERY),
         };
         std::thread::Builder::new()
             .name("msglog-writer".into())
@@ -360,7 +351,9 @@ struct Writer {
     max_batch: usize,
     retention: Option<time::Duration>,
     last_retention: Option<Instant>,
-    outage: Option<Outage>,
+    /// Whether commits fail, so that it is said at the start, then at most once every
+    /// [`OUTAGE_SUMMARY_EVERY`], and at the end, whatever the traffic.
+    outage: Outage,
 }
 
 impl Writer {
@@ -368,7 +361,7 @@ impl Writer {
         let mut carried: Option<Command> = None;
         loop {
             self.apply_retention();
-            let wait = if self.outage.is_some() {
+            let wait = if self.outage.is_on() {
                 PROBE_EVERY
             } else {
                 PRUNE_EVERY
@@ -378,7 +371,7 @@ impl Writer {
                 None => match rx.recv_timeout(wait) {
                     Ok(cmd) => cmd,
                     Err(RecvTimeoutError::Timeout) => {
-                        if self.outage.is_some() {
+                        if self.outage.is_on() {
                             let probed = self.probe();
                             self.outcome(probed.as_ref().map(|_| ()), 0);
                         }
@@ -446,36 +439,29 @@ impl Writer {
     /// say the log cannot commit (the first failure, a summary at most every
     /// [`OUTAGE_SUMMARY_EVERY`], the recovery), never one per request.
     fn outcome(&mut self, result: Result<(), &rusqlite::Error>, records: usize) {
-        match (result, self.outage.as_mut()) {
-            (Ok(()), None) => {}
-            (Ok(()), Some(outage)) => {
+        let now = Instant::now();
+        let say = match result {
+            Ok(()) => self.outage.succeeded(now),
+            Err(_) => self.outage.failed(now),
+        };
+        self.shared
+            .failing
+            .store(self.outage.is_on(), Ordering::Relaxed);
+        let error = result.err().map(ToString::to_string).unwrap_or_default();
+        match say {
+            Say::Nothing => {}
+            Say::Began => {
+                tracing::error!(%error, records, "message log cannot commit; answering log-unavailable and not ready until a commit succeeds");
+            }
+            Say::Still { failed, for_secs } => {
+                tracing::error!(%error, failed_commits = failed, outage_secs = for_secs, "message log still cannot commit");
+            }
+            Say::Over { failed, for_secs } => {
                 tracing::info!(
-                    failed_commits = outage.failed,
-                    outage_secs = outage.since.elapsed().as_secs(),
+                    failed_commits = failed,
+                    outage_secs = for_secs,
                     "message log commits again; node ready"
                 );
-                self.outage = None;
-                self.shared.failing.store(false, Ordering::Relaxed);
-            }
-            (Err(e), None) => {
-                tracing::error!(error = %e, records, "message log cannot commit; answering log-unavailable and not ready until a commit succeeds");
-                let now = Instant::now();
-                self.outage = Some(Outage {
-                    since: now,
-                    failed: 1,
-                    last_line: now,
-                    unreported: 0,
-                });
-                self.shared.failing.store(true, Ordering::Relaxed);
-            }
-            (Err(e), Some(outage)) => {
-                outage.failed += 1;
-                outage.unreported += 1;
-                if outage.last_line.elapsed() >= OUTAGE_SUMMARY_EVERY {
-                    tracing::error!(error = %e, failed_commits = outage.unreported, outage_secs = outage.since.elapsed().as_secs(), "message log still cannot commit");
-                    outage.last_line = Instant::now();
-                    outage.unreported = 0;
-                }
             }
         }
     }
