@@ -233,16 +233,7 @@ impl Federation {
             control: d.join("fault-mode"),
         };
         fault.set("off");
-        let registry = Proc::spawn(
-            &[
-                "registry",
-                "serve",
-                "--config",
-                registry_cfg.to_str().expect("path"),
-            ],
-            d.join("registry.log"),
-            (faulty == "registry").then_some(&fault),
-        );
+        let registry = spawn_registry(d, (faulty == "registry").then_some(&fault));
         let backend = Proc::spawn(
             &[
                 "sample-backend",
@@ -342,6 +333,63 @@ impl Federation {
         self.provider = spawn_node(self.dir.path(), PROVIDER, fault);
     }
 
+    /// Kills the registry (a crash) and starts it again on the same files.
+    async fn restart_registry(&mut self, fault: Option<&Fault>) {
+        self.registry.kill();
+        self.registry = spawn_registry(self.dir.path(), fault);
+        let url = format!("http://127.0.0.1:{}/v1/config", self.base);
+        wait_for(&self.http, &url, "the restarted registry").await;
+    }
+
+    /// Waits until the provider's outbox is empty: the registry accepted every access record.
+    async fn wait_shipped(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let conn = rusqlite::Connection::open_with_flags(
+                self.db(PROVIDER),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .expect("open the log");
+            let queued: i64 = conn
+                .query_row("SELECT COUNT(*) FROM access_queue", [], |r| r.get(0))
+                .expect("count the outbox");
+            if queued == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{queued} access records never shipped"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `enlace registry check-access-log`, and every exchange whose access record the registry
+    /// accepted is in it.
+    fn check_access_log(&self, accepted: &[String], after: &str) {
+        let db = self.path().join("registry/access.sqlite");
+        let o = Command::new(BIN)
+            .args(["registry", "check-access-log", "--db"])
+            .arg(&db)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("enlace registry check-access-log runs");
+        assert!(o.status.success(), "{after}:\n{}", text(&o));
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("open the access log");
+        for id in accepted {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM access_records WHERE message_id = ?1 AND node = ?2",
+                    [id.as_str(), "CL-DEV/GOV/61002000-3/node/a"],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            assert_eq!(n, 1, "{after}: the access record of {id}");
+        }
+    }
+
     fn db(&self, member: &str) -> PathBuf {
         self.path()
             .join(format!("nodes/{member}/data/messages.sqlite"))
@@ -393,6 +441,20 @@ impl Federation {
             );
         }
     }
+}
+
+fn spawn_registry(dir: &Path, fault: Option<&Fault>) -> Proc {
+    let config = dir.join("registry.toml");
+    Proc::spawn(
+        &[
+            "registry",
+            "serve",
+            "--config",
+            config.to_str().expect("path"),
+        ],
+        dir.join("registry.log"),
+        fault,
+    )
 }
 
 fn spawn_node(dir: &Path, member: &str, fault: Option<&Fault>) -> Proc {
@@ -613,4 +675,58 @@ async fn failing_each_write_and_fsync_of_the_message_log_in_turn_loses_no_acknow
         assert!(out.contains("the chain verifies"), "{out}");
     }
     f.registry.stop();
+}
+
+/// The same sweep for the registry's access log: each of the first writes and fsyncs of
+/// `access.sqlite` (ingestion, tree heads, anchored log heads) fails in turn; the registry
+/// refuses with `log-unavailable` and stays up, the provider's outbox keeps the records and
+/// sends them again; after each, the registry is killed and started again, and its access log
+/// must be consistent (`enlace registry check-access-log`) with every accepted record in it.
+#[tokio::test]
+async fn failing_each_write_and_fsync_of_the_access_log_in_turn_loses_no_accepted_record() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let shim = build_shim(tmp.path());
+    let (mut f, fault) = Federation::start(&shim, "registry").await;
+    const WORKLOAD: usize = 2;
+
+    let mut accepted = Vec::new();
+    fault.set("count");
+    for _ in 0..WORKLOAD {
+        let a = f.call().await.expect("answer");
+        assert_eq!(a.status, 200, "{}", a.body);
+        accepted.push(a.message_id);
+    }
+    f.wait_shipped().await;
+    let ops = fault.count();
+    assert!(ops >= 2, "only {ops} writes and fsyncs counted");
+    let ops = ops.min(16);
+    eprintln!("sweeping over the first {ops} writes and fsyncs of the access log");
+
+    for nth in 1..=ops {
+        fault.set(&format!("fail-nth {nth}"));
+        for _ in 0..WORKLOAD {
+            let a = f.call().await.expect("answer");
+            assert_eq!(
+                a.status, 200,
+                "the nodes do not need the registry's disk: {}",
+                a.body
+            );
+            accepted.push(a.message_id);
+        }
+        f.wait_shipped().await;
+        fault.set("off");
+        f.restart_registry(Some(&fault)).await;
+        f.check_access_log(&accepted, &format!("after failing op {nth}"));
+    }
+    let shipper = f.provider.stderr();
+    assert!(
+        shipper.contains("log-unavailable"),
+        "the registry refused with log-unavailable at least once:\n{shipper}"
+    );
+    let registry = f.registry.stderr();
+    assert!(!registry.contains("panicked"), "{registry}");
+    f.consumer.stop();
+    f.provider.stop();
+    f.registry.stop();
+    f.check_access_log(&accepted, "at the end");
 }

@@ -60,6 +60,10 @@ pub fn problem_response(p: &Problem) -> Response {
     if let Ok(v) = HeaderValue::from_str(p.kind.culprit().as_str()) {
         resp.headers_mut().insert("enlace-error", v);
     }
+    if let Some(secs) = p.kind.retry_after_secs() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     resp.extensions_mut().insert(Refused(p.clone()));
     resp
 }
