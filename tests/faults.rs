@@ -208,7 +208,8 @@ fn seed(dir: &Path, base: u16) -> (String, String) {
 }
 
 impl Federation {
-    /// A federation whose `faulty` process ("registry" or "provider") runs under the shim.
+    /// A federation whose `faulty` process ("registry" or "provider"; "none" for none) runs
+    /// under the shim.
     async fn start(shim: &Path, faulty: &str) -> (Federation, Fault) {
         enlace_certs::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -729,4 +730,116 @@ async fn failing_each_write_and_fsync_of_the_access_log_in_turn_loses_no_accepte
     f.provider.stop();
     f.registry.stop();
     f.check_access_log(&accepted, "at the end");
+}
+
+/// `enlace log verify` on the provider's log, altered three ways (each on a copy of the log as
+/// it was): a flipped byte and a deleted record are located and named, and a tail cut together
+/// with the node's own heads is found against the head anchored in the registry, which
+/// `--db` alone (the file and its own heads) cannot see.
+#[tokio::test]
+async fn log_verify_locates_a_flipped_byte_a_deleted_record_and_a_truncated_tail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let shim = build_shim(tmp.path());
+    let (mut f, _) = Federation::start(&shim, "none").await;
+    for _ in 0..4 {
+        let a = f.call().await.expect("answer");
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    // A stopping node anchors its head in the registry.
+    f.provider.stop();
+    let db = f.db(PROVIDER);
+    let pristine = tmp.path().join("pristine.sqlite");
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())))
+        .expect("everything in the database file");
+    std::fs::copy(&db, &pristine).expect("copy the log");
+    let restore = || {
+        for suffix in ["-wal", "-shm"] {
+            let mut side = db.clone().into_os_string();
+            side.push(suffix);
+            let _ = std::fs::remove_file(side);
+        }
+        std::fs::copy(&pristine, &db).expect("restore the log");
+    };
+    let verify = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(["log", "verify"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("enlace log verify runs");
+        (o.status.success(), text(&o))
+    };
+    let config = f.path().join(format!("nodes/{PROVIDER}/node.toml"));
+    let config = config.to_str().expect("path");
+    let (ok, out) = verify(&["--config", config]);
+    assert!(ok, "{out}");
+    let conn = || rusqlite::Connection::open(&db).expect("open the log");
+    let message_id = |seq: i64| -> String {
+        conn()
+            .query_row(
+                "SELECT message_id FROM records WHERE seq = ?1",
+                [seq],
+                |r| r.get(0),
+            )
+            .expect("a record")
+    };
+
+    // One flipped byte in record 3.
+    let c = conn();
+    let mut bytes: Vec<u8> = c
+        .query_row("SELECT record FROM records WHERE seq = 3", [], |r| r.get(0))
+        .expect("record 3");
+    bytes[20] ^= 0x01;
+    c.execute("UPDATE records SET record = ?1 WHERE seq = 3", [&bytes])
+        .expect("flip");
+    drop(c);
+    let (ok, out) = verify(&["--config", config]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "BROKEN at record 3: record 3 (message {}",
+            message_id(3)
+        )),
+        "{out}"
+    );
+    restore();
+
+    // Record 4 deleted.
+    let after = message_id(5);
+    conn()
+        .execute("DELETE FROM records WHERE seq = 4", [])
+        .expect("delete");
+    let (ok, out) = verify(&["--config", config]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("BROKEN at record 4: record 4: missing"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("message {after}")), "{out}");
+    restore();
+
+    // The tail cut after record 2, and the node's own heads with it.
+    let c = conn();
+    let last: i64 = c
+        .query_row("SELECT MAX(seq) FROM records", [], |r| r.get(0))
+        .expect("last seq");
+    c.execute("DELETE FROM records WHERE seq > 2", [])
+        .expect("cut");
+    c.execute("DELETE FROM anchors", [])
+        .expect("no local heads");
+    drop(c);
+    let (ok, out) = verify(&["--db", db.to_str().expect("path")]);
+    assert!(ok, "the file alone looks whole:\n{out}");
+    let (ok, out) = verify(&["--config", config]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "signed head at seq {last}: the log ends at seq 2: anchored records are missing (records 3 to {last}"
+        )),
+        "{out}"
+    );
+
+    f.consumer.stop();
+    f.registry.stop();
 }
