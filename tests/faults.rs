@@ -149,15 +149,16 @@ struct Federation {
     base: u16,
     token: String,
     contract: String,
+    grpc_contract: String,
     registry: Proc,
-    _backend: Proc,
+    _backends: [Proc; 2],
     provider: Proc,
     consumer: Proc,
     http: reqwest::Client,
 }
 
 /// Seeds a federation with `enlace up` (which prints its tokens and the contract), and stops it.
-fn seed(dir: &Path, base: u16) -> (String, String) {
+fn seed(dir: &Path, base: u16) -> (String, String, String) {
     let mut child = Command::new(BIN)
         .args(["up", "--dir"])
         .arg(dir)
@@ -198,7 +199,11 @@ fn seed(dir: &Path, base: u16) -> (String, String) {
             .unwrap_or_else(|| panic!("`{label}` not printed:\n{}", lines.join("\n")))
             .to_string()
     };
-    let found = (value("SII renta backend token"), value("contract"));
+    let found = (
+        value("SII renta backend token"),
+        value("contract"),
+        value("gRPC contract"),
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -208,13 +213,13 @@ fn seed(dir: &Path, base: u16) -> (String, String) {
 }
 
 impl Federation {
-    /// A federation whose `faulty` process ("registry" or "provider"; "none" for none) runs
+    /// A federation whose `faulty` process ("registry", "provider" or "consumer"; "none") runs
     /// under the shim.
     async fn start(shim: &Path, faulty: &str) -> (Federation, Fault) {
         enlace_certs::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let base = free_base();
-        let (token, contract) = seed(dir.path(), base);
+        let (token, contract, grpc_contract) = seed(dir.path(), base);
         let d = dir.path();
         let registry_cfg = d.join("registry.toml");
         std::fs::write(
@@ -229,6 +234,7 @@ impl Federation {
             shim: shim.to_path_buf(),
             under: match faulty {
                 "registry" => d.join("registry/access.sqlite"),
+                "consumer" => d.join(format!("nodes/{CONSUMER}/data")),
                 _ => d.join(format!("nodes/{PROVIDER}/data")),
             },
             control: d.join("fault-mode"),
@@ -244,6 +250,15 @@ impl Federation {
             d.join("backend.log"),
             None,
         );
+        let grpc_backend = Proc::spawn(
+            &[
+                "sample-grpc-backend",
+                "--listen",
+                &format!("127.0.0.1:{}", base + 2),
+            ],
+            d.join("grpc-backend.log"),
+            None,
+        );
         let http = reqwest::Client::new();
         wait_for(
             &http,
@@ -252,14 +267,15 @@ impl Federation {
         )
         .await;
         let provider = spawn_node(d, PROVIDER, (faulty == "provider").then_some(&fault));
-        let consumer = spawn_node(d, CONSUMER, None);
+        let consumer = spawn_node(d, CONSUMER, (faulty == "consumer").then_some(&fault));
         let f = Federation {
             dir,
             base,
             token,
             contract,
+            grpc_contract,
             registry,
-            _backend: backend,
+            _backends: [backend, grpc_backend],
             provider,
             consumer,
             http,
@@ -327,6 +343,28 @@ impl Federation {
             retry_after,
             body,
         })
+    }
+
+    /// GetPerson over gRPC through both nodes: the name, or the status.
+    async fn grpc_call(&self) -> Result<String, tonic::Status> {
+        use enlace_proto::personas::v1::GetPersonRequest;
+        use enlace_proto::personas::v1::personas_client::PersonasClient;
+        let mut client = PersonasClient::connect(format!("http://127.0.0.1:{}", self.base + 7))
+            .await
+            .expect("the consumer node accepts h2c");
+        let mut req = tonic::Request::new(GetPersonRequest {
+            run: "12345678-5".into(),
+        });
+        for (k, v) in [
+            ("authorization", format!("Bearer {}", self.token)),
+            ("enlace-client", "CL-DEV/GOV/60803000-K/renta".to_string()),
+            ("enlace-contract", self.grpc_contract.clone()),
+            ("enlace-subject", "CL-RUN:12345678-5".to_string()),
+        ] {
+            req.metadata_mut()
+                .insert(k, v.parse().expect("metadata value"));
+        }
+        Ok(client.get_person(req).await?.into_inner().name)
     }
 
     fn restart_provider(&mut self, fault: Option<&Fault>) {
@@ -841,5 +879,119 @@ async fn log_verify_locates_a_flipped_byte_a_deleted_record_and_a_truncated_tail
     );
 
     f.consumer.stop();
+    f.registry.stop();
+}
+
+/// The provider's full disk over gRPC: every call is answered, or refused with UNAVAILABLE and
+/// the provider's signed `log-unavailable` in the trailers (never UNAUTHENTICATED for a missing
+/// signature); the node recovers without a restart and both logs verify.
+#[tokio::test]
+async fn a_full_disk_on_the_provider_refuses_grpc_calls_with_a_signed_unavailable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let shim = build_shim(tmp.path());
+    let (mut f, fault) = Federation::start(&shim, "provider").await;
+    f.grpc_call().await.expect("GetPerson through both nodes");
+
+    fault.set("enospc");
+    let mut refused = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let Err(status) = f.grpc_call().await else {
+            continue;
+        };
+        let meta = |k: &str| {
+            status
+                .metadata()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(
+            meta("enlace-problem-type").as_deref(),
+            Some("urn:enlace:problem:log-unavailable"),
+            "{status:?}"
+        );
+        assert_eq!(
+            meta("enlace-error").as_deref(),
+            Some("peer-node"),
+            "{status:?}"
+        );
+        refused += 1;
+    }
+    assert!(
+        refused >= 5,
+        "only {refused} refusals while the disk was full"
+    );
+    let lines = condition_lines(&f.provider.stderr()).len();
+    assert!(lines <= 3, "{lines} lines about the condition");
+
+    fault.set("off");
+    wait_for(
+        &f.http,
+        &format!("{}/readyz", f.provider_admin()),
+        "the provider node, again",
+    )
+    .await;
+    f.grpc_call().await.expect("GetPerson after space returned");
+    f.consumer.stop();
+    f.provider.stop();
+    for member in [PROVIDER, CONSUMER] {
+        let out = f.verify(member);
+        assert!(out.contains("the chain verifies"), "{out}");
+    }
+    f.registry.stop();
+}
+
+/// The consumer's own full disk: it answers its backend `log-unavailable` as its own
+/// (`culprit: this-node`), never a 200 it has not recorded, reports not ready, and recovers.
+#[tokio::test]
+async fn a_full_disk_on_the_consumer_answers_its_backend_log_unavailable_as_its_own() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let shim = build_shim(tmp.path());
+    let (mut f, fault) = Federation::start(&shim, "consumer").await;
+    let consumer_admin = format!("http://127.0.0.1:{}/readyz", f.base + 8);
+    let mut acknowledged = Vec::new();
+
+    fault.set("enospc");
+    let mut refused = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let a = f.call().await.expect("answer");
+        if a.status == 200 {
+            acknowledged.push(a.message_id);
+            continue;
+        }
+        assert_eq!(a.status, 503, "{}", a.body);
+        assert_eq!(
+            a.body["type"], "urn:enlace:problem:log-unavailable",
+            "{}",
+            a.body
+        );
+        assert_eq!(a.body["culprit"], "this-node", "{}", a.body);
+        assert_eq!(a.retry_after.as_deref(), Some("5"));
+        refused += 1;
+    }
+    assert!(
+        refused >= 5,
+        "only {refused} refusals while the disk was full"
+    );
+    let ready = f.http.get(&consumer_admin).send().await.expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let lines = condition_lines(&f.consumer.stderr()).len();
+    assert!(lines <= 3, "{lines} lines about the condition");
+
+    fault.set("off");
+    wait_for(&f.http, &consumer_admin, "the consumer node, again").await;
+    let a = f.call().await.expect("answer");
+    assert_eq!(a.status, 200, "{}", a.body);
+    acknowledged.push(a.message_id);
+    f.consumer.stop();
+    f.provider.stop();
+    f.assert_durable(&acknowledged);
+    for member in [PROVIDER, CONSUMER] {
+        let out = f.verify(member);
+        assert!(out.contains("the chain verifies"), "{out}");
+    }
     f.registry.stop();
 }

@@ -220,19 +220,25 @@ pub(super) fn signer(node: &Node) -> Signer {
 }
 
 /// The status fields a consumer node passes on from the provider node's (verified) final
-/// status: code, message, details, problem type, culprit, and custom metadata.
+/// status: code, message, details, problem type, culprit (restated from the backend's side, as
+/// for REST: the provider's `this-node` is the backend's `peer-node`), and custom metadata.
 fn pass_status(from: &HeaderMap, message_id: &str) -> Result<HeaderMap, Problem> {
     let mut h = HeaderMap::new();
-    for name in [
-        GRPC_STATUS,
-        GRPC_MESSAGE,
-        GRPC_STATUS_DETAILS,
-        PROBLEM_TYPE,
-        context::ERROR,
-    ] {
+    for name in [GRPC_STATUS, GRPC_MESSAGE, GRPC_STATUS_DETAILS, PROBLEM_TYPE] {
         if let Some(v) = from.get(name) {
             h.insert(name, v.clone());
         }
+    }
+    let theirs = from.get(context::ERROR).and_then(|v| v.to_str().ok());
+    let ours = match theirs {
+        Some("this-node") => Some(Culprit::PeerNode.as_str()),
+        Some("peer-node") => Some(Culprit::ThisNode.as_str()),
+        Some("client") => Some(Culprit::Client.as_str()),
+        Some("provider-backend") => Some(Culprit::ProviderBackend.as_str()),
+        _ => None,
+    };
+    if let Some(culprit) = ours {
+        put(&mut h, context::ERROR, culprit);
     }
     let custom = metadata::custom(from).map_err(|d| {
         Problem::new(ProblemKind::ResponseSchemaViolation, d).caused_by(Culprit::PeerNode)
