@@ -15,6 +15,12 @@
  * last changed to ENLACE_FAULT_CONTROL.count, so that a test can count the operations of a
  * workload before sweeping over them. Files elsewhere (sockets, pipes, stderr) are untouched.
  *
+ * What to wrap was read from the binary's imports (`nm -D --undefined-only enlace`): SQLite and
+ * std write files with write, writev and pwrite64 and flush them with fsync; pwrite, pwritev
+ * and fdatasync are wrapped too, for builds that use them. Left alone: ftruncate64 (SQLite
+ * sizes and truncates files with it; growing a file that way allocates nothing) and mmap (the
+ * WAL index in shared memory, not durable data).
+ *
  * Written in C so that the Rust crates keep #![forbid(unsafe_code)].
  */
 #define _GNU_SOURCE
