@@ -166,6 +166,13 @@ enum RegistryCommand {
         #[arg(long, default_value = "CL-DEV")]
         instance: String,
     },
+    /// Check the access log's file at rest: leaves, stored subtrees and every signed tree head
+    /// against the entries; report the first inconsistency.
+    CheckAccessLog {
+        /// The registry's `access.sqlite`.
+        #[arg(long)]
+        db: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -263,6 +270,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             registry,
             consumer,
         }) => once_only_check(&form, &registry, consumer.as_deref()).await,
+        Command::Registry(RegistryCommand::CheckAccessLog { db }) => {
+            match enlace_registry::access_log::check::check_file(&db) {
+                Ok(c) => {
+                    println!(
+                        "{} leaves ({} access records, {} log heads), {} stored subtrees and {} signed tree heads agree",
+                        c.leaves, c.records, c.log_heads, c.subtrees, c.tree_heads
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("INCONSISTENT: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Registry(RegistryCommand::VerifyConfig {
             registry,
             ca,

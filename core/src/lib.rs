@@ -10,6 +10,7 @@ pub mod evidence;
 pub mod id;
 pub mod loghead;
 pub mod merkle;
+pub mod outage;
 pub mod problem;
 pub mod renewal;
 pub mod settings;

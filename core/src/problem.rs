@@ -114,7 +114,23 @@ kinds! {
     PeerTimeout = ("peer-timeout", 504, 4, PeerNode, "Peer timed out"),
     /// A streamed call abandoned by one side (a reset or a client that went away).
     Cancelled = ("cancelled", 499, 1, Client, "Call cancelled"),
+    /// This node's durable log cannot commit (a full or failing disk): nothing it would answer
+    /// could be recorded, so it answers nothing but this until a commit succeeds again.
+    LogUnavailable = ("log-unavailable", 503, 14, ThisNode, "Log unavailable"),
     Internal = ("internal", 500, 13, ThisNode, "Internal error"),
+}
+
+/// Seconds a caller should wait before retrying after `log-unavailable` (`Retry-After`).
+pub const LOG_UNAVAILABLE_RETRY_SECS: u64 = 5;
+
+impl ProblemKind {
+    /// The `Retry-After` a response of this kind carries, in seconds, if any.
+    pub fn retry_after_secs(self) -> Option<u64> {
+        match self {
+            ProblemKind::LogUnavailable => Some(LOG_UNAVAILABLE_RETRY_SECS),
+            _ => None,
+        }
+    }
 }
 
 /// An RFC 9457 problem: the kind, a detail for humans, and extension members.
@@ -162,6 +178,7 @@ impl Problem {
         self.extensions
             .get(RETRY_AFTER_MEMBER)
             .and_then(Value::as_u64)
+            .or_else(|| self.kind.retry_after_secs())
     }
 
     pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {

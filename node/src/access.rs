@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use enlace_certs::SigningKey;
 use enlace_core::access::{AccessRecord, SignedAccessRecord};
+use enlace_core::outage::{Outage, Say};
 use enlace_core::problem::{Problem, ProblemKind};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
@@ -50,8 +51,8 @@ CREATE TABLE IF NOT EXISTS access_rejected (
 );
 ";
 
+/// A failure of the queue; whoever gets it says so (the shipper once per interval).
 fn internal(e: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %e, "access record queue failed");
     Problem::new(
         ProblemKind::Internal,
         format!("the access record queue failed: {e}"),
@@ -412,24 +413,56 @@ pub fn spawn_shipper(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = interval;
+        let mut outage = Outage::new(OUTAGE_SUMMARY_EVERY);
         loop {
             match queue.ship_once(&registry_url, &http).await {
                 Ok(n) if n >= MAX_BATCH => {
+                    report(&mut outage, None);
                     backoff = interval;
                     continue;
                 }
                 Ok(_) => {
+                    report(&mut outage, None);
                     backoff = interval;
                     tokio::time::sleep(interval).await;
                 }
                 Err(p) => {
-                    tracing::warn!(problem = %p, retry_in_ms = backoff.as_millis() as u64, "could not ship access records");
+                    report(&mut outage, Some((&p, backoff)));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF.max(interval));
                 }
             }
         }
     })
+}
+
+/// The least time between two lines saying that shipping still fails.
+const OUTAGE_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// Says that shipping fails (the registry unreachable, the log's disk full) at the first
+/// failure, then at most once every [`OUTAGE_SUMMARY_EVERY`], and when it works again.
+fn report(outage: &mut Outage, failure: Option<(&Problem, Duration)>) {
+    let now = std::time::Instant::now();
+    let Some((p, backoff)) = failure else {
+        if let Say::Over { failed, for_secs } = outage.succeeded(now) {
+            tracing::info!(
+                failed_attempts = failed,
+                for_secs,
+                "access records ship again"
+            );
+        }
+        return;
+    };
+    let retry_in_ms = backoff.as_millis() as u64;
+    match outage.failed(now) {
+        Say::Began => {
+            tracing::warn!(problem = %p, retry_in_ms, "could not ship access records; they stay queued");
+        }
+        Say::Still { failed, for_secs } => {
+            tracing::warn!(problem = %p, failed_attempts = failed, for_secs, retry_in_ms, "still cannot ship access records");
+        }
+        Say::Nothing | Say::Over { .. } => {}
+    }
 }
 
 #[cfg(test)]

@@ -23,11 +23,14 @@ use enlace_core::access::SignedAccessRecord;
 use enlace_core::id::{NodeId, ServiceId};
 use enlace_core::loghead::SignedHead;
 use enlace_core::merkle::{self, ConsistencyProof, Hash, InclusionProof, SignedTreeHead};
+use enlace_core::outage::{Outage, Say};
 use enlace_core::problem::{Problem, ProblemKind};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 pub use enlace_core::evidence::PublishedTreeHead;
+
+pub mod check;
 
 use crate::merkle_store::{self, MerkleStore, MerkleStoreError};
 use crate::registry::{Actor, Registry, now, rfc3339};
@@ -141,6 +144,8 @@ pub struct AccessLog {
     latest: RwLock<Option<PublishedTreeHead>>,
     /// Serialises signing tree heads.
     signing: tokio::sync::Mutex<()>,
+    /// Whether writes fail, said once per interval (see [`AccessLog::wrote`]).
+    outage: Mutex<Outage>,
 }
 
 pub(crate) fn db(e: impl std::fmt::Display) -> Problem {
@@ -151,11 +156,28 @@ pub(crate) fn db(e: impl std::fmt::Display) -> Problem {
     )
 }
 
+/// A failure of the storage while writing, not logged here: [`AccessLog::wrote`] says it once
+/// per interval and answers `log-unavailable`; [`AccessLog::read`] logs a failed read.
+fn storage(e: impl std::fmt::Display) -> Problem {
+    Problem::new(ProblemKind::Internal, e.to_string())
+}
+
+/// What a node gets while the access log cannot commit; it names no SQLite error.
+fn unavailable() -> Problem {
+    Problem::new(
+        ProblemKind::LogUnavailable,
+        "the registry's access log cannot commit (its disk is full or failing); nothing was written; retry later",
+    )
+}
+
+/// The least time between two lines saying that the access log still cannot commit.
+const OUTAGE_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl From<MerkleStoreError> for Problem {
     fn from(e: MerkleStoreError) -> Self {
         match e {
             MerkleStoreError::OutOfRange(detail) => Problem::new(ProblemKind::NotFound, detail),
-            other => db(other),
+            other => storage(other),
         }
     }
 }
@@ -197,7 +219,41 @@ impl AccessLog {
             path: path.to_path_buf(),
             latest: RwLock::new(latest),
             signing: tokio::sync::Mutex::new(()),
+            outage: Mutex::new(Outage::new(OUTAGE_SUMMARY_EVERY)),
         })
+    }
+
+    /// The outcome of a write: a storage failure becomes `log-unavailable` and is said at the
+    /// first failure, then at most once every [`OUTAGE_SUMMARY_EVERY`], and at the end; a
+    /// refusal of the request itself passes unchanged.
+    fn wrote<T>(&self, result: Result<T, Problem>) -> Result<T, Problem> {
+        let now = std::time::Instant::now();
+        let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(v) => {
+                if let Say::Over { failed, for_secs } = outage.succeeded(now) {
+                    tracing::info!(
+                        failed_writes = failed,
+                        outage_secs = for_secs,
+                        "access log commits again"
+                    );
+                }
+                Ok(v)
+            }
+            Err(p) if p.kind == ProblemKind::Internal => {
+                match outage.failed(now) {
+                    Say::Began => {
+                        tracing::error!(error = %p.detail, "access log cannot commit; refusing writes with log-unavailable until one succeeds")
+                    }
+                    Say::Still { failed, for_secs } => {
+                        tracing::error!(error = %p.detail, failed_writes = failed, outage_secs = for_secs, "access log still cannot commit")
+                    }
+                    Say::Nothing | Say::Over { .. } => {}
+                }
+                Err(unavailable())
+            }
+            Err(p) => Err(p),
+        }
     }
 
     fn writer(&self) -> MutexGuard<'_, MerkleStore> {
@@ -240,7 +296,12 @@ impl AccessLog {
             let out = f(&tx)?;
             tx.finish().map_err(db)?;
             Ok(out)
-        })();
+        })()
+        .inspect_err(|p: &Problem| {
+            if p.kind == ProblemKind::Internal {
+                tracing::error!(error = %p.detail, "access log read failed");
+            }
+        });
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < READERS {
             pool.push(conn);
@@ -263,12 +324,12 @@ impl AccessLog {
             .collect();
         let (mut accepted, mut duplicates) = (0u64, 0u64);
         let mut store = self.writer();
-        let (_, tree_size) = store.append_with(|tx, first| -> Result<Vec<Hash>, Problem> {
+        let appended = store.append_with(|tx, first| -> Result<Vec<Hash>, Problem> {
             let mut find = tx
                 .prepare_cached(
                     "SELECT record FROM access_records WHERE message_id = ?1 AND node = ?2",
                 )
-                .map_err(db)?;
+                .map_err(storage)?;
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO access_records \
@@ -276,7 +337,7 @@ impl AccessLog {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                      ON CONFLICT (message_id, node) DO NOTHING",
                 )
-                .map_err(db)?;
+                .map_err(storage)?;
             let mut seen: HashMap<(&str, &str), &[u8]> = HashMap::new();
             let mut leaves = Vec::with_capacity(prepared.len());
             for (signed, bytes, leaf) in &prepared {
@@ -297,7 +358,7 @@ impl AccessLog {
                             r.contract,
                             bytes,
                         ])
-                        .map_err(db)?,
+                        .map_err(storage)?,
                 };
                 if inserted == 1 {
                     seen.insert(key, bytes);
@@ -310,7 +371,7 @@ impl AccessLog {
                     None => find
                         .query_row(params![r.message_id, r.node], |row| row.get(0))
                         .optional()
-                        .map_err(db)?,
+                        .map_err(storage)?,
                 };
                 if stored.as_deref() != Some(bytes.as_slice()) {
                     return Err(Problem::new(
@@ -326,7 +387,8 @@ impl AccessLog {
             }
             accepted = leaves.len() as u64;
             Ok(leaves)
-        })?;
+        });
+        let (_, tree_size) = self.wrote(appended)?;
         Ok(Ingested {
             accepted,
             duplicates,
@@ -338,9 +400,10 @@ impl AccessLog {
     /// one transaction: a head that contradicts one already anchored (same sequence number,
     /// another hash) or goes backwards is refused. Returns whether it was new.
     pub fn anchor_log_head(&self, head: &SignedHead) -> Result<bool, Problem> {
-        let entry = serde_json::to_vec(head).map_err(db)?;
+        let entry = serde_json::to_vec(head).map_err(storage)?;
         let mut fresh = false;
-        self.writer()
+        let appended = self
+            .writer()
             .append_with(|tx, first| -> Result<Vec<Hash>, Problem> {
                 let same: Option<Vec<u8>> = tx
                     .query_row(
@@ -349,9 +412,9 @@ impl AccessLog {
                         |r| r.get(0),
                     )
                     .optional()
-                    .map_err(db)?;
+                    .map_err(storage)?;
                 if let Some(same) = same {
-                    let same: SignedHead = serde_json::from_slice(&same).map_err(db)?;
+                    let same: SignedHead = serde_json::from_slice(&same).map_err(storage)?;
                     if same.hash_hex == head.hash_hex {
                         return Ok(Vec::new());
                     }
@@ -369,7 +432,7 @@ impl AccessLog {
                         [&head.node],
                         |r| r.get(0),
                     )
-                    .map_err(db)?;
+                    .map_err(storage)?;
                 if let Some(last) = last
                     && last as u64 > head.seq
                 {
@@ -382,10 +445,11 @@ impl AccessLog {
                     "INSERT INTO log_head_leaves (idx, node, seq, entry) VALUES (?1, ?2, ?3, ?4)",
                     params![first as i64, head.node, head.seq as i64, entry],
                 )
-                .map_err(db)?;
+                .map_err(storage)?;
                 fresh = true;
                 Ok(vec![merkle::leaf_hash(&entry)])
-            })?;
+            });
+        self.wrote(appended)?;
         Ok(fresh)
     }
 
@@ -480,13 +544,15 @@ impl AccessLog {
     /// Stores a signed head (the first one signed for a size is kept) and makes it the latest.
     fn store_head(&self, head: &PublishedTreeHead) -> Result<(), Problem> {
         let text = serde_json::to_string(head).map_err(db)?;
-        self.writer()
+        let stored = self
+            .writer()
             .connection()
             .execute(
                 "INSERT OR IGNORE INTO tree_heads (tree_size, head) VALUES (?1, ?2)",
                 params![head.tree_head.tree_size as i64, text],
             )
-            .map_err(db)?;
+            .map_err(storage);
+        self.wrote(stored)?;
         let mut latest = self.latest.write().unwrap_or_else(|p| p.into_inner());
         if latest
             .as_ref()
@@ -903,7 +969,10 @@ pub(crate) async fn sign_tree_heads(registry: Arc<Registry>, every: std::time::D
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(p) = registry.sign_tree_head().await {
+        if let Err(p) = registry.sign_tree_head().await
+            && p.kind != ProblemKind::LogUnavailable
+        {
+            // (a storage failure is said by `AccessLog::wrote`, once per interval)
             tracing::error!(problem = %p, "could not sign an access log tree head");
         }
     }

@@ -224,8 +224,12 @@ async fn a_flipped_byte_in_a_stored_record_is_the_first_broken() {
     assert!(verify_file(&path, &[], None).unwrap().is_ok());
 
     let conn = Connection::open(&path).unwrap();
-    let mut blob: Vec<u8> = conn
-        .query_row("SELECT record FROM records WHERE seq = 4", [], |r| r.get(0))
+    let (mut blob, message_id): (Vec<u8>, String) = conn
+        .query_row(
+            "SELECT record, message_id FROM records WHERE seq = 4",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     blob[40] ^= 0x01;
     conn.execute("UPDATE records SET record = ?1 WHERE seq = 4", [&blob])
@@ -235,7 +239,13 @@ async fn a_flipped_byte_in_a_stored_record_is_the_first_broken() {
     let report = verify_file(&path, &[], None).unwrap();
     assert_eq!(report.first_broken, Some(4), "{report:?}");
     assert_eq!(report.records, 3);
-    assert!(report.reason.unwrap().contains("hash"));
+    let reason = report.reason.unwrap();
+    assert!(reason.contains("hash"), "{reason}");
+    // The record is named by its message id, not only its position.
+    assert!(
+        reason.contains(&format!("record 4 (message {message_id}, request-out)")),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
@@ -297,13 +307,25 @@ async fn a_deleted_row_is_a_gap() {
     let path = db(&dir);
     log_with(&path, 10).await.close().await.unwrap();
     let conn = Connection::open(&path).unwrap();
-    conn.execute("DELETE FROM records WHERE seq = 5", [])
+    let next: String = conn
+        .query_row("SELECT message_id FROM records WHERE seq = 7", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    conn.execute("DELETE FROM records WHERE seq IN (5, 6)", [])
         .unwrap();
     drop(conn);
 
     let report = verify_file(&path, &[], None).unwrap();
     assert_eq!(report.first_broken, Some(5), "{report:?}");
-    assert!(report.reason.unwrap().contains("gap"));
+    let reason = report.reason.unwrap();
+    assert!(reason.contains("gap"), "{reason}");
+    // The gap is located: what is missing, and the stored record after it.
+    assert!(reason.contains("records 5 to 6 were deleted"), "{reason}");
+    assert!(
+        reason.contains(&format!("record 7 follows: message {next}")),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
@@ -463,6 +485,11 @@ async fn signed_heads_verify_and_a_wrong_head_is_reported() {
     assert!(!report.is_ok(), "{report:?}");
     assert_eq!(report.first_broken, None);
     assert_eq!(report.head_failures[0].seq, 6);
+    let reason = &report.head_failures[0].reason;
+    assert!(
+        reason.contains("records 5 to 6, cut from its tail"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]

@@ -216,7 +216,7 @@ pub fn verify_file(
                 }
                 Err(reason) => {
                     report.first_broken = Some(seq + 1);
-                    report.reason = Some(format!("record {}: {reason}", seq + 1));
+                    report.reason = Some(broken(seq + 1, &row, &reason));
                     break;
                 }
             }
@@ -245,6 +245,24 @@ pub fn verify_file(
         }
     }
     Ok(report)
+}
+
+/// Why record `seq` does not verify, naming it: by message id and kind when it is stored,
+/// and, when it is missing, the stored record that follows the gap.
+fn broken(seq: u64, row: &Row, reason: &str) -> String {
+    if row.seq != seq as i64 {
+        return format!(
+            "record {seq}: missing, {reason} (record {} follows: message {}, {}); records {seq} to {} were deleted",
+            row.seq,
+            row.message_id,
+            row.kind,
+            row.seq - 1
+        );
+    }
+    format!(
+        "record {seq} (message {}, {}): {reason}",
+        row.message_id, row.kind
+    )
 }
 
 enum HeadOutcome {
@@ -281,8 +299,9 @@ fn check_head(
             }
             (None, None) => {
                 return HeadOutcome::Fails(format!(
-                    "the log ends at seq {}: anchored records are missing",
-                    report.head_seq
+                    "the log ends at seq {}: anchored records are missing (records {} to {s}, cut from its tail)",
+                    report.head_seq,
+                    report.head_seq + 1
                 ));
             }
         },

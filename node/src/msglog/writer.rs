@@ -2,13 +2,14 @@
 //! SQLite transaction, and serialises pruning and anchor storage with them.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
 use enlace_certs::SigningKey;
-use enlace_core::problem::Problem;
+use enlace_core::outage::{Outage, Say};
+use enlace_core::problem::{Problem, ProblemKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -20,6 +21,13 @@ use super::record::Record;
 
 /// How often the writer applies the retention period when one is set.
 const PRUNE_EVERY: StdDuration = StdDuration::from_secs(3600);
+
+/// While the log cannot commit, how often the writer tries a small commit of its own, so that
+/// the node becomes ready again when space returns even if no traffic arrives.
+const PROBE_EVERY: StdDuration = StdDuration::from_secs(1);
+
+/// While the log cannot commit, the least time between two lines saying so.
+const OUTAGE_SUMMARY_EVERY: StdDuration = StdDuration::from_secs(10);
 
 /// The schema; `records.seq` is the rowid, so reading in seq order is a plain table scan.
 const SCHEMA: &str = "
@@ -53,6 +61,10 @@ CREATE TABLE IF NOT EXISTS usage (
     count    INTEGER NOT NULL,
     PRIMARY KEY (contract, period)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at TEXT    NOT NULL
+);
 ";
 
 /// One exchange counted against a contract's volume limit (`period` is the period's index)
@@ -117,11 +129,22 @@ pub struct Pruned {
     pub checkpoint_hash: [u8; 32],
 }
 
-/// The head and commit count, written by the writer after each commit, read by anyone.
+/// The head and commit count, written by the writer after each commit, read by anyone; and
+/// whether the last commit failed.
 #[derive(Debug)]
 struct Shared {
     head: Mutex<(u64, [u8; 32])>,
     commits: AtomicU64,
+    failing: AtomicBool,
+}
+
+/// The problem every caller gets while the log cannot commit. It names no path and no SQLite
+/// error: it travels to peers; the writer logs the cause.
+pub(crate) fn unavailable() -> Problem {
+    Problem::new(
+        ProblemKind::LogUnavailable,
+        "this node's message log cannot commit (its disk is full or failing); retry later",
+    )
 }
 
 struct PendingAppend {
@@ -174,6 +197,7 @@ impl MessageLog {
         let shared = Arc::new(Shared {
             head: Mutex::new(head),
             commits: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel();
         let mut writer = Writer {
@@ -182,6 +206,7 @@ impl MessageLog {
             max_batch: opts.max_batch.max(1),
             retention: opts.retention,
             last_retention: None,
+            outage: Outage::new(OUTAGE_SUMMARY_EVERY),
         };
         std::thread::Builder::new()
             .name("msglog-writer".into())
@@ -243,6 +268,14 @@ impl MessageLog {
     /// The last durable record's `(seq, hash)`; `(0, GENESIS)` for an empty log.
     pub fn head(&self) -> (u64, [u8; 32]) {
         *self.shared.head.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `log-unavailable` while the last commit the writer tried failed; `None` once one succeeds.
+    pub fn unavailable(&self) -> Option<Problem> {
+        self.shared
+            .failing
+            .load(Ordering::Relaxed)
+            .then(unavailable)
     }
 
     /// How many write transactions the writer has committed since [`MessageLog::open`].
@@ -318,6 +351,9 @@ struct Writer {
     max_batch: usize,
     retention: Option<time::Duration>,
     last_retention: Option<Instant>,
+    /// Whether commits fail, so that it is said at the start, then at most once every
+    /// [`OUTAGE_SUMMARY_EVERY`], and at the end, whatever the traffic.
+    outage: Outage,
 }
 
 impl Writer {
@@ -325,11 +361,22 @@ impl Writer {
         let mut carried: Option<Command> = None;
         loop {
             self.apply_retention();
+            let wait = if self.outage.is_on() {
+                PROBE_EVERY
+            } else {
+                PRUNE_EVERY
+            };
             let cmd = match carried.take() {
                 Some(cmd) => cmd,
-                None => match rx.recv_timeout(PRUNE_EVERY) {
+                None => match rx.recv_timeout(wait) {
                     Ok(cmd) => cmd,
-                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if self.outage.is_on() {
+                            let probed = self.probe();
+                            self.outcome(probed.as_ref().map(|_| ()), 0);
+                        }
+                        continue;
+                    }
                     Err(RecvTimeoutError::Disconnected) => break,
                 },
             };
@@ -349,7 +396,9 @@ impl Writer {
                     self.commit_batch(batch);
                 }
                 Command::Anchor(head, reply) => {
-                    let _ = reply.send(self.store_anchor(&head).map_err(internal));
+                    let stored = self.store_anchor(&head);
+                    self.outcome(stored.as_ref().map(|_| ()), 0);
+                    let _ = reply.send(stored.map_err(|_| unavailable()));
                 }
                 Command::Prune(before, reply) => {
                     let _ = reply.send(self.prune(before).map_err(internal));
@@ -365,23 +414,71 @@ impl Writer {
         }
     }
 
-    /// Writes the whole batch in one transaction, commits (fsync), then answers every caller.
+    /// Writes the whole batch in one transaction, commits (fsync), then answers every caller;
+    /// if the commit fails, every caller gets `log-unavailable` and nothing of the batch is
+    /// acknowledged.
     fn commit_batch(&mut self, batch: Vec<PendingAppend>) {
-        match self.write_batch(&batch) {
+        let written = self.write_batch(&batch);
+        self.outcome(written.as_ref().map(|_| ()), batch.len());
+        match written {
             Ok(appended) => {
                 for (pending, done) in batch.into_iter().zip(appended) {
                     // A caller that gave up still has its record logged.
                     let _ = pending.reply.send(Ok(done));
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, records = batch.len(), "message log: append failed");
-                let problem = internal(format!("append failed: {e}"));
+            Err(_) => {
                 for pending in batch {
-                    let _ = pending.reply.send(Err(problem.clone()));
+                    let _ = pending.reply.send(Err(unavailable()));
                 }
             }
         }
+    }
+
+    /// Records whether a commit succeeded: the shared flag `/readyz` reads, and the lines that
+    /// say the log cannot commit (the first failure, a summary at most every
+    /// [`OUTAGE_SUMMARY_EVERY`], the recovery), never one per request.
+    fn outcome(&mut self, result: Result<(), &rusqlite::Error>, records: usize) {
+        let now = Instant::now();
+        let say = match result {
+            Ok(()) => self.outage.succeeded(now),
+            Err(_) => self.outage.failed(now),
+        };
+        self.shared
+            .failing
+            .store(self.outage.is_on(), Ordering::Relaxed);
+        let error = result.err().map(ToString::to_string).unwrap_or_default();
+        match say {
+            Say::Nothing => {}
+            Say::Began => {
+                tracing::error!(%error, records, "message log cannot commit; answering log-unavailable and not ready until a commit succeeds");
+            }
+            Say::Still { failed, for_secs } => {
+                tracing::error!(%error, failed_commits = failed, outage_secs = for_secs, "message log still cannot commit");
+            }
+            Say::Over { failed, for_secs } => {
+                tracing::info!(
+                    failed_commits = failed,
+                    outage_secs = for_secs,
+                    "message log commits again; node ready"
+                );
+            }
+        }
+    }
+
+    /// A commit of one small row outside the chain, tried while the log cannot commit.
+    fn probe(&mut self) -> rusqlite::Result<()> {
+        let at = OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let done = self.conn.execute(
+            "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = ?1",
+            [at],
+        );
+        if done.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        done.map(|_| ())
     }
 
     fn write_batch(&mut self, batch: &[PendingAppend]) -> rusqlite::Result<Vec<Appended>> {

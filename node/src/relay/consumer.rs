@@ -63,7 +63,9 @@ pub(crate) async fn refuse_outside_exchange(
     set_target(&mut rec, method, uri);
     rec.problem = Some(problem.kind.slug().to_string());
     if let Err(p) = node.log.append(rec).await {
-        tracing::error!(problem = %p, "could not log a refusal");
+        if p.kind != ProblemKind::LogUnavailable {
+            tracing::error!(problem = %p, "could not log a refusal");
+        }
         return problem_response(&p, Some(&message_id));
     }
     problem_response(&problem, Some(&message_id))
@@ -96,11 +98,16 @@ async fn exchange(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
 
 /// Logs a refusal as carefully as a success, then answers with the problem.
 async fn refuse(node: &Node, trace: &Trace, problem: Problem) -> Response<Body> {
-    tracing::info!(message_id = %trace.message_id, client = ?trace.client.as_ref().map(|c| c.to_string()), service = %trace.service, problem = problem.kind.slug(), detail = %problem.detail, "exchange refused");
+    // The message log's writer says, once per interval, that it cannot commit; not each request.
+    if problem.kind != ProblemKind::LogUnavailable {
+        tracing::info!(message_id = %trace.message_id, client = ?trace.client.as_ref().map(|c| c.to_string()), service = %trace.service, problem = problem.kind.slug(), detail = %problem.detail, "exchange refused");
+    }
     let mut rec = base_record(trace, RecordKind::Refusal, problem.kind.status());
     rec.problem = Some(problem.kind.slug().to_string());
     if let Err(p) = node.log.append(rec).await {
-        tracing::error!(problem = %p, "could not log a refusal");
+        if p.kind != ProblemKind::LogUnavailable {
+            tracing::error!(problem = %p, "could not log a refusal");
+        }
         return problem_response(&p, Some(&trace.message_id));
     }
     problem_response(&problem, Some(&trace.message_id))
@@ -283,6 +290,9 @@ async fn run(
     }
     if let Some(c) = culprit {
         h.insert(context::ERROR, HeaderValue::from_static(c.as_str()));
+    }
+    if let Some(secs) = relayed.as_ref().and_then(|p| p.retry_after()) {
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if let Ok(v) = HeaderValue::from_str(&trace.message_id) {
         h.insert(context::MESSAGE_ID, v);

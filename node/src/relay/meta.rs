@@ -135,11 +135,12 @@ async fn meta(
     }
 }
 
-/// The admin listener: liveness and readiness (a verified, unexpired configuration).
+/// The admin listener: liveness and readiness (a verified, unexpired configuration, and a
+/// message log whose last commit succeeded).
 pub async fn admin(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => Response::new(Full::new(Bytes::from_static(b"ok"))),
-        "/readyz" => match node.snapshot() {
+        "/readyz" => match node.log.unavailable().map_or_else(|| node.snapshot(), Err) {
             Ok(s) => json_response(
                 &json!({"ready": true, "serial": s.config.serial, "expires_at": enlace_core::rfc3339(s.config.expires_at)}),
             ),

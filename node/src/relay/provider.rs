@@ -72,7 +72,10 @@ async fn refuse(
     problem: Problem,
 ) -> Response<Body> {
     let message_id = trace.message_id.clone().unwrap_or_default();
-    tracing::info!(%peer, message_id = %message_id, service = %trace.service, problem = problem.kind.slug(), detail = %problem.detail, "incoming exchange refused");
+    // The message log's writer says, once per interval, that it cannot commit; not each request.
+    if problem.kind != ProblemKind::LogUnavailable {
+        tracing::info!(%peer, message_id = %message_id, service = %trace.service, problem = problem.kind.slug(), detail = %problem.detail, "incoming exchange refused");
+    }
     let about = About {
         message_id: &message_id,
         client: None,
@@ -89,21 +92,35 @@ async fn refuse(
         .get(signature::CONTENT_DIGEST)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let resp = match &trace.message_id {
-        Some(id) => {
-            let (status, headers, body) = problem_parts(&problem, Some(id));
-            sign(node, parts, status, headers, body).unwrap_or_else(|p| problem_response(&p, None))
-        }
-        None => problem_response(&problem, None),
-    };
+    let resp = signed_problem(node, parts, trace.message_id.as_deref(), &problem);
     fill_signature(&mut rec, resp.headers(), false);
     keep_request_signature(&mut rec, &parts.headers);
     let access = refusal_record(node, parts, trace, &problem, resp.headers());
     if let Err(p) = node.log.append_with(rec, access_emit::queued(access)).await {
-        tracing::error!(problem = %p, "could not log a refusal");
-        return problem_response(&p, trace.message_id.as_deref());
+        // The refusal could not be recorded: answer why, signed (the key needs no disk), so
+        // the consumer node relays our refusal instead of calling it a bad signature.
+        if p.kind != ProblemKind::LogUnavailable {
+            tracing::error!(problem = %p, "could not log a refusal");
+        }
+        return signed_problem(node, parts, trace.message_id.as_deref(), &p);
     }
     resp
+}
+
+/// A problem response, signed and bound to the request when it carried a message id.
+fn signed_problem(
+    node: &Node,
+    parts: &http::request::Parts,
+    message_id: Option<&str>,
+    problem: &Problem,
+) -> Response<Body> {
+    match message_id {
+        Some(id) => {
+            let (status, headers, body) = problem_parts(problem, Some(id));
+            sign(node, parts, status, headers, body).unwrap_or_else(|p| problem_response(&p, None))
+        }
+        None => problem_response(problem, None),
+    }
 }
 
 /// Prefix of the fields of a refused request, as the peer node sent them, in the provider

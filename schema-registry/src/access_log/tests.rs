@@ -187,3 +187,94 @@ fn log_heads_are_checked_and_appended_in_one_transaction() {
     let leaf = merkle::leaf_hash(&serde_json::to_vec(&h).unwrap());
     assert!(proof.verify(&leaf, &log.current().unwrap().1));
 }
+
+/// A tree head of the current tree, stored as the scheduler would (unsigned: the check reads
+/// roots, not signatures).
+fn store_current_head(log: &AccessLog) {
+    let (size, root) = log.current().unwrap();
+    let head = PublishedTreeHead {
+        tree_head: SignedTreeHead {
+            tree_size: size,
+            root_hash_hex: hex::encode(root),
+            timestamp: "2026-11-22T10:00:00Z".into(),
+            signature_b64: String::new(),
+            signer: "urn:enlace:registry:CL-DEV".into(),
+        },
+        signer_certificate: String::new(),
+    };
+    log.store_head(&head).unwrap();
+}
+
+#[test]
+fn the_consistency_check_passes_a_log_and_names_the_leaf_that_was_altered() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.sqlite");
+    let log = AccessLog::open(&path).unwrap();
+    for n in 0..3 {
+        log.ingest(&[record(2 * n), record(2 * n + 1)]).unwrap();
+        store_current_head(&log);
+    }
+    log.ingest(&[record(6)]).unwrap();
+    let checked = check::check_file(&path).unwrap();
+    assert_eq!(
+        (
+            checked.leaves,
+            checked.records,
+            checked.log_heads,
+            checked.tree_heads
+        ),
+        (7, 7, 0, 3)
+    );
+    // Three subtrees of two leaves, one of four.
+    assert_eq!(checked.subtrees, 4, "{checked:?}");
+    drop(log);
+
+    // Tamper behind the triggers' back: a record's bytes, then a stored subtree.
+    let conn = Connection::open(&path).unwrap();
+    let triggers: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for t in triggers {
+        conn.execute_batch(&format!("DROP TRIGGER {t}")).unwrap();
+    }
+    conn.execute(
+        "UPDATE access_records SET record = CAST('{}' AS BLOB) WHERE idx = 4",
+        [],
+    )
+    .unwrap();
+    let e = check::check_file(&path).unwrap_err();
+    assert!(e.contains("leaf 4"), "{e}");
+    conn.execute("DELETE FROM access_records WHERE idx = 4", [])
+        .unwrap();
+    let e = check::check_file(&path).unwrap_err();
+    assert!(e.contains("leaf 4 has no access record"), "{e}");
+}
+
+#[test]
+fn the_consistency_check_finds_a_stored_subtree_that_is_not_the_hash_of_its_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.sqlite");
+    let log = AccessLog::open(&path).unwrap();
+    log.ingest(&(0..4).map(record).collect::<Vec<_>>()).unwrap();
+    store_current_head(&log);
+    drop(log);
+    let conn = Connection::open(&path).unwrap();
+    for t in ["merkle_nodes_no_update", "merkle_leaves_no_update"] {
+        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {t}"))
+            .unwrap();
+    }
+    let zero = [0u8; 32];
+    let changed = conn
+        .execute(
+            "UPDATE merkle_nodes SET hash = ?1 WHERE level = 1 AND idx = 1",
+            [zero.as_slice()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let e = check::check_file(&path).unwrap_err();
+    assert!(e.contains("subtree (level 1, index 1)"), "{e}");
+}

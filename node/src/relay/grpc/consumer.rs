@@ -93,7 +93,8 @@ async fn run(node: Arc<Node>, req: Request<Incoming>, mut reply: Reply) {
 async fn refuse(node: &Node, trace: &Trace, problem: Problem, reply: &mut Reply) {
     if problem.kind == ProblemKind::Cancelled {
         tracing::info!(message_id = %trace.message_id, service = %trace.service, operation = %trace.operation, "grpc call cancelled before its answer");
-    } else {
+    } else if problem.kind != ProblemKind::LogUnavailable {
+        // (the message log's writer says, once per interval, that it cannot commit)
         tracing::info!(message_id = %trace.message_id, service = %trace.service, operation = %trace.operation, problem = problem.kind.slug(), detail = %problem.detail, "grpc call refused");
     }
     let mut rec = context_record(RecordKind::Refusal, problem.kind.status(), trace.about());
@@ -103,7 +104,9 @@ async fn refuse(node: &Node, trace: &Trace, problem: Problem, reply: &mut Reply)
     let out = match node.log.append(rec).await {
         Ok(_) => problem_trailers(&problem, Some(&trace.message_id)),
         Err(p) => {
-            tracing::error!(problem = %p, "could not log a refusal");
+            if p.kind != ProblemKind::LogUnavailable {
+                tracing::error!(problem = %p, "could not log a refusal");
+            }
             problem_trailers(&p, Some(&trace.message_id))
         }
     };
@@ -217,19 +220,25 @@ pub(super) fn signer(node: &Node) -> Signer {
 }
 
 /// The status fields a consumer node passes on from the provider node's (verified) final
-/// status: code, message, details, problem type, culprit, and custom metadata.
+/// status: code, message, details, problem type, culprit (restated from the backend's side, as
+/// for REST: the provider's `this-node` is the backend's `peer-node`), and custom metadata.
 fn pass_status(from: &HeaderMap, message_id: &str) -> Result<HeaderMap, Problem> {
     let mut h = HeaderMap::new();
-    for name in [
-        GRPC_STATUS,
-        GRPC_MESSAGE,
-        GRPC_STATUS_DETAILS,
-        PROBLEM_TYPE,
-        context::ERROR,
-    ] {
+    for name in [GRPC_STATUS, GRPC_MESSAGE, GRPC_STATUS_DETAILS, PROBLEM_TYPE] {
         if let Some(v) = from.get(name) {
             h.insert(name, v.clone());
         }
+    }
+    let theirs = from.get(context::ERROR).and_then(|v| v.to_str().ok());
+    let ours = match theirs {
+        Some("this-node") => Some(Culprit::PeerNode.as_str()),
+        Some("peer-node") => Some(Culprit::ThisNode.as_str()),
+        Some("client") => Some(Culprit::Client.as_str()),
+        Some("provider-backend") => Some(Culprit::ProviderBackend.as_str()),
+        _ => None,
+    };
+    if let Some(culprit) = ours {
+        put(&mut h, context::ERROR, culprit);
     }
     let custom = metadata::custom(from).map_err(|d| {
         Problem::new(ProblemKind::ResponseSchemaViolation, d).caused_by(Culprit::PeerNode)
@@ -695,7 +704,9 @@ impl Call {
         let out = match self.node.log.append(rec).await {
             Ok(_) => out,
             Err(p) => {
-                tracing::error!(problem = %p, "could not log a grpc response");
+                if p.kind != ProblemKind::LogUnavailable {
+                    tracing::error!(problem = %p, "could not log a grpc response");
+                }
                 held = None;
                 verified = false;
                 Some(problem_trailers(&p, Some(id)))

@@ -219,22 +219,12 @@ async fn refuse(
     let id = trace.message_id.clone().unwrap_or_default();
     if problem.kind == ProblemKind::Cancelled {
         tracing::info!(%peer, message_id = %id, service = %trace.service, "incoming grpc call cancelled before its answer");
-    } else {
+    } else if problem.kind != ProblemKind::LogUnavailable {
+        // (the message log's writer says, once per interval, that it cannot commit)
         tracing::info!(%peer, message_id = %id, service = %trace.service, problem = problem.kind.slug(), detail = %problem.detail, "incoming grpc call refused");
     }
     let request_chain = trace.request.as_ref().map(Progress::get);
-    let mut trailers = problem_trailers(&problem, trace.message_id.as_deref());
-    put(&mut trailers, STREAM_DIGEST, &StreamDigest::new().value());
-    if req.digest().is_none() {
-        // A streamed request (or one that cannot be told apart): say how much of it came.
-        let chain = request_chain.clone().unwrap_or_default();
-        put(&mut trailers, REQUEST_STREAM_DIGEST, &chain.value());
-    }
-    if trace.message_id.is_some()
-        && let Err(p) = signing::sign_trailers(&signer(node), &mut trailers, req)
-    {
-        tracing::error!(problem = %p, "could not sign a refusal");
-    }
+    let trailers = refusal_trailers(node, req, trace, &problem, request_chain.as_ref());
     let mut rec = context_record(
         RecordKind::Refusal,
         problem.kind.status(),
@@ -250,14 +240,39 @@ async fn refuse(
     trace.asked.note(&mut rec);
     let access = refusal_record(node, trace, &problem, req);
     if let Err(p) = node.log.append_with(rec, access_emit::queued(access)).await {
-        tracing::error!(problem = %p, "could not log a refusal");
-        reply.send(trailers_only(problem_trailers(
-            &p,
-            trace.message_id.as_deref(),
-        )));
+        // The refusal could not be recorded: answer why, signed like any refusal.
+        if p.kind != ProblemKind::LogUnavailable {
+            tracing::error!(problem = %p, "could not log a refusal");
+        }
+        let trailers = refusal_trailers(node, req, trace, &p, request_chain.as_ref());
+        reply.send(trailers_only(trailers));
         return;
     }
     reply.send(trailers_only(trailers));
+}
+
+/// The trailers of a refusal: the problem, no response message, how much of a streamed request
+/// came, signed and bound to the request when it carried a message id.
+fn refusal_trailers(
+    node: &Node,
+    req: &Bound,
+    trace: &Trace,
+    problem: &Problem,
+    request_chain: Option<&StreamDigest>,
+) -> HeaderMap {
+    let mut trailers = problem_trailers(problem, trace.message_id.as_deref());
+    put(&mut trailers, STREAM_DIGEST, &StreamDigest::new().value());
+    if req.digest().is_none() {
+        // A streamed request (or one that cannot be told apart): say how much of it came.
+        let chain = request_chain.cloned().unwrap_or_default();
+        put(&mut trailers, REQUEST_STREAM_DIGEST, &chain.value());
+    }
+    if trace.message_id.is_some()
+        && let Err(p) = signing::sign_trailers(&signer(node), &mut trailers, req)
+    {
+        tracing::error!(problem = %p, "could not sign a refusal");
+    }
+    trailers
 }
 
 /// A refusal record holds the status it answered with; the request's Enlace fields, signature,
@@ -881,9 +896,21 @@ impl Call {
         let status = match logged {
             Ok(_) => status,
             Err(p) => {
-                tracing::error!(problem = %p, "could not log a grpc response");
+                if p.kind != ProblemKind::LogUnavailable {
+                    tracing::error!(problem = %p, "could not log a grpc response");
+                }
+                // Nothing more goes out; the status says why, signed, over what did go out.
                 held = None;
-                Some(problem_trailers(&p, Some(id)))
+                let mut t = problem_trailers(&p, Some(id));
+                let sent = if single { StreamDigest::new() } else { chain };
+                put(&mut t, STREAM_DIGEST, &sent.value());
+                if streamed_request {
+                    put(&mut t, REQUEST_STREAM_DIGEST, &request_chain.value());
+                }
+                if let Err(e) = signing::sign_trailers(&signer(&self.node), &mut t, &self.request) {
+                    tracing::error!(problem = %e, "could not sign a grpc status");
+                }
+                Some(t)
             }
         };
         let Some(status) = status else { return };
