@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # API fuzzing: schemathesis over the registry's OpenAPI document (unauthenticated, then as a
 # citizen, a member admin and the federation admin) and over the SII node's consumer listener
-# (unauthenticated, then with the demo's backend token), against a real `enlace up`. Fails on
-# any finding: a server error, a status code, content type or body the document does not
-# describe. Bounded: SCHEMATHESIS_MAX_TIME seconds per run (30), SCHEMATHESIS_MAX_EXAMPLES
-# examples per operation (10), six runs.
+# (unauthenticated, then with the demo's backend token) and its admin listener, against a real
+# `enlace up`. Fails on any finding: a server error, a status code, content type or body the
+# document does not describe. Bounded: SCHEMATHESIS_MAX_TIME seconds per run (30), SCHEMATHESIS_MAX_EXAMPLES
+# examples per operation (10), seven runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +48,7 @@ field() { grep -F "$1" "$work/up.log" | head -n 1 | awk '{print $NF}'; }
 registry="http://127.0.0.1:$base_port"
 # Ports::from_base: registry, backend, gRPC backend, RC provider/consumer/admin, SII provider/consumer/admin.
 sii_consumer="http://127.0.0.1:$((base_port + 7))"
+sii_admin="http://127.0.0.1:$((base_port + 8))"
 admin_token="$(field 'federation admin token')"
 member_token="$(field 'Registro Civil admin token')"
 backend_token="$(field 'SII renta backend token')"
@@ -88,6 +89,7 @@ run() {
 
 # The nodes first and the federation admin last: the admins' runs revoke and change what the
 # runs before them rely on (tokens, contracts, nodes).
+run node-admin "$sii_admin" "" /openapi.json
 run node-anonymous "$sii_consumer" "" /meta/openapi.json
 run node-backend "$sii_consumer" "$backend_token" /meta/openapi.json
 run registry-anonymous "$registry" "" /openapi.json

@@ -15,6 +15,8 @@ use crate::net::Body;
 
 /// The consumer listener's own API (`/r1/…`, `/meta/…`), served at `/meta/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
+/// The admin listener's API (`/healthz`, `/readyz`), served there at `/openapi.json`.
+pub const ADMIN_OPENAPI: &str = include_str!("../../admin-openapi.json");
 
 fn json_response(v: &Value) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
@@ -146,10 +148,26 @@ async fn meta(
     }
 }
 
-/// The admin listener: liveness and readiness (a verified, unexpired configuration).
+/// The admin listener: liveness and readiness (a verified, unexpired configuration), and its
+/// OpenAPI document.
 pub async fn admin(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
-        "/healthz" => Response::new(Full::new(Bytes::from_static(b"ok"))),
+        "/healthz" => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain"),
+            );
+            resp
+        }
+        "/openapi.json" => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(ADMIN_OPENAPI.as_bytes())));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
         "/readyz" => match node.snapshot() {
             Ok(s) => json_response(
                 &json!({"ready": true, "serial": s.config.serial, "expires_at": enlace_core::rfc3339(s.config.expires_at)}),

@@ -1092,5 +1092,26 @@ async fn the_consumer_listener_serves_its_openapi_document_and_answers_match_it(
     let (status, ct, body) = get("/meta/members", None).await;
     assert_eq!((status, ct.as_str()), (401, "application/problem+json"));
     assert!(body["detail"].is_string());
+
+    // The admin listener describes itself too, and `/healthz` says what its body is.
+    let admin = format!("http://{}", f.consumer.admin_addr);
+    let resp = f
+        .registry
+        .http
+        .get(format!("{admin}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let admin_doc: Value = resp.json().await.unwrap();
+    assert!(admin_doc["paths"]["/readyz"]["get"].is_object());
+    let health = f
+        .registry
+        .http
+        .get(format!("{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.headers()["content-type"], "text/plain");
     f.stop().await;
 }
