@@ -58,6 +58,10 @@ pub struct Input {
     /// person while the access log names another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The `pattern`s the value must match (sorted; `items: ` prefixed for those of array
+    /// elements). OpenAPI only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<String>,
 }
 
 /// A response field.
@@ -69,6 +73,9 @@ pub struct Field {
     /// JSON type (`string`, `object`, `array`, …) or protobuf type (`string`, `int32`,
     /// `message personas.v1.Address`, …); `repeated ` is prefixed for repeated protobuf fields.
     pub ty: String,
+    /// The `pattern`s the value matches, as for [`Input::patterns`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<String>,
 }
 
 /// One incompatibility between two versions of a service.
@@ -76,7 +83,7 @@ pub struct Field {
 pub struct Break {
     /// `removed-operation`, `removed-field`, `type-changed`, `class-changed`,
     /// `newly-required-input`, `reused-field-number`, `streaming-changed`, `removed-input`,
-    /// `subject-binding-changed`.
+    /// `subject-binding-changed`, `pattern-changed`.
     pub kind: String,
     pub operation: String,
     /// The field or input concerned, if any.

@@ -119,8 +119,10 @@ pub fn parse(bytes: &[u8]) -> Result<Description, Problem> {
 ///
 /// Operations are matched by method and path template (parameter names in the template do not
 /// matter). Breaks: an operation removed or its `operationId` changed, a response field removed
-/// or its type or class changed, an input newly required. Added operations, optional inputs and
-/// response fields, and removed inputs are compatible.
+/// or its type, class or patterns changed, an input newly required, a pattern added to or
+/// changed on an input. Added operations, optional inputs and response fields, removed inputs
+/// and patterns removed from inputs are compatible. Patterns are compared as text: a different
+/// pattern counts as a break even where it happens to accept the same values.
 pub fn compatibility(old: &Description, new: &Description) -> Vec<Break> {
     let mut out = Vec::new();
     for o in &old.operations {
@@ -167,6 +169,22 @@ pub fn compatibility(old: &Description, new: &Description) -> Vec<Break> {
                             format!(
                                 "response field {} changed type from {} to {}",
                                 f.pointer, f.ty, x.ty
+                            ),
+                        ));
+                    }
+                    if x.patterns != f.patterns {
+                        out.push(brk(
+                            "pattern-changed",
+                            o,
+                            Some(&f.pointer),
+                            format!(
+                                "the patterns of response field {} changed from {} to {}; a \
+                                 new or different pattern fails the answers the provider gives \
+                                 today, a removed one lets consumers receive values outside \
+                                 the format they were promised",
+                                f.pointer,
+                                show_patterns(&f.patterns),
+                                show_patterns(&x.patterns)
                             ),
                         ));
                     }
@@ -227,6 +245,38 @@ pub fn compatibility(old: &Description, new: &Description) -> Vec<Break> {
                     format!("{what} changed type from {} to {}", i.ty, x.ty),
                 )),
                 Some(_) => {}
+            }
+        }
+        // A request pattern removed only lets more through; one added or changed may refuse
+        // what clients send today. Whether one regex accepts all another does is not decided:
+        // any pattern that is not in the old version counts as narrower.
+        for i in &o.inputs {
+            let Some(x) = n
+                .inputs
+                .iter()
+                .find(|x| x.location == i.location && x.name == i.name)
+            else {
+                continue;
+            };
+            let added: Vec<String> = x
+                .patterns
+                .iter()
+                .filter(|p| !i.patterns.contains(p))
+                .cloned()
+                .collect();
+            if !added.is_empty() {
+                out.push(brk(
+                    "pattern-changed",
+                    o,
+                    Some(&i.name),
+                    format!(
+                        "{} must now match {} (before: {}); values clients send today may be \
+                         refused",
+                        describe_input(i),
+                        show_patterns(&added),
+                        show_patterns(&i.patterns)
+                    ),
+                ));
             }
         }
         let bound = |op: &Operation| {
@@ -296,6 +346,18 @@ fn brk(kind: &str, op: &Operation, item: Option<&str>, detail: String) -> Break 
         item: item.map(str::to_owned),
         detail,
     }
+}
+
+/// `` `^a$`, `^b$` ``, or `no pattern`.
+fn show_patterns(patterns: &[String]) -> String {
+    if patterns.is_empty() {
+        return "no pattern".into();
+    }
+    patterns
+        .iter()
+        .map(|p| format!("`{p}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn describe_input(i: &Input) -> String {
@@ -789,6 +851,8 @@ struct Shape<'a> {
     index: HashMap<String, usize>,
     required: HashSet<String>,
     items: Vec<Part<'a>>,
+    /// The `pattern`s stated on the value (not on its properties or items).
+    patterns: Vec<String>,
 }
 
 impl Shape<'_> {
@@ -818,6 +882,7 @@ struct Node {
     ty: String,
     class: Option<FieldClass>,
     required: bool,
+    patterns: Vec<String>,
 }
 
 struct Reader<'a> {
@@ -948,9 +1013,9 @@ impl<'a> Reader<'a> {
                         m.get("schema").map(|s| (s, format!("{m_at}/schema")))
                     }),
                 };
-                let ty = match schema {
+                let (ty, patterns) = match schema {
                     Some((s, s_at)) => self.type_of(s, s_at)?,
-                    None => "any".into(),
+                    None => ("any".into(), Vec::new()),
                 };
                 let subject = subject_binding(p, location, &p_at)?;
                 let input = Input {
@@ -959,6 +1024,7 @@ impl<'a> Reader<'a> {
                     required,
                     ty,
                     subject,
+                    patterns,
                 };
                 match out
                     .iter_mut()
@@ -1000,6 +1066,7 @@ impl<'a> Reader<'a> {
                 required,
                 ty: "any".into(),
                 subject: None,
+                patterns: Vec::new(),
             }]);
         };
         self.classes = false;
@@ -1019,6 +1086,7 @@ impl<'a> Reader<'a> {
                 required: n.required,
                 ty: n.ty,
                 subject: None,
+                patterns: n.patterns,
             })
             .collect())
     }
@@ -1068,6 +1136,7 @@ impl<'a> Reader<'a> {
                         pointer: n.pointer,
                         class,
                         ty: n.ty,
+                        patterns: n.patterns,
                     }),
                     None => self.unclassified.push((id.to_owned(), n.pointer)),
                 }
@@ -1153,8 +1222,8 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// The type of a parameter schema.
-    fn type_of(&mut self, schema: &'a Value, at: String) -> Result<String, Problem> {
+    /// The type of a parameter schema, and its patterns (those of its array items too).
+    fn type_of(&mut self, schema: &'a Value, at: String) -> Result<(String, Vec<String>), Problem> {
         let mut shape = Shape::default();
         let part = root_part(schema, at);
         self.classes = false;
@@ -1167,10 +1236,21 @@ impl<'a> Reader<'a> {
             true,
             &mut shape,
         )?;
-        Ok(shape.type_string())
+        let ty = shape.type_string();
+        let mut patterns = std::mem::take(&mut shape.patterns);
+        let mut items = Shape::default();
+        for p in shape.items {
+            let mut chain = p.chain;
+            self.expand(p.schema, &p.at, None, &mut chain, p.depth, true, &mut items)?;
+        }
+        patterns.extend(items.patterns.iter().map(|p| format!("items: {p}")));
+        patterns.sort();
+        patterns.dedup();
+        Ok((ty, patterns))
     }
 
     /// Emits a node for `pointer` (when `emit`), then walks its properties and array items.
+    /// Returns the node's patterns, those of its array items prefixed with `items: `.
     fn walk(
         &mut self,
         parts: Vec<Part<'a>>,
@@ -1178,7 +1258,7 @@ impl<'a> Reader<'a> {
         required: bool,
         emit: bool,
         out: &mut Vec<Node>,
-    ) -> Result<(), Problem> {
+    ) -> Result<Vec<String>, Problem> {
         let mut class = None;
         if self.classes {
             for p in &parts {
@@ -1207,12 +1287,15 @@ impl<'a> Reader<'a> {
                 ty: shape.type_string(),
                 class,
                 required,
+                patterns: Vec::new(),
             });
         }
+        let index = out.len().checked_sub(1).filter(|_| emit);
         let Shape {
             properties,
             required: required_names,
             items,
+            mut patterns,
             ..
         } = shape;
         for (name, parts) in properties {
@@ -1221,9 +1304,15 @@ impl<'a> Reader<'a> {
             self.walk(parts, &child, child_required, true, out)?;
         }
         if !items.is_empty() {
-            self.walk(items, &format!("{pointer}/*"), required, false, out)?;
+            let of_items = self.walk(items, &format!("{pointer}/*"), required, false, out)?;
+            patterns.extend(of_items.iter().map(|p| format!("items: {p}")));
         }
-        Ok(())
+        patterns.sort();
+        patterns.dedup();
+        if let Some(i) = index {
+            out[i].patterns = patterns.clone();
+        }
+        Ok(patterns)
     }
 
     /// The class a schema states for itself: its own `x-enlace-class`, else that of the schema
@@ -1302,6 +1391,9 @@ impl<'a> Reader<'a> {
         }
         if m.get("nullable") == Some(&Value::Bool(true)) {
             shape.nullable = true;
+        }
+        if let Some(Value::String(p)) = m.get("pattern") {
+            shape.patterns.push(p.clone());
         }
         if let Some(props) = m.get("properties") {
             let Value::Object(props) = props else {

@@ -523,6 +523,7 @@ impl ResponseWalk<'_> {
                 pointer: pointer.clone(),
                 class: class.unwrap_or(FieldClass::Public),
                 ty: type_name(&field),
+                patterns: Vec::new(),
             });
 
             let Some(child) = expandable(&field) else {
@@ -650,6 +651,7 @@ fn walk_request(
             required: field.cardinality() == Cardinality::Required,
             ty: type_name(&field),
             subject: None,
+            patterns: Vec::new(),
         });
         let Some(child) = expandable(&field) else {
             continue;

@@ -66,18 +66,24 @@
 //! 2020-12 validator, built offline: every `#/components/...` reference is copied under
 //! `$defs`, the 3.0 dialect is translated (`nullable`, boolean `exclusiveMinimum`/
 //! `exclusiveMaximum`, `$ref` siblings ignored), `example`, `$schema` and `x-*` are dropped,
-//! `format` is asserted (`int32` bounds too), and nothing is ever fetched.
+//! `format` is asserted (`int32` bounds too), and nothing is ever fetched. Every `pattern` is
+//! compiled first on its own (see `pattern`), so one that does not compile, is longer than
+//! [`MAX_PATTERN_BYTES`] or compiles to more than [`MAX_PATTERN_PROGRAM_BYTES`] is refused with
+//! the JSON pointer of the keyword.
 
 mod json;
 mod minimise;
 mod path;
+mod pattern;
 mod schema;
 #[cfg(test)]
 mod tests;
 
 use enlace_core::config::DescriptionKind;
 use enlace_core::problem::{Problem, ProblemKind};
-use jsonschema::{Draft, PatternOptions, Validator};
+use std::cell::RefCell;
+
+use jsonschema::Validator;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -87,13 +93,12 @@ use path::Segment;
 pub use json::MAX_JSON_DEPTH;
 pub use minimise::minimise;
 pub use path::MAX_PATH_BYTES;
+pub use pattern::{MAX_PATTERN_BYTES, MAX_PATTERN_PROGRAM_BYTES};
 
 /// Most violations listed in one problem.
 pub const MAX_ERRORS: usize = 20;
 /// Longest query string accepted, in bytes.
 pub const MAX_QUERY_BYTES: usize = 8192;
-/// Backtracking steps allowed to a `pattern` with look-around or back-references.
-const BACKTRACK_LIMIT: usize = 100_000;
 /// Longest chain of `$ref` to `$ref` for parameters, request bodies, responses, path items.
 const MAX_REF_HOPS: usize = 32;
 const METHODS: [&str; 8] = [
@@ -209,6 +214,7 @@ impl CompiledService {
                 .get("openapi")
                 .and_then(Value::as_str)
                 .is_some_and(|v| v.starts_with("3.0")),
+            patterns: RefCell::default(),
         };
         let paths = doc
             .get("paths")
@@ -865,6 +871,8 @@ impl Errors {
 struct Compiler<'a> {
     root: &'a Value,
     v30: bool,
+    /// Patterns compiled and `$ref`s walked so far, so a shared component is checked once.
+    patterns: RefCell<pattern::Checked>,
 }
 
 impl<'a> Compiler<'a> {
@@ -1082,15 +1090,16 @@ impl<'a> Compiler<'a> {
     fn validator(&self, schema: &Value, at: &str) -> Result<(Validator, Value), Problem> {
         let bundled = schema::bundle(self.root, self.v30, schema)
             .map_err(|e| invalid(format!("the schema at {at}: {e}")).with("at", at))?;
-        let validator = jsonschema::options()
-            .with_draft(Draft::Draft202012)
-            .offline()
-            .should_validate_formats(true)
-            .with_pattern_options(PatternOptions::fancy_regex().backtrack_limit(BACKTRACK_LIMIT))
-            .build(&bundled)
-            .map_err(|e| {
-                invalid(format!("the schema at {at} cannot be compiled: {e}")).with("at", at)
-            })?;
+        pattern::check(
+            self.root,
+            self.v30,
+            schema,
+            at,
+            &mut self.patterns.borrow_mut(),
+        )?;
+        let validator = pattern::options().build(&bundled).map_err(|e| {
+            invalid(format!("the schema at {at} cannot be compiled: {e}")).with("at", at)
+        })?;
         Ok((validator, bundled))
     }
 

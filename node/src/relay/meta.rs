@@ -1,5 +1,5 @@
 //! Metaservices for local backends (members, services, what the caller may call, a service's
-//! OpenAPI document) and the admin listener (`/healthz`, `/readyz`).
+//! OpenAPI document, the node's own) and the admin listener (`/healthz`, `/readyz`).
 
 use std::sync::Arc;
 
@@ -13,6 +13,11 @@ use serde_json::{Value, json};
 use super::{Node, problem_response};
 use crate::net::Body;
 
+/// The consumer listener's own API (`/r1/…`, `/meta/…`), served at `/meta/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+/// The admin listener's API (`/healthz`, `/readyz`), served there at `/openapi.json`.
+pub const ADMIN_OPENAPI: &str = include_str!("../../admin-openapi.json");
+
 fn json_response(v: &Value) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
     resp.headers_mut().insert(
@@ -22,7 +27,8 @@ fn json_response(v: &Value) -> Response<Body> {
     resp
 }
 
-/// `/meta/members`, `/meta/services`, `/meta/allowed`, `/meta/openapi/SERVICE/vMAJOR`.
+/// `/meta/members`, `/meta/services`, `/meta/allowed`, `/meta/openapi/SERVICE/vMAJOR`, and
+/// `/meta/openapi.json` (the node's own API, the one document served without a token).
 pub async fn consumer(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let mut client = None;
     match meta(&node, &req, &mut client).await {
@@ -50,6 +56,14 @@ async fn meta(
             ProblemKind::InvalidRequest,
             "metaservices answer GET only",
         ));
+    }
+    if req.uri().path() == "/meta/openapi.json" {
+        let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
     }
     let (client, _) = super::consumer::authenticate_backend(node, req.headers(), req.extensions())?;
     *client_out = Some(client.clone());
@@ -129,17 +143,32 @@ async fn meta(
         _ => Err(Problem::new(
             ProblemKind::NotFound,
             format!(
-                "no metaservice {path}; try /meta/members, /meta/services, /meta/allowed, /meta/openapi/SERVICE/vMAJOR"
+                "no metaservice {path}; try /meta/members, /meta/services, /meta/allowed, /meta/openapi/SERVICE/vMAJOR, /meta/openapi.json"
             ),
         )),
     }
 }
 
 /// The admin listener: liveness and readiness (a verified, unexpired configuration, and a
-/// message log whose last commit succeeded).
+/// message log whose last commit succeeded), and its OpenAPI document.
 pub async fn admin(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
-        "/healthz" => Response::new(Full::new(Bytes::from_static(b"ok"))),
+        "/healthz" => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain"),
+            );
+            resp
+        }
+        "/openapi.json" => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(ADMIN_OPENAPI.as_bytes())));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
         "/readyz" => match node.log.unavailable().map_or_else(|| node.snapshot(), Err) {
             Ok(s) => json_response(
                 &json!({"ready": true, "serial": s.config.serial, "expires_at": enlace_core::rfc3339(s.config.expires_at)}),

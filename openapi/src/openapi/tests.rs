@@ -69,6 +69,7 @@ fn sample_parses_with_pointers_classes_and_types() {
             required: true,
             ty: "string".into(),
             subject: Some("CL-RUN".into()),
+            patterns: vec!["^[0-9]{1,8}-[0-9K]$".into()],
         }]
     );
     assert_eq!(
@@ -969,6 +970,10 @@ fn a_pattern_that_does_not_compile_is_refused_at_upload() {
             "{pattern}: {p:?}"
         );
         assert!(p.detail.contains("compiled"), "{pattern}: {}", p.detail);
+        assert_eq!(
+            p.extensions["at"], "/paths/~1x~1{id}/get/parameters/0/schema/pattern",
+            "{pattern}: {p:?}"
+        );
     }
     // The same document with a pattern that compiles is accepted.
     let ok = with_schema(
@@ -977,6 +982,132 @@ fn a_pattern_that_does_not_compile_is_refused_at_upload() {
         json!({}),
     );
     parse(&ok).unwrap();
+}
+
+/// A pattern is found wherever a validator would use it (behind `$ref`, under
+/// `additionalProperties`, as a `patternProperties` name) and the problem points at it.
+#[test]
+fn a_bad_pattern_is_pointed_at_where_it_is_written() {
+    let schema = json!({ "type": "object", "x-enlace-class": "public",
+        "properties": { "tags": { "$ref": "#/components/schemas/Tags" } } });
+    let components = |tags: Value| json!({ "schemas": { "Tags": tags } });
+    let cases = [
+        (
+            json!({ "type": "object", "additionalProperties": { "type": "string", "pattern": "(" } }),
+            "/components/schemas/Tags/additionalProperties/pattern",
+        ),
+        (
+            json!({ "type": "object", "patternProperties": { "[": { "type": "string" } } }),
+            "/components/schemas/Tags/patternProperties/[",
+        ),
+        (
+            json!({ "type": "array", "items": { "type": "string", "pattern": "\\p{Nonexistent}" } }),
+            "/components/schemas/Tags/items/pattern",
+        ),
+    ];
+    for (tags, at) in cases {
+        let p = refused(&with_schema(schema.clone(), components(tags)));
+        assert_eq!(p.kind, ProblemKind::InvalidServiceDescription, "{p:?}");
+        assert_eq!(p.extensions["at"], at, "{p:?}");
+        assert!(p.detail.contains(at), "{}", p.detail);
+    }
+}
+
+/// A pattern longer than the limit, or one whose compiled automaton would be larger than the
+/// limit, is refused at upload: the registry never builds it, nor does a node.
+#[test]
+fn patterns_are_bounded_in_length_and_compiled_size() {
+    let body = |pattern: &str| {
+        with_schema(
+            json!({ "type": "object", "x-enlace-class": "public",
+                "properties": { "name": { "type": "string", "pattern": pattern } } }),
+            json!({}),
+        )
+    };
+    let long = "a".repeat(crate::validate::MAX_PATTERN_BYTES + 1);
+    let p = refused(&body(&long));
+    assert!(p.detail.contains("bytes; the limit is"), "{}", p.detail);
+    assert_eq!(
+        p.extensions["at"],
+        "/paths/~1x/get/responses/200/content/application~1json/schema/properties/name/pattern"
+    );
+    // Short to write, megabytes to compile: a Unicode class repeated.
+    let p = refused(&body("^(\\p{L}[0-9]){300}$"));
+    assert!(p.detail.contains("cannot be compiled"), "{}", p.detail);
+    // Within both limits.
+    parse(&body("^[0-9]{1,8}-[0-9Kk]$")).unwrap();
+    parse(&body(&"a".repeat(crate::validate::MAX_PATTERN_BYTES))).unwrap();
+}
+
+/// Patterns in the compatibility report: on a request input, one added or changed is a break
+/// and one removed is not; on a response field, any change is a break.
+#[test]
+fn patterns_count_in_compatibility() {
+    let v = |param: Value, body: Value, field: Value| {
+        parse(&doc(json!({
+            "openapi": "3.0.3",
+            "info": { "title": "t", "version": "1" },
+            "paths": { "/x": { "post": {
+                "operationId": "postX",
+                "parameters": [{ "name": "q", "in": "query", "schema": param }],
+                "requestBody": { "content": { "application/json": { "schema": {
+                    "type": "object", "properties": { "code": body } } } } },
+                "responses": { "200": { "description": "ok",
+                    "content": { "application/json": { "schema": {
+                        "type": "object", "x-enlace-class": "public",
+                        "properties": { "name": field } } } } } }
+            } } }
+        })))
+        .unwrap()
+    };
+    let plain = json!({ "type": "string" });
+    let digits = json!({ "type": "string", "pattern": "^[0-9]+$" });
+    let letters = json!({ "type": "string", "pattern": "^[a-z]+$" });
+    let kinds = |old: &Description, new: &Description| {
+        compatibility(old, new)
+            .into_iter()
+            .map(|b| (b.kind, b.item.unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    let base = v(plain.clone(), plain.clone(), plain.clone());
+    assert_eq!(kinds(&base, &base), []);
+
+    // Added on each side.
+    let brk = |item: &str| ("pattern-changed".to_string(), item.to_string());
+    assert_eq!(
+        kinds(&base, &v(digits.clone(), plain.clone(), plain.clone())),
+        [brk("q")]
+    );
+    assert_eq!(
+        kinds(&base, &v(plain.clone(), digits.clone(), plain.clone())),
+        [brk("/code")]
+    );
+    assert_eq!(
+        kinds(&base, &v(plain.clone(), plain.clone(), digits.clone())),
+        [brk("/name")]
+    );
+    // Changed: a different pattern is a break even on the request side.
+    let all_digits = v(digits.clone(), digits.clone(), digits.clone());
+    assert_eq!(
+        kinds(
+            &all_digits,
+            &v(letters.clone(), letters.clone(), letters.clone())
+        ),
+        [brk("/name"), brk("q"), brk("/code")]
+    );
+    // Removed: compatible for requests, a break for the response field.
+    assert_eq!(kinds(&all_digits, &base), [brk("/name")]);
+    // Items of an array parameter count as the parameter's own.
+    let array = |items: Value| json!({ "type": "array", "items": items });
+    assert_eq!(
+        kinds(
+            &v(array(plain.clone()), plain.clone(), plain.clone()),
+            &v(array(digits.clone()), plain.clone(), plain.clone())
+        ),
+        [brk("q")]
+    );
+    let detail = &compatibility(&base, &v(digits.clone(), plain.clone(), plain.clone()))[0].detail;
+    assert!(detail.contains("`^[0-9]+$`"), "{detail}");
 }
 
 /// Deeply nested YAML flow collections are refused before the YAML parser sees them: the

@@ -79,6 +79,7 @@ fn personas_descriptor_set_parses() {
             required: false,
             ty: "string".into(),
             subject: Some("CL-RUN".into()),
+            patterns: Vec::new(),
         }]
     );
     assert_eq!(

@@ -1531,3 +1531,88 @@ async fn answers_match_the_registry_openapi_document() {
     }
     assert!(checked > 0, "no description listed");
 }
+
+/// Issue 10: a `pattern` that is no regular expression was accepted (201) and then failed
+/// every call through the nodes (422); a minor version adding a pattern to a response field
+/// was accepted and then failed every call (502). Both are refused at upload now.
+#[tokio::test]
+async fn patterns_are_compiled_at_upload_and_a_new_one_is_a_break() {
+    let r = start_registry().await;
+    let rc = member_with_token(&r, RC, "RC").await;
+    approved_subsystem(&r, &rc, demo::PROVIDER_SUBSYSTEM).await;
+    let v1: Value = serde_json::from_slice(&sample("personas-v1.json")).unwrap();
+    upload(
+        &r,
+        &rc,
+        demo::PERSONAS,
+        "v1",
+        "application/json",
+        &serde_json::to_vec(&v1).unwrap(),
+    )
+    .await
+    .ok(201);
+    let with_name_pattern = |pattern: &str| {
+        let mut d = v1.clone();
+        d["components"]["schemas"]["Person"]["properties"]["name"]["pattern"] = json!(pattern);
+        serde_json::to_vec(&d).unwrap()
+    };
+    let at = "/components/schemas/Person/properties/name/pattern";
+    for bad in ["(", "\\p{Nonexistent}"] {
+        let reply = upload(
+            &r,
+            &rc,
+            demo::PERSONAS,
+            "v1.1",
+            "application/json",
+            &with_name_pattern(bad),
+        )
+        .await;
+        let p = reply.problem("invalid-service-description", 422);
+        assert_eq!(p["at"], at, "{bad}: {p:#}");
+        let detail = p["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(at) && detail.contains("cannot be compiled"),
+            "{detail}"
+        );
+    }
+    // A pattern that compiles, new on a response field, is a break within the major version.
+    let reply = upload(
+        &r,
+        &rc,
+        demo::PERSONAS,
+        "v1.1",
+        "application/json",
+        &with_name_pattern("^[0-9]+$"),
+    )
+    .await;
+    let p = reply.problem("incompatible-version", 409);
+    let breaks: Vec<(&str, &str)> = p["breaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["kind"].as_str().unwrap(),
+                b["item"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(breaks, [("pattern-changed", "/name")], "{p:#}");
+    // Nothing was published by the refusals: v1.1 is still free, and a minor version that only
+    // drops the path parameter's pattern (more requests pass) is compatible.
+    let mut looser = v1.clone();
+    looser["components"]["parameters"]["Run"]["schema"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pattern");
+    upload(
+        &r,
+        &rc,
+        demo::PERSONAS,
+        "v1.1",
+        "application/json",
+        &serde_json::to_vec(&looser).unwrap(),
+    )
+    .await
+    .ok(201);
+}

@@ -1046,3 +1046,72 @@ async fn a_request_captured_before_a_provider_restart_cannot_be_replayed_after_i
     assert_eq!(body["type"], "urn:enlace:problem:replay");
     f.stop().await;
 }
+
+/// The consumer listener describes itself: `/meta/openapi.json` is served without a token (as
+/// the registry's `/openapi.json` is), and the metaservices answer what it says they answer.
+#[tokio::test]
+async fn the_consumer_listener_serves_its_openapi_document_and_answers_match_it() {
+    let f = TestFederation::start().await;
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = f.registry.http.get(format!("{}{path}", f.consumer_url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+            (status, ct, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, ct, doc) = get("/meta/openapi.json", None).await;
+    assert_eq!((status, ct.as_str()), (200, "application/json"));
+    assert_eq!(doc["openapi"], "3.1.0");
+    let response_schema = |path: &str| {
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "components": doc["components"],
+            "allOf": [doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]],
+        });
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .offline()
+            .build(&schema)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    for path in ["/meta/members", "/meta/services", "/meta/allowed"] {
+        let (status, ct, body) = get(path, Some(&f.client_token)).await;
+        assert_eq!((status, ct.as_str()), (200, "application/json"), "{path}");
+        let errors: Vec<String> = response_schema(path)
+            .iter_errors(&body)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{path}: {errors:?}\n{body:#}");
+    }
+    // Everything else still needs the backend's token, and says so with a problem.
+    let (status, ct, body) = get("/meta/members", None).await;
+    assert_eq!((status, ct.as_str()), (401, "application/problem+json"));
+    assert!(body["detail"].is_string());
+
+    // The admin listener describes itself too, and `/healthz` says what its body is.
+    let admin = format!("http://{}", f.consumer.admin_addr);
+    let resp = f
+        .registry
+        .http
+        .get(format!("{admin}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let admin_doc: Value = resp.json().await.unwrap();
+    assert!(admin_doc["paths"]["/readyz"]["get"].is_object());
+    let health = f
+        .registry
+        .http
+        .get(format!("{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.headers()["content-type"], "text/plain");
+    f.stop().await;
+}
