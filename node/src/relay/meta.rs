@@ -134,11 +134,15 @@ async fn meta(
     }
 }
 
-/// The admin listener: liveness and readiness (a verified, unexpired configuration).
+/// The admin listener: liveness and readiness (a verified, unexpired configuration, and a
+/// clock that agrees with the registry's).
 pub async fn admin(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => Response::new(Full::new(Bytes::from_static(b"ok"))),
         "/readyz" => match node.snapshot() {
+            Ok(_) if let Some(p) = node.config.registry_offset().problem() => {
+                problem_response(&p, None)
+            }
             Ok(s) => json_response(
                 &json!({"ready": true, "serial": s.config.serial, "expires_at": enlace_core::rfc3339(s.config.expires_at)}),
             ),
