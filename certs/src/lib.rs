@@ -19,6 +19,7 @@ mod error;
 mod inspect;
 pub mod io;
 mod signing;
+pub mod strict_http1;
 mod tls;
 
 #[cfg(test)]

@@ -96,6 +96,8 @@ kinds! {
     ConfigSignatureInvalid = ("configuration-signature-invalid", 502, 16, PeerNode, "Configuration signature invalid"),
     ConfigReplayed = ("configuration-replayed", 502, 9, PeerNode, "Configuration older than one already seen"),
     ConfigurationExpired = ("configuration-expired", 503, 14, ThisNode, "Configuration expired"),
+    /// This node's clock differs from the registry's by more than the tolerance.
+    ClockSkew = ("clock-skew", 503, 14, ThisNode, "This node's clock is off"),
     UnknownService = ("unknown-service", 404, 5, Client, "Unknown service"),
     ContractMissing = ("contract-missing", 403, 7, Client, "No contract"),
     ContractExpired = ("contract-expired", 403, 7, Client, "Contract expired"),

@@ -14,6 +14,8 @@ use enlace_core::problem::{Problem, ProblemKind};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use crate::clock::{Clock, RegistryOffset};
+
 /// Longest pause between two fetches while the registry is unreachable and the cached
 /// configuration is still valid.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -117,6 +119,16 @@ fn claimed_issue_time(signed: &SignedConfig) -> Option<OffsetDateTime> {
     Some(cfg.issued_at)
 }
 
+/// An HTTP `Date` (IMF-fixdate, RFC 9110 §5.6.7: `Sun, 06 Nov 1994 08:49:37 GMT`).
+fn parse_http_date(value: &str) -> Option<OffsetDateTime> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::PrimitiveDateTime::parse(value, &format)
+        .ok()
+        .map(time::PrimitiveDateTime::assume_utc)
+}
+
 /// An HTTP client for the registry. Over `https://` the registry's certificate must chain to the
 /// federation CA (the node's only anchor); no system roots are consulted.
 pub fn registry_client(
@@ -147,18 +159,34 @@ pub struct ConfigSource {
     pub cache_path: PathBuf,
 }
 
+/// How far this node's clock may differ from the registry's when no tolerance is given.
+pub const DEFAULT_CLOCK_TOLERANCE_SECS: i64 = 30;
+
 /// Follows the registry's configuration and hands out the current one.
 pub struct ConfigClient {
     source: ConfigSource,
     anchors: TrustStore,
     http: reqwest::Client,
     current: watch::Sender<Option<Arc<GlobalConfig>>>,
+    clock: Clock,
+    /// This node's clock against the registry's, measured at each fetch.
+    offset: RegistryOffset,
 }
 
 impl ConfigClient {
     /// Builds the client and loads the cached configuration, if any verifies (expired is fine:
     /// it is kept to be replaced, and [`ConfigClient::current`] refuses it).
     pub fn new(source: ConfigSource) -> Result<Arc<ConfigClient>, Problem> {
+        Self::with_clock(source, Clock::system(), DEFAULT_CLOCK_TOLERANCE_SECS)
+    }
+
+    /// As [`ConfigClient::new`], reading the time from `clock`; this node's clock counts as
+    /// wrong when it is more than `tolerance_secs` from the registry's.
+    pub fn with_clock(
+        source: ConfigSource,
+        clock: Clock,
+        tolerance_secs: i64,
+    ) -> Result<Arc<ConfigClient>, Problem> {
         let anchors = TrustStore::new(&source.anchors, None)?;
         let http = registry_client(&source.registry_url, &anchors)?;
         let client = Arc::new(ConfigClient {
@@ -166,11 +194,13 @@ impl ConfigClient {
             anchors,
             http,
             current: watch::channel(None).0,
+            clock,
+            offset: RegistryOffset::new(tolerance_secs),
         });
         if let Ok(bytes) = std::fs::read(&client.source.cache_path) {
             match serde_json::from_slice::<SignedConfig>(&bytes)
                 .map_err(|e| bad_signature(e.to_string()))
-                .and_then(|s| client.verify_at(&s, 0, OffsetDateTime::now_utc()))
+                .and_then(|s| client.verify_at(&s, 0, client.clock.now()))
             {
                 Ok(cfg) => {
                     client.current.send_replace(Some(Arc::new(cfg)));
@@ -214,15 +244,31 @@ impl ConfigClient {
         self.current.borrow().as_ref().map_or(0, |c| c.serial)
     }
 
-    /// The current configuration, or `configuration-expired` (fail closed).
+    /// The node's time source.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// This node's clock against the registry's, as last measured.
+    pub fn registry_offset(&self) -> &RegistryOffset {
+        &self.offset
+    }
+
+    /// The current configuration, or `configuration-expired` (fail closed); `clock-skew`
+    /// instead when there is none to use because this node's clock is off.
     pub fn current(&self) -> Result<Arc<GlobalConfig>, Problem> {
         let cfg = self.current.borrow().clone().ok_or_else(|| {
-            Problem::new(
-                ProblemKind::ConfigurationExpired,
-                "no verified configuration yet",
-            )
+            self.offset.problem().unwrap_or_else(|| {
+                Problem::new(
+                    ProblemKind::ConfigurationExpired,
+                    "no verified configuration yet",
+                )
+            })
         })?;
-        if cfg.expires_at <= OffsetDateTime::now_utc() {
+        if cfg.expires_at <= self.clock.now() {
+            if let Some(p) = self.offset.problem() {
+                return Err(p);
+            }
             return Err(Problem::new(
                 ProblemKind::ConfigurationExpired,
                 format!(
@@ -263,6 +309,7 @@ impl ConfigClient {
             .send()
             .await
             .map_err(unreachable)?;
+        self.measure_offset(resp.headers());
         if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(false);
         }
@@ -290,7 +337,9 @@ impl ConfigClient {
         }
         let signed: SignedConfig = serde_json::from_slice(&bytes)
             .map_err(|e| bad_signature(format!("not a signed configuration: {e}")))?;
-        let cfg = self.verify_at(&signed, serial, OffsetDateTime::now_utc())?;
+        let cfg = self
+            .verify_at(&signed, serial, self.clock.now())
+            .map_err(|p| self.clock_or(p))?;
         if cfg.serial == serial {
             return Ok(false);
         }
@@ -298,6 +347,30 @@ impl ConfigClient {
         tracing::info!(serial = cfg.serial, "new configuration");
         self.current.send_replace(Some(Arc::new(cfg)));
         Ok(true)
+    }
+
+    /// Compares this node's clock with the registry's `Date`.
+    fn measure_offset(&self, headers: &reqwest::header::HeaderMap) {
+        let date = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date);
+        match date {
+            Some(date) => self.offset.record(self.clock.now(), date),
+            None => tracing::debug!("registry answer without a usable date"),
+        }
+    }
+
+    /// A configuration refused for its times (issued in the future, expired) is this node's
+    /// clock's fault when that clock is known to be off: say so instead.
+    fn clock_or(&self, p: Problem) -> Problem {
+        let about_time = p.kind == ProblemKind::ConfigurationExpired
+            || (p.kind == ProblemKind::ConfigSignatureInvalid
+                && p.detail.contains("in the future"));
+        match self.offset.problem() {
+            Some(clock) if about_time => clock.with("refused", p.detail),
+            _ => p,
+        }
     }
 
     fn write_cache(&self, bytes: &[u8]) -> Result<(), Problem> {
@@ -343,5 +416,16 @@ impl ConfigClient {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_http_date_parses_and_other_text_does_not() {
+        let d = super::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(d.unix_timestamp(), 784_111_777);
+        assert!(super::parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT").is_none());
+        assert!(super::parse_http_date("").is_none());
     }
 }

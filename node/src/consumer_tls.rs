@@ -65,7 +65,8 @@ pub async fn serve<F, Fut, B>(
                         async move { Ok::<_, Infallible>(handler(req, remote).await) }
                     });
                     let builder = crate::net::http_server_builder();
-                    let stream = enlace_certs::io::FirstReadDeadline::new(tls_stream, crate::net::HEADER_READ_TIMEOUT);
+                    let stream = enlace_certs::strict_http1::StrictHttp1::new(tls_stream);
+                    let stream = enlace_certs::io::FirstReadDeadline::new(stream, crate::net::HEADER_READ_TIMEOUT);
                     let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "backend connection ended");

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod bundle;
+pub mod clock;
 pub mod config;
 pub mod consumer_tls;
 pub mod msglog;

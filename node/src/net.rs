@@ -253,10 +253,13 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn http_server_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     use hyper_util::rt::TokioTimer;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Half-close: a read that ends (a client that shut its side, or a request refused by
+    // `StrictHttp1`, which ends the stream there) still gets the answers owed before it.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .half_close(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -290,6 +293,7 @@ pub async fn serve_plain<F, Fut, B>(
                     async move { Ok::<_, Infallible>(handler(req, remote).await) }
                 });
                 let builder = http_server_builder();
+                let stream = enlace_certs::strict_http1::StrictHttp1::new(stream);
                 let stream = enlace_certs::io::FirstReadDeadline::new(stream, HEADER_READ_TIMEOUT);
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);

@@ -132,7 +132,8 @@ pub struct Limits {
     /// Largest total of request header bytes accepted.
     #[serde(default = "default_max_headers")]
     pub max_header_bytes: usize,
-    /// How far a signature's `created` may be from our clock, seconds.
+    /// How far a signature's `created` may be from our clock, and our clock from the
+    /// registry's before this node reports `clock-skew`, seconds.
     #[serde(default = "default_skew")]
     pub clock_skew_secs: i64,
     /// How long to wait for the peer node or the provider backend, milliseconds.

@@ -372,6 +372,7 @@ async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     use enlace_certs::io::FirstReadDeadline;
+    use enlace_certs::strict_http1::StrictHttp1;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
@@ -398,10 +399,13 @@ async fn serve(
                     builder
                         .http1()
                         .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT);
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        // The answers owed before a refused request (which ends the stream
+                        // there) or a client's half-close still go out.
+                        .half_close(true);
                     let result = match tls {
                         None => {
-                            let stream = FirstReadDeadline::new(stream, HEADER_READ_TIMEOUT);
+                            let stream = FirstReadDeadline::new(StrictHttp1::new(stream), HEADER_READ_TIMEOUT);
                             watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await
                         }
                         Some(acceptor) => {
@@ -410,7 +414,7 @@ async fn serve(
                                 tracing::info!(%remote, "registry: TLS handshake failed or timed out");
                                 return;
                             };
-                            let stream = FirstReadDeadline::new(tls_stream, HEADER_READ_TIMEOUT);
+                            let stream = FirstReadDeadline::new(StrictHttp1::new(tls_stream), HEADER_READ_TIMEOUT);
                             watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await
                         }
                     };

@@ -2,6 +2,7 @@
 //! ephemeral loopback ports, talked to over real HTTP.
 #![forbid(unsafe_code)]
 
+pub use enlace_node::clock::Clock;
 use enlace_registry::{RegistryConfig, RunningRegistry, demo};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -262,6 +263,12 @@ pub fn node_settings(
     }
 }
 
+/// A clock `secs` seconds ahead of the system's (behind when negative), for a node whose
+/// clock is off.
+pub fn shifted_clock(secs: i64) -> Clock {
+    Clock::from_fn(move || time::OffsetDateTime::now_utc() + time::Duration::seconds(secs))
+}
+
 pub fn sha256_hex(s: &str) -> String {
     enlace_description::sha256_hex(s.as_bytes())
 }
@@ -286,6 +293,12 @@ impl TestFederation {
         Self::start_inner(validity_secs, adjust, false).await
     }
 
+    /// The federation with each node reading its own clock: `provider`'s and `consumer`'s
+    /// (see [`shifted_clock`]) instead of the system's.
+    pub async fn start_with_clocks(provider: Clock, consumer: Clock) -> TestFederation {
+        Self::start_clocked(120, |_, _| {}, false, [provider, consumer]).await
+    }
+
     /// The federation with the `personas-grpc` contract, and the sample gRPC backend behind
     /// the provider node (`h2c://`), besides the REST one.
     pub async fn start_grpc(
@@ -298,6 +311,16 @@ impl TestFederation {
         validity_secs: u64,
         adjust: impl Fn(&mut enlace_node::settings::NodeSettings, bool),
         with_grpc: bool,
+    ) -> TestFederation {
+        let system = [Clock::system(), Clock::system()];
+        Self::start_clocked(validity_secs, adjust, with_grpc, system).await
+    }
+
+    async fn start_clocked(
+        validity_secs: u64,
+        adjust: impl Fn(&mut enlace_node::settings::NodeSettings, bool),
+        with_grpc: bool,
+        [provider_clock, consumer_clock]: [Clock; 2],
     ) -> TestFederation {
         // A port below the ephemeral range, so the registry can be restarted on it.
         let registry = start_registry_on(
@@ -383,10 +406,12 @@ impl TestFederation {
         );
         adjust(&mut c, false);
         let wait = std::time::Duration::from_secs(10);
-        let provider = enlace_node::relay::start(p.check().expect("provider settings"), wait)
+        let checked = p.check().expect("provider settings");
+        let provider = enlace_node::relay::start_with_clock(checked, wait, provider_clock)
             .await
             .expect("provider node starts");
-        let consumer = enlace_node::relay::start(c.check().expect("consumer settings"), wait)
+        let checked = c.check().expect("consumer settings");
+        let consumer = enlace_node::relay::start_with_clock(checked, wait, consumer_clock)
             .await
             .expect("consumer node starts");
         let consumer_url = format!("http://{}", consumer.consumer_addr);

@@ -82,7 +82,8 @@ pub(crate) fn record(
     // The authorisation the exchange relied on, or why the one it carried was not accepted.
     let (authorisation, authorisation_refused) =
         super::disclosure::outcome(node, ctx, ex.contract).for_record();
-    let at = time::OffsetDateTime::now_utc()
+    let at = node
+        .now()
         .replace_nanosecond(0)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
         .format(&time::format_description::well_known::Rfc3339)

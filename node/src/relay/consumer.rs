@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::context::{self, Context};
-use super::{Node, Snapshot, problem_response, unix_now};
+use super::{Node, Snapshot, problem_response};
 use crate::msglog::{Record, RecordKind};
 use crate::net::{Body, read_body};
 use crate::signature;
@@ -49,7 +49,7 @@ pub(crate) async fn refuse_outside_exchange(
     client: Option<&SubsystemId>,
     problem: Problem,
 ) -> Response<Body> {
-    let message_id = uuid::Uuid::now_v7().to_string();
+    let message_id = node.new_message_id();
     tracing::info!(%message_id, client = ?client.map(|c| c.to_string()), path = %uri.path(), problem = problem.kind.slug(), detail = %problem.detail, "request refused");
     let about = About {
         message_id: &message_id,
@@ -83,7 +83,7 @@ struct Trace {
 
 async fn exchange(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let mut trace = Trace {
-        message_id: uuid::Uuid::now_v7().to_string(),
+        message_id: node.new_message_id(),
         client: None,
         context: None,
         service: String::new(),
@@ -257,10 +257,14 @@ async fn run(
             }
             node.peer_keys(&snap, keyid)
         },
-        unix_now(),
+        node.unix_now(),
         limits.clock_skew_secs,
     )
-    .map_err(|p| p.caused_by(Culprit::PeerNode))?;
+    .map_err(|p| {
+        node.config
+            .registry_offset()
+            .blame_stale(p.caused_by(Culprit::PeerNode))
+    })?;
 
     let mut rec = base_record(trace, RecordKind::ResponseIn, rparts.status.as_u16());
     fill_signature(&mut rec, &rparts.headers, false);
@@ -729,7 +733,7 @@ fn sign_request(
     let (input, sig) = signature::sign_request_covering(
         &node.signing_key.current(),
         &node.settings.id.to_string(),
-        unix_now(),
+        node.unix_now(),
         signature::Message::request(&method, &uri, &headers),
         declared,
     )?;

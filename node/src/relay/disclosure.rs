@@ -173,7 +173,7 @@ pub(crate) fn outcome(node: &Node, ctx: &Context, contract: &Contract) -> Outcom
         subject: &subject,
         contract: contract.id.as_str(),
         procedure: ctx.procedure.as_deref(),
-        now: time::OffsetDateTime::now_utc().unix_timestamp(),
+        now: node.unix_now(),
     };
     if let Err(r) = authorisation::check_claims(&claims, &expected) {
         return Outcome::Refused(r);

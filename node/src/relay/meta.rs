@@ -150,7 +150,8 @@ async fn meta(
 }
 
 /// The admin listener: liveness and readiness (a verified, unexpired configuration, and a
-/// message log whose last commit succeeded), and its OpenAPI document.
+/// message log whose last commit succeeded, and a clock that agrees with the registry's), and
+/// its OpenAPI document.
 pub async fn admin(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => {
@@ -170,6 +171,9 @@ pub async fn admin(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             resp
         }
         "/readyz" => match node.log.unavailable().map_or_else(|| node.snapshot(), Err) {
+            Ok(_) if let Some(p) = node.config.registry_offset().problem() => {
+                problem_response(&p, None)
+            }
             Ok(s) => json_response(
                 &json!({"ready": true, "serial": s.config.serial, "expires_at": enlace_core::rfc3339(s.config.expires_at)}),
             ),

@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::config::{ConfigClient, ConfigSource};
 use crate::msglog::{LogOptions, MessageLog};
 use crate::net::{Body, PeerPool, RelayBody, serve_mtls, serve_plain};
@@ -147,11 +148,28 @@ pub(crate) fn problem_response(p: &Problem, message_id: Option<&str>) -> Respons
     resp
 }
 
-pub(crate) fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 impl Node {
+    /// This node's clock.
+    pub(crate) fn now(&self) -> time::OffsetDateTime {
+        self.config.clock().now()
+    }
+
+    /// This node's clock, Unix seconds.
+    pub(crate) fn unix_now(&self) -> i64 {
+        self.config.clock().unix_now()
+    }
+
+    /// A new message id: a UUIDv7 of this node's clock.
+    pub(crate) fn new_message_id(&self) -> String {
+        let now = self.now();
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            now.unix_timestamp().max(0) as u64,
+            now.nanosecond(),
+        );
+        uuid::Uuid::new_v7(ts).to_string()
+    }
+
     /// The current configuration snapshot, or `configuration-expired` (fail closed).
     pub(crate) fn snapshot(&self) -> Result<Arc<Snapshot>, Problem> {
         let cfg = self.config.current()?;
@@ -170,19 +188,20 @@ impl Node {
     /// one seen before within it (a replay). Ids received before a restart are loaded from the
     /// message log when the node starts, so a captured request stays refused across restarts.
     pub(crate) fn check_replay(&self, message_id: &str) -> Result<(), Problem> {
-        let now = unix_now();
+        let now = self.unix_now();
         let id = uuid::Uuid::parse_str(message_id)
             .map_err(|_| Problem::new(ProblemKind::InvalidRequest, "message id: not a UUID"))?
             .as_u128();
         let created = guard::uuid_v7_secs(id);
         if !self.replay.fresh(created, now) {
-            return Err(Problem::new(
+            let stale = Problem::new(
                 ProblemKind::Stale,
                 format!(
                     "message {message_id} was created at {created}, more than {} s from this node's clock ({now})",
                     self.settings.raw.limits.clock_skew_secs
                 ),
-            ));
+            );
+            return Err(self.config.registry_offset().blame_stale(stale));
         }
         if !self.replay.first_sighting(id, now) {
             return Err(Problem::new(
@@ -201,7 +220,7 @@ impl Node {
         let node: NodeId = keyid
             .parse()
             .map_err(|e| Problem::new(ProblemKind::SignatureInvalid, format!("keyid: {e}")))?;
-        let now = time::OffsetDateTime::now_utc();
+        let now = self.now();
         let now_s = now.unix_timestamp();
         if let Some(keys) = snap
             .peer_keys
@@ -415,9 +434,12 @@ impl Node {
 
 /// A replay guard that already knows the message ids received within the freshness window
 /// before this start (read from the message log by their UUIDv7 time).
-fn warmed_replay_guard(log: &std::path::Path, skew_secs: i64) -> anyhow::Result<ReplayGuard> {
+fn warmed_replay_guard(
+    log: &std::path::Path,
+    skew_secs: i64,
+    now: i64,
+) -> anyhow::Result<ReplayGuard> {
     let guard = ReplayGuard::new(skew_secs);
-    let now = unix_now();
     let ids = crate::msglog::received_since(log, now - skew_secs - 1)
         .map_err(|p| anyhow::anyhow!("message log {}: {p}", log.display()))?;
     let n = ids.len();
@@ -516,6 +538,16 @@ fn read(path: &std::path::Path) -> anyhow::Result<String> {
 /// Starts a node: loads keys, follows the configuration (waiting for a first verified copy
 /// up to `first_config_wait`), opens the message log, and serves.
 pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Result<RunningNode> {
+    start_with_clock(settings, first_config_wait, Clock::system()).await
+}
+
+/// As [`start`], reading the time from `clock` (the test harness runs nodes whose clocks are
+/// set ahead or behind).
+pub async fn start_with_clock(
+    settings: Checked,
+    first_config_wait: Duration,
+    clock: Clock,
+) -> anyhow::Result<RunningNode> {
     enlace_certs::install_crypto_provider();
     let raw = &settings.raw;
     std::fs::create_dir_all(&raw.data_dir)?;
@@ -524,17 +556,23 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
     let tls_key = read(&raw.tls_key_file)?;
     let signing_key = SigningKey::from_pem(&read(&raw.signing_key_file)?)
         .map_err(|p| anyhow::anyhow!("signing_key_file: {p}"))?;
-    let config = ConfigClient::new(ConfigSource {
-        registry_url: raw.registry_url.clone(),
-        instance: settings.instance.clone(),
-        anchors: vec![ca_pem.clone()],
-        cache_path: raw.data_dir.join("config.json"),
-    })?;
+    let config = ConfigClient::with_clock(
+        ConfigSource {
+            registry_url: raw.registry_url.clone(),
+            instance: settings.instance.clone(),
+            anchors: vec![ca_pem.clone()],
+            cache_path: raw.data_dir.join("config.json"),
+        },
+        clock,
+        raw.limits.clock_skew_secs,
+    )?;
     if config.current().is_err() {
         let deadline = tokio::time::Instant::now() + first_config_wait;
         while tokio::time::Instant::now() < deadline {
             match config.fetch(Duration::ZERO).await {
                 Ok(_) => break,
+                // Waiting does not set the clock.
+                Err(p) if p.kind == ProblemKind::ClockSkew => break,
                 Err(p) => {
                     tracing::warn!(problem = %p, "waiting for a first configuration");
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -582,6 +620,7 @@ pub async fn start(settings: Checked, first_config_wait: Duration) -> anyhow::Re
         replay: warmed_replay_guard(
             &raw.data_dir.join("messages.sqlite"),
             limits.clock_skew_secs,
+            config.clock().unix_now(),
         )?,
         volume,
         compiled: Mutex::new(HashMap::new()),

@@ -21,7 +21,7 @@ use super::consumer::{
     About, Target, check_contract, context_record, fill_signature, read_target, set_target,
 };
 use super::context::{self, Context};
-use super::{Node, Snapshot, problem_parts, problem_response, unix_now};
+use super::{Node, Snapshot, problem_parts, problem_response};
 use crate::msglog::{RecordKind, Usage};
 use crate::net::{Body, read_body};
 use crate::signature;
@@ -459,9 +459,10 @@ pub(crate) fn verify_signature(
             }
             node.peer_keys(snap, keyid)
         },
-        unix_now(),
+        node.unix_now(),
         node.settings.raw.limits.clock_skew_secs,
     )
+    .map_err(|p| node.config.registry_offset().blame_stale(p))
 }
 
 /// The operation's header parameters present in the request, each of which the consumer
@@ -522,7 +523,7 @@ pub(crate) fn resolve_service<'a>(
 /// Volume and single use, counted only once every other check has passed. Returns what to
 /// commit with the request's log record, so that the counts survive a restart.
 pub(crate) fn admit(node: &Node, contract: &Contract) -> Result<Vec<Usage>, Problem> {
-    let now = time::OffsetDateTime::now_utc();
+    let now = node.now();
     let mut usage = Vec::new();
     if !node
         .volume
@@ -691,7 +692,7 @@ fn sign(
     let (input, sig) = signature::sign_response(
         &node.signing_key.current(),
         &node.settings.id.to_string(),
-        unix_now(),
+        node.unix_now(),
         signature::Message::response(status, &headers),
         signature::Message::request(&parts.method, &parts.uri, &parts.headers),
     )?;

@@ -8,6 +8,7 @@ mod backend_tls;
 mod browser;
 mod citizen;
 mod citizen_page;
+mod clock;
 mod config;
 mod consent;
 mod grpc;

@@ -38,7 +38,7 @@ use crate::relay::consumer::{
     About, authenticate_backend, check_contract, context_record, read_context, set_target,
 };
 use crate::relay::context::{self, Context};
-use crate::relay::{Node, Snapshot, unix_now};
+use crate::relay::{Node, Snapshot};
 use crate::signature;
 
 /// How long a streamed call without a deadline may wait for the response head at most; its
@@ -76,7 +76,7 @@ impl Trace {
 
 async fn run(node: Arc<Node>, req: Request<Incoming>, mut reply: Reply) {
     let mut trace = Trace {
-        message_id: uuid::Uuid::now_v7().to_string(),
+        message_id: node.new_message_id(),
         client: None,
         context: None,
         service: String::new(),
@@ -215,7 +215,7 @@ pub(super) fn signer(node: &Node) -> Signer {
     Signer {
         key: node.signing_key.current(),
         keyid: node.settings.id.to_string(),
-        created: unix_now(),
+        created: node.unix_now(),
     }
 }
 
@@ -475,7 +475,10 @@ async fn exchange(
         // Its messages are released as they come: the head must verify on its own first. The
         // head of one message is held with it and checked against the final status.
         call.verifier(|v| signing::verify_response_head(&rparts.headers, &call.sent, v))
-            .map_err(|p| p.caused_by(Culprit::PeerNode))?;
+            .map_err(|p| {
+                let offset = call.node.config.registry_offset();
+                offset.blame_stale(p.caused_by(Culprit::PeerNode))
+            })?;
     }
     let mut head = HeaderMap::new();
     put(&mut head, context::MESSAGE_ID, &trace.message_id);
@@ -622,7 +625,7 @@ impl Call {
             self.node.peer_keys(&self.snap, keyid)
         };
         f(&Verifier {
-            now: unix_now(),
+            now: self.node.unix_now(),
             max_skew_secs: self.node.settings.raw.limits.clock_skew_secs,
             key_for: &key_for,
         })
@@ -661,7 +664,8 @@ impl Call {
                 match checked {
                     Ok(out) => (Some(out), None, Some(t)),
                     Err(p) => {
-                        let p = p.caused_by(Culprit::PeerNode);
+                        let offset = self.node.config.registry_offset();
+                        let p = offset.blame_stale(p.caused_by(Culprit::PeerNode));
                         tracing::warn!(message_id = %id, problem = p.kind.slug(), detail = %p.detail, "grpc response refused");
                         held = None;
                         (

@@ -47,7 +47,7 @@ use crate::relay::consumer::{
 };
 use crate::relay::context::{self, Context};
 use crate::relay::provider::{admit, read_message_id, resolve_service, verify_peer};
-use crate::relay::{Node, Snapshot, unix_now};
+use crate::relay::{Node, Snapshot};
 
 /// How long a streamed call without a deadline may wait for the backend's head at most; its
 /// idle timeout normally ends it much sooner.
@@ -448,19 +448,21 @@ async fn exchange(
         node.peer_keys(&snap, keyid)
     };
     let verifier = Verifier {
-        now: unix_now(),
+        now: node.unix_now(),
         max_skew_secs: limits.clock_skew_secs,
         key_for: &key_for,
     };
     let (whole, body) = if streamed_request {
-        signing::verify_request_head(req, None, &verifier)?;
+        signing::verify_request_head(req, None, &verifier)
+            .map_err(|p| node.config.registry_offset().blame_stale(p))?;
         (None, Some(body))
     } else {
         let read = read_body(body, limits.max_body_bytes);
         let whole = until(read, &clock, reply.closed(), &mut no_pump)
             .await
             .map_err(Problem::from)??;
-        signing::verify_request_head(req, Some(&whole), &verifier)?;
+        signing::verify_request_head(req, Some(&whole), &verifier)
+            .map_err(|p| node.config.registry_offset().blame_stale(p))?;
         (Some(whole), None)
     };
     node.check_replay(&message_id)?;
@@ -1023,7 +1025,7 @@ async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
                     node.peer_keys(&snap, keyid)
                 };
                 let verifier = Verifier {
-                    now: unix_now(),
+                    now: node.unix_now(),
                     max_skew_secs: node.settings.raw.limits.clock_skew_secs,
                     key_for: &key_for,
                 };
