@@ -97,11 +97,13 @@ static int fault(void) {
         seen = 0;
     }
     long count = ++seen;
-    pthread_mutex_unlock(&lock);
 
-    char counted[4096];
+    /* Written to a temporary file and renamed, under the lock: a reader never sees the count
+     * file empty or half written, nor an older count overwrite a newer one. */
+    char counted[4096], temporary[4096];
     snprintf(counted, sizeof counted, "%s.count", control);
-    int wfd = open(counted, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    snprintf(temporary, sizeof temporary, "%s.count.tmp", control);
+    int wfd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (wfd >= 0) {
         char digits[32];
         int len = snprintf(digits, sizeof digits, "%ld\n", count);
@@ -109,7 +111,9 @@ static int fault(void) {
             /* the count is best effort */
         }
         close(wfd);
+        rename(temporary, counted);
     }
+    pthread_mutex_unlock(&lock);
 
     if (strcmp(text, "enospc") == 0) {
         return ENOSPC;
