@@ -12,6 +12,8 @@
 //! other algorithms are refused. Header parsing is strict RFC 8941 (see `sf`): one signature per
 //! message, at most [`MAX_SIGNATURE_HEADER_LEN`] bytes per header, no unknown parameters.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod sf;
 #[cfg(test)]
 mod tests;

@@ -434,3 +434,28 @@ pub(crate) fn inner_list_to_string(items: &[Item], params: &Params) -> String {
     write_params(&mut out, params);
     out
 }
+
+/// The serialisation of a dictionary (RFC 8941 §4.1.2): a true boolean member is the bare key.
+pub(crate) fn dictionary_to_string(dict: &Dictionary) -> String {
+    let mut out = String::new();
+    for (i, (key, member)) in dict.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(key);
+        match member {
+            Member::Item(item) if item.bare == BareItem::Boolean(true) => {
+                write_params(&mut out, &item.params);
+            }
+            Member::Item(item) => {
+                out.push('=');
+                write_item(&mut out, item);
+            }
+            Member::InnerList(items, params) => {
+                out.push('=');
+                out.push_str(&inner_list_to_string(items, params));
+            }
+        }
+    }
+    out
+}

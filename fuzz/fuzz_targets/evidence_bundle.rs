@@ -1,0 +1,4 @@
+//! Fuzzes `enlace_fuzz_targets::evidence_bundle` (its invariants are documented there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| enlace_fuzz_targets::evidence_bundle(data));
