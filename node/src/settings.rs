@@ -199,11 +199,13 @@ fn default_max_connections() -> usize {
 fn default_max_connections_per_source() -> usize {
     512
 }
+// Above what one node serves on two cores (about 4,500 exchanges/s, BENCHMARKS.md): a limit
+// against a runaway backend, not a quota; set it to what each subsystem is expected to send.
 fn default_subsystem_rate() -> u32 {
-    2000
+    10_000
 }
 fn default_subsystem_burst() -> u32 {
-    4000
+    20_000
 }
 
 impl Default for Limits {

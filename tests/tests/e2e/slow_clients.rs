@@ -9,15 +9,20 @@ use enlace_tests::{TestFederation, start_registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Slow clients per listener: enough to show they do not stop others, few enough for the
-/// default descriptor limit of a test run.
-const SLOW: usize = 200;
+/// Slow clients per listener, as the issue that found the gap had them: 2,000, from five
+/// source addresses (400 each, within the per-source cap), while others come from 127.0.0.1.
+const SLOW: usize = 2000;
 
 /// Opens `SLOW` connections to `addr`: half send a partial header section, half send nothing.
 async fn slow_clients(addr: SocketAddr) -> Vec<TcpStream> {
+    // Each listener's connections and the test's own: more than the default soft limit.
+    enlace_limits::raise_descriptor_limit();
     let mut held = Vec::new();
     for i in 0..SLOW {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        let source = SocketAddr::from(([127, 0, 0, 10 + (i % 5) as u8], 0));
+        sock.bind(source).expect("bind");
+        let mut s = sock.connect(addr).await.expect("connect");
         if i % 2 == 0 {
             s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                 .await
