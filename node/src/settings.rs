@@ -193,11 +193,14 @@ fn default_max_grpc_message() -> usize {
 fn default_grpc_idle() -> u64 {
     60_000
 }
+// A node's listeners serve the institution's own backends (consumer) and a few peer nodes
+// (provider): one backend host may well hold a thousand connections; 2,048 is an eighth of the
+// listener, the most one source may take.
 fn default_max_connections() -> usize {
-    4096
+    16_384
 }
 fn default_max_connections_per_source() -> usize {
-    512
+    2048
 }
 // Above what one node serves on two cores (about 4,500 exchanges/s, BENCHMARKS.md): a limit
 // against a runaway backend, not a quota; set it to what each subsystem is expected to send.
