@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Enlace's test command: installs what the tests need from Debian's packages (as root; otherwise
-# it says what to install) and runs the whole suite. The README names it and `.ci/run` calls it.
+# it says what to install) and runs the whole suite: the workspace's tests, then the API fuzzing
+# of the registry and the node (.ci/schemathesis.sh), then every fuzz target for a bounded time
+# (.ci/fuzz.sh). The README names it and `.ci/run` calls it.
 # Needs the Rust toolchain and the machine's Python; every test runs on loopback.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,3 +33,6 @@ cargo test --workspace 2>&1 | tee "$log"
 passed=$(grep -E '^test result: ok\.' "$log" | awk '{s+=$4} END {print s+0}')
 echo "== ${passed} tests passed"
 [ "${passed}" -gt 0 ]
+
+./.ci/schemathesis.sh
+./.ci/fuzz.sh
