@@ -13,6 +13,7 @@ use enlace_core::problem::Problem;
 use jsonschema::{Draft, PatternOptions, ValidationOptions};
 use serde_json::{Value, json};
 
+use super::schema::{LIST, MAP, ONE};
 use super::{escape, invalid};
 
 /// Longest `pattern` accepted, in bytes.
@@ -24,25 +25,7 @@ const BACKTRACK_LIMIT: usize = 100_000;
 /// Transition cache of one regex's lazy DFA, in bytes (`regex`'s default is 2 MiB).
 const DFA_CACHE_BYTES: usize = 1 << 20;
 
-/// Keywords whose value is one schema.
-const ONE: [&str; 12] = [
-    "additionalProperties",
-    "not",
-    "if",
-    "then",
-    "else",
-    "propertyNames",
-    "contains",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-    "contentSchema",
-    "additionalItems",
-    "items",
-];
-/// Keywords whose value is an array of schemas (`items` too, in its tuple form).
-const LIST: [&str; 5] = ["allOf", "anyOf", "oneOf", "prefixItems", "items"];
-/// Keywords whose value is an object of schemas.
-const MAP: [&str; 3] = ["properties", "patternProperties", "dependentSchemas"];
+// The schema keywords walked are the ones the schema rewrite walks (`schema.rs`).
 
 /// The validator options for every schema: 2020-12, offline, formats asserted, and the regex
 /// engine with its limits.
@@ -105,7 +88,8 @@ pub(super) fn check(
             if ONE.contains(&k.as_str()) {
                 stack.push((val, k_at.clone()));
             }
-            if LIST.contains(&k.as_str())
+            // `items` in its tuple form is an array of schemas too.
+            if (LIST.contains(&k.as_str()) || k == "items")
                 && let Value::Array(list) = val
             {
                 for (i, s) in list.iter().enumerate() {

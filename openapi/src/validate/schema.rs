@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 /// Keywords whose value is one schema.
-const ONE: [&str; 12] = [
+pub(super) const ONE: [&str; 12] = [
     "additionalProperties",
     "not",
     "if",
@@ -24,9 +24,9 @@ const ONE: [&str; 12] = [
     "items",
 ];
 /// Keywords whose value is an array of schemas.
-const LIST: [&str; 4] = ["allOf", "anyOf", "oneOf", "prefixItems"];
+pub(super) const LIST: [&str; 4] = ["allOf", "anyOf", "oneOf", "prefixItems"];
 /// Keywords whose value is an object of schemas.
-const MAP: [&str; 3] = ["properties", "patternProperties", "dependentSchemas"];
+pub(super) const MAP: [&str; 3] = ["properties", "patternProperties", "dependentSchemas"];
 /// Keywords dropped from every schema.
 const DROPPED: [&str; 12] = [
     "$schema",
