@@ -557,6 +557,9 @@ impl Answer {
 }
 
 /// Lines of a process's stderr about its log not committing (or any error or warning).
+/// The lines a node wrote about the storage condition: its errors and warnings, less the ones
+/// every start may print whatever the disk does (the descriptor limit lowering the connection
+/// caps on a host whose limit is under the defaults).
 fn condition_lines(stderr: &str) -> Vec<&str> {
     stderr
         .lines()
@@ -566,6 +569,7 @@ fn condition_lines(stderr: &str) -> Vec<&str> {
                 || l.contains("cannot commit")
                 || l.contains("log-unavailable")
         })
+        .filter(|l| !l.contains("enlace_limits::connections"))
         .collect()
 }
 
