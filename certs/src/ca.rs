@@ -16,8 +16,9 @@ use time::{Duration, OffsetDateTime};
 
 use crate::csr::verify_csr;
 use crate::encoding;
-use crate::error::{Result, internal, invalid};
+use crate::error::{Result, invalid};
 use crate::inspect::{KeyAlgorithm, info_of, parse_der};
+use enlace_core::problem::Problem;
 
 /// Prefix of the URI SAN of a registry's signing certificate.
 pub const REGISTRY_URI_PREFIX: &str = "urn:enlace:registry:";
@@ -158,7 +159,7 @@ impl Profile<'_> {
 fn uri_san(uri: &str) -> Result<SanType> {
     let s = uri
         .try_into()
-        .map_err(|e| internal(format!("URI SAN `{uri}`: {e}")))?;
+        .map_err(|e| Problem::internal(format!("URI SAN `{uri}`: {e}")))?;
     Ok(SanType::URI(s))
 }
 
@@ -180,7 +181,8 @@ fn host_san(name: &str) -> Result<SanType> {
 /// A random positive 16-byte serial whose DER encoding is exactly 16 bytes.
 fn random_serial() -> Result<SerialNumber> {
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| internal("no randomness for a serial"))?;
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| Problem::internal("no randomness for a serial"))?;
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     Ok(SerialNumber::from_slice(&bytes))
 }
@@ -211,7 +213,7 @@ impl FederationCa {
             return Err(invalid("CA validity must be positive"));
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| internal(format!("generating the CA key: {e}")))?;
+            .map_err(|e| Problem::internal(format!("generating the CA key: {e}")))?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -235,7 +237,7 @@ impl FederationCa {
         params.serial_number = Some(random_serial()?);
         let cert = params
             .self_signed(&key)
-            .map_err(|e| internal(format!("self-signing the CA: {e}")))?;
+            .map_err(|e| Problem::internal(format!("self-signing the CA: {e}")))?;
         Ok(FederationCa {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -422,9 +424,9 @@ impl FederationCa {
         params.not_before = not_before;
         params.not_after = not_after;
         params.serial_number = Some(random_serial()?);
-        let cert = params
-            .signed_by(&public_key, &self.issuer)
-            .map_err(|e| internal(format!("signing the {} certificate: {e}", profile.name())))?;
+        let cert = params.signed_by(&public_key, &self.issuer).map_err(|e| {
+            Problem::internal(format!("signing the {} certificate: {e}", profile.name()))
+        })?;
 
         let info = info_of(&parse_der(cert.der())?)?;
         Ok(IssuedCert {
@@ -469,7 +471,7 @@ impl FederationCa {
         params
             .signed_by(&self.issuer)
             .and_then(|crl| crl.pem())
-            .map_err(|e| internal(format!("signing the CRL: {e}")))
+            .map_err(|e| Problem::internal(format!("signing the CRL: {e}")))
     }
 }
 

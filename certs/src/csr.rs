@@ -8,8 +8,9 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
 use crate::encoding;
-use crate::error::{Result, internal, invalid};
+use crate::error::{Result, invalid};
 use crate::inspect::KeyAlgorithm;
+use enlace_core::problem::Problem;
 
 /// A new node's private keys and the CSRs to send to the federation CA.
 ///
@@ -42,12 +43,12 @@ impl fmt::Debug for NodeKeys {
 pub fn node_init(node: &NodeId) -> Result<NodeKeys> {
     let cn = node.to_string();
     let tls = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| internal(format!("generating the TLS key: {e}")))?;
+        .map_err(|e| Problem::internal(format!("generating the TLS key: {e}")))?;
     // Written as PKCS#8 v1, which OpenSSL 3.0 and Python's `cryptography` read (rcgen would
     // write v2, with the public key inside).
     let signing_pem = crate::SigningKey::generate()?.to_pem().to_string();
     let signing = KeyPair::from_pem(&signing_pem)
-        .map_err(|e| internal(format!("reading the new signing key: {e}")))?;
+        .map_err(|e| Problem::internal(format!("reading the new signing key: {e}")))?;
     Ok(NodeKeys {
         tls_csr_pem: csr_with(&tls, &cn)?,
         tls_key_pem: tls.serialize_pem(),
@@ -74,7 +75,7 @@ fn csr_with(key: &KeyPair, cn: &str) -> Result<String> {
     params
         .serialize_request(key)
         .and_then(|csr| csr.pem())
-        .map_err(|e| internal(format!("encoding the CSR: {e}")))
+        .map_err(|e| Problem::internal(format!("encoding the CSR: {e}")))
 }
 
 /// A CSR whose self-signature verified: the only thing the CA takes from it is the public key.
@@ -107,6 +108,6 @@ pub(crate) fn verify_csr(csr_pem: &str) -> Result<VerifiedCsr> {
 /// the registry's HTTPS listener.
 pub fn server_key_and_csr(cn: &str) -> Result<(String, String)> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| internal(format!("generating the TLS key: {e}")))?;
+        .map_err(|e| Problem::internal(format!("generating the TLS key: {e}")))?;
     Ok((key.serialize_pem(), csr_with(&key, cn)?))
 }

@@ -15,11 +15,6 @@ pub(crate) fn unauthenticated(detail: impl Into<String>) -> Problem {
     Problem::new(ProblemKind::Unauthenticated, detail)
 }
 
-/// Our own failure: key generation, certificate encoding.
-pub(crate) fn internal(detail: impl Into<String>) -> Problem {
-    Problem::new(ProblemKind::Internal, detail)
-}
-
 /// Input larger than we are willing to parse.
 pub(crate) fn too_large(what: &str, len: usize, max: usize) -> Problem {
     Problem::new(

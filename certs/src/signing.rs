@@ -6,9 +6,10 @@ use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublic
 use time::OffsetDateTime;
 
 use crate::encoding;
-use crate::error::{Result, internal, invalid, unauthenticated};
+use crate::error::{Result, invalid, unauthenticated};
 use crate::inspect::{KeyAlgorithm, parse_der, sans};
 use crate::tls::{TrustStore, describe, unix_time, verify_chain};
+use enlace_core::problem::Problem;
 
 /// An Ed25519 private key (PKCS#8 PEM on disk) for signing messages, records and configuration.
 pub struct SigningKey {
@@ -27,8 +28,8 @@ impl fmt::Debug for SigningKey {
 impl SigningKey {
     /// A new random key.
     pub fn generate() -> Result<SigningKey> {
-        let pair =
-            Ed25519KeyPair::generate().map_err(|_| internal("generating an Ed25519 key failed"))?;
+        let pair = Ed25519KeyPair::generate()
+            .map_err(|_| Problem::internal("generating an Ed25519 key failed"))?;
         SigningKey::with_pem(pair)
     }
 
@@ -37,7 +38,7 @@ impl SigningKey {
     fn with_pem(pair: Ed25519KeyPair) -> Result<SigningKey> {
         let der = pair
             .to_pkcs8v1()
-            .map_err(|_| internal("encoding an Ed25519 key failed"))?;
+            .map_err(|_| Problem::internal("encoding an Ed25519 key failed"))?;
         Ok(SigningKey {
             pem: encoding::to_pem("PRIVATE KEY", der.as_ref()),
             pair,

@@ -23,8 +23,9 @@ use webpki::{
 use x509_parser::prelude::FromDer;
 
 use crate::encoding;
-use crate::error::{Result, internal, invalid, unauthenticated};
+use crate::error::{Result, invalid, unauthenticated};
 use crate::inspect::{parse_der, sans};
+use enlace_core::problem::Problem;
 
 /// Installs rustls's aws-lc-rs provider as the process default. Idempotent; the configurations
 /// built here name their provider explicitly and do not depend on it.
@@ -407,7 +408,7 @@ pub fn server_config(
         .with_crls(trust.inner.crl_ders.clone())
         .enforce_revocation_expiration()
         .build()
-        .map_err(|e| internal(format!("client verifier: {e}")))?;
+        .map_err(|e| Problem::internal(format!("client verifier: {e}")))?;
     let verifier = Arc::new(NodeClientVerifier { inner });
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -456,7 +457,7 @@ pub fn https_client_config(trust: &TrustStore) -> Result<Arc<ClientConfig>> {
             .with_crls(trust.inner.crl_ders.clone())
             .enforce_revocation_expiration()
             .build()
-            .map_err(|e| internal(format!("server verifier: {e}")))?;
+            .map_err(|e| Problem::internal(format!("server verifier: {e}")))?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?

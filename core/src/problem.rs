@@ -183,6 +183,12 @@ impl Problem {
             .or_else(|| self.kind.retry_after_secs())
     }
 
+    /// A failure of this process itself (storage, a thread, a key operation): the one constructor
+    /// every crate uses, so that each internal failure says what failed in its detail.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Problem::new(ProblemKind::Internal, detail)
+    }
+
     pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
         Problem {
             kind,

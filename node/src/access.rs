@@ -53,10 +53,7 @@ CREATE TABLE IF NOT EXISTS access_rejected (
 
 /// A failure of the queue; whoever gets it says so (the shipper once per interval).
 fn internal(e: impl std::fmt::Display) -> Problem {
-    Problem::new(
-        ProblemKind::Internal,
-        format!("the access record queue failed: {e}"),
-    )
+    Problem::internal(format!("the access record queue failed: {e}"))
 }
 
 /// Signs an access record with the node's signing key.

@@ -61,9 +61,9 @@ pub use verify::{
 };
 pub use writer::{Appended, Extras, LogOptions, MessageLog, Pruned, SINGLE_USE_PERIOD, Usage};
 
-use enlace_core::problem::{Problem, ProblemKind};
+use enlace_core::problem::Problem;
 
 /// An internal failure of the message log (I/O, SQLite), caused by this node.
 fn internal(detail: impl std::fmt::Display) -> Problem {
-    Problem::new(ProblemKind::Internal, format!("message log: {detail}"))
+    Problem::internal(format!("message log: {detail}"))
 }

@@ -207,7 +207,7 @@ impl CompiledService {
             ));
         }
         let doc: Value = serde_json::from_slice(&desc.stored)
-            .map_err(|e| internal(format!("the stored description is not JSON: {e}")))?;
+            .map_err(|e| Problem::internal(format!("the stored description is not JSON: {e}")))?;
         let c = Compiler {
             root: &doc,
             v30: doc
@@ -238,7 +238,7 @@ impl CompiledService {
                     .iter()
                     .position(|o| o.method == upper && o.path == *path)
                     .ok_or_else(|| {
-                        internal(format!(
+                        Problem::internal(format!(
                             "{upper} {path} is in the document but not in the description"
                         ))
                     })?;
@@ -254,10 +254,9 @@ impl CompiledService {
                 ops[index] = Some(compiled);
             }
         }
-        let ops = ops
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| internal("an operation of the description is not in its document"))?;
+        let ops = ops.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
+            Problem::internal("an operation of the description is not in its document")
+        })?;
         Ok(CompiledService {
             digest: desc.digest.clone(),
             ops,
@@ -567,7 +566,7 @@ impl CompiledService {
         self.ops
             .get(m.op)
             .filter(|o| o.id == m.operation_id)
-            .ok_or_else(|| internal("the matched operation is not one of this service's"))
+            .ok_or_else(|| Problem::internal("the matched operation is not one of this service's"))
     }
 }
 
@@ -1135,8 +1134,4 @@ fn escape(name: &str) -> String {
 
 fn invalid(detail: impl Into<String>) -> Problem {
     Problem::new(ProblemKind::InvalidServiceDescription, detail)
-}
-
-fn internal(detail: impl Into<String>) -> Problem {
-    Problem::new(ProblemKind::Internal, detail)
 }
