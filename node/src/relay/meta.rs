@@ -34,7 +34,7 @@ pub async fn consumer(node: Arc<Node>, req: Request<Incoming>) -> Response<Body>
     match meta(&node, &req, &mut client).await {
         Ok(r) => r,
         Err(p) => {
-            super::consumer::refuse_outside_exchange(
+            super::exchange::refusal::refuse_outside_exchange(
                 &node,
                 req.method(),
                 req.uri(),
@@ -65,9 +65,10 @@ async fn meta(
         );
         return Ok(resp);
     }
-    let (client, _) = super::consumer::authenticate_backend(node, req.headers(), req.extensions())?;
+    let (client, _) =
+        super::exchange::backend::authenticate_backend(node, req.headers(), req.extensions())?;
     *client_out = Some(client.clone());
-    super::consumer::within_rate(node, &client)?;
+    super::exchange::backend::within_rate(node, &client)?;
     let snap = node.snapshot()?;
     let cfg = &snap.config;
     let path = req.uri().path();
@@ -117,7 +118,7 @@ async fn meta(
                         "path: /meta/openapi/SERVICE/vMAJOR",
                     )
                 })?;
-            let target = super::consumer::read_target(&uri)?;
+            let target = super::exchange::target::read_target(&uri)?;
             // Exactly SERVICE/vMAJOR: nothing may follow (`…/v1/../../x` is no description).
             if !(target.rest.is_empty() || target.rest == "/") || req.uri().query().is_some() {
                 return Err(Problem::new(

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use tonic::codegen::{BoxFuture, Service};
 
 use super::Node;
-use super::consumer;
+use super::exchange::backend::{authenticate_backend, within_rate};
 use super::grpc::OutBody;
 use crate::net::body_channel;
 
@@ -103,8 +103,8 @@ async fn built_for(
     headers: &http::HeaderMap,
     extensions: &http::Extensions,
 ) -> Result<(SubsystemId, u64, Arc<Built>), Problem> {
-    let (client, _) = consumer::authenticate_backend(node, headers, extensions)?;
-    consumer::within_rate(node, &client)?;
+    let (client, _) = authenticate_backend(node, headers, extensions)?;
+    within_rate(node, &client)?;
     let snap = node.snapshot()?;
     let key = (client.clone(), snap.config.serial);
     if let Some(b) = node.reflection.get(&key) {

@@ -34,10 +34,10 @@ use super::{
 };
 use crate::msglog::RecordKind;
 use crate::net::{RelayBody, body_channel, read_body};
-use crate::relay::consumer::{
-    About, authenticate_backend, check_contract, context_record, read_context, set_target,
-};
-use crate::relay::context::{self, Context};
+use crate::relay::exchange::backend::{authenticate_backend, within_rate};
+use crate::relay::exchange::context::{self, Context, read_context};
+use crate::relay::exchange::contract::check_contract;
+use crate::relay::exchange::log_record::{About, context_record, set_target};
 use crate::relay::{Node, Snapshot};
 use crate::signature;
 
@@ -311,7 +311,7 @@ async fn exchange(
     context::check_header_section(&parts.headers, limits.max_header_bytes)?;
     let (client, log_bodies) = authenticate_backend(node, &parts.headers, &parts.extensions)?;
     trace.client = Some(client.clone());
-    super::super::consumer::within_rate(node, &client)?;
+    within_rate(node, &client)?;
     let ctx = read_context(&parts.headers, &client)?;
     trace.context = Some(ctx.clone());
     let path = parts.uri.path().to_string();

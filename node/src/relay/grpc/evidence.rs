@@ -28,7 +28,7 @@ use super::{
     REQUEST_TRAILERS_PREFIX, STREAM_DIGEST,
 };
 use crate::msglog::{Record, RecordKind};
-use crate::relay::context;
+use crate::relay::exchange::context;
 use crate::signature::{self, Message, MessageContext};
 
 /// How far a signature's `created` may lie from the time its record gives, in seconds, as for

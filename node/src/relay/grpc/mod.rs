@@ -31,8 +31,8 @@ use http_body_util::{Either, Full};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::consumer::{About, context_record, fill_signature, set_target};
-use super::context;
+use super::exchange::context;
+use super::exchange::log_record::{About, context_record, fill_signature, set_target};
 use crate::msglog::{Record, RecordKind};
 use crate::net::{Body, ChannelBody};
 use crate::signature;
@@ -63,7 +63,7 @@ pub(crate) const HEAD_PREFIX: &str = "enlace-head-";
 /// Prefix of the request trailers' fields (a streamed request) in the record closing an
 /// exchange.
 pub(crate) const REQUEST_TRAILERS_PREFIX: &str = "enlace-request-trailers-";
-pub(crate) use crate::relay::REFUSED_REQUEST_PREFIX;
+pub(crate) use crate::relay::exchange::log_record::REFUSED_REQUEST_PREFIX;
 
 /// What the relay's listeners answer with: a whole body (REST, trailers-only gRPC) or a stream.
 pub(crate) type OutBody = Either<Body, ChannelBody>;

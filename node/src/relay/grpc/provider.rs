@@ -41,12 +41,15 @@ use super::{
 };
 use crate::msglog::RecordKind;
 use crate::net::{BodySender, RelayBody, body_channel, read_body};
-use crate::relay::access_emit;
-use crate::relay::consumer::{
-    self as rest_consumer, About, check_contract, context_record, set_target,
+use crate::relay::exchange::access_record;
+use crate::relay::exchange::context::{self, Context};
+use crate::relay::exchange::contract::{admit, check_contract};
+use crate::relay::exchange::log_record::{
+    About, context_record, keep_request_signature, set_target,
 };
-use crate::relay::context::{self, Context};
-use crate::relay::provider::{admit, read_message_id, resolve_service, verify_peer};
+use crate::relay::exchange::peer::{read_message_id, verify_peer};
+use crate::relay::exchange::resolve::resolve_service;
+use crate::relay::exchange::target::{RELAY_PREFIX, Target, read_target};
 use crate::relay::{Node, Snapshot};
 
 /// How long a streamed call without a deadline may wait for the backend's head at most; its
@@ -239,7 +242,11 @@ async fn refuse(
     rec.problem = Some(problem.kind.slug().to_string());
     trace.asked.note(&mut rec);
     let access = refusal_record(node, trace, &problem, req);
-    if let Err(p) = node.log.append_with(rec, access_emit::queued(access)).await {
+    if let Err(p) = node
+        .log
+        .append_with(rec, access_record::queued(access))
+        .await
+    {
         // The refusal could not be recorded: answer why, signed like any refusal.
         if p.kind != ProblemKind::LogUnavailable {
             tracing::error!(problem = %p, "could not log a refusal");
@@ -280,7 +287,7 @@ fn refusal_trailers(
 /// shows what the peer node sent, and whether its signature held, even when it did not parse or
 /// verify.
 fn keep_refused_request(rec: &mut crate::msglog::Record, request: &HeaderMap) {
-    crate::relay::provider::keep_request_signature(rec, request);
+    keep_request_signature(rec, request);
     let mut names = vec![http::header::CONTENT_TYPE.as_str()];
     names.extend(
         metadata::custom_names(request)
@@ -316,10 +323,10 @@ fn refusal_record(
     };
     // A subject mismatch is recorded for the person the request asked about.
     let context = trace.context.as_ref().map(|c| trace.asked.context(c));
-    access_emit::refusal(
+    access_record::refusal(
         node,
         problem,
-        access_emit::Refused {
+        access_record::Refused {
             context: context.as_ref(),
             service: trace.entry.as_ref(),
             message_id: trace.message_id.as_deref(),
@@ -333,7 +340,7 @@ fn refusal_record(
 }
 
 /// `/g1/SERVICE-ID/vMAJOR/package.Service/Method`, read like a REST target.
-fn read_grpc_target(uri: &Uri) -> Result<rest_consumer::Target, Problem> {
+fn read_grpc_target(uri: &Uri) -> Result<Target, Problem> {
     let rest = uri.path().strip_prefix(GRPC_PREFIX).ok_or_else(|| {
         Problem::new(
             ProblemKind::NotFound,
@@ -342,10 +349,10 @@ fn read_grpc_target(uri: &Uri) -> Result<rest_consumer::Target, Problem> {
             ),
         )
     })?;
-    let as_rest: Uri = format!("{}{rest}", rest_consumer::RELAY_PREFIX)
+    let as_rest: Uri = format!("{}{rest}", RELAY_PREFIX)
         .parse()
         .map_err(|_| Problem::new(ProblemKind::InvalidRequest, "the path is malformed"))?;
-    rest_consumer::read_target(&as_rest)
+    read_target(&as_rest)
 }
 
 /// The status fields a provider node passes on from its backend: code, message, details and
@@ -596,7 +603,8 @@ async fn exchange(
     // What the response may disclose: the contract's fields, less sensitive ones without the
     // person's authorisation and secret ones always.
     let allowed =
-        crate::relay::disclosure::allowed(node, &ctx, entry, contract, &trace.operation).await?;
+        crate::relay::exchange::disclosure::allowed(node, &ctx, entry, contract, &trace.operation)
+            .await?;
     let call = Call {
         node: node.clone(),
         request: req.clone(),
@@ -872,9 +880,9 @@ impl Call {
         } else {
             self.context.clone()
         };
-        let access = access_emit::record(
+        let access = access_record::record(
             &self.node,
-            access_emit::Exchange {
+            access_record::Exchange {
                 message_id: id,
                 context: &context,
                 service: &self.entry,
@@ -893,7 +901,7 @@ impl Call {
         let logged = self
             .node
             .log
-            .append_with(rec, access_emit::queued(access))
+            .append_with(rec, access_record::queued(access))
             .await;
         let status = match logged {
             Ok(_) => status,

@@ -26,7 +26,7 @@ use super::{
     Bound, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS, PROBLEM_TYPE, REQUEST_STREAM_DIGEST,
     STREAM_DIGEST, metadata,
 };
-use crate::relay::context;
+use crate::relay::exchange::context;
 use crate::signature::{
     self, Component, Expected, Message, MessageContext, SigParams, request_components,
 };

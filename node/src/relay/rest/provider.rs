@@ -9,21 +9,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use enlace_core::contract::Contract;
-use enlace_core::id::{NodeId, ServiceId, SubjectId};
+use enlace_core::id::{NodeId, SubjectId};
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::access_emit;
-use super::consumer::{
-    About, Target, check_contract, context_record, fill_signature, read_target, set_target,
-};
-use super::context::{self, Context};
-use super::{Node, Snapshot, problem_parts, problem_response};
-use crate::msglog::{RecordKind, Usage};
+use crate::msglog::RecordKind;
 use crate::net::{Body, read_body};
+use crate::relay::exchange::access_record;
+use crate::relay::exchange::context::{self, Context};
+use crate::relay::exchange::contract::{admit, check_contract};
+use crate::relay::exchange::log_record::{
+    About, context_record, fill_signature, keep_request_signature, set_target,
+};
+use crate::relay::exchange::peer::{
+    covered_header_params, read_message_id, verify_peer, verify_signature,
+};
+use crate::relay::exchange::resolve::resolve_service;
+use crate::relay::exchange::subject::bind_subject;
+use crate::relay::exchange::target::{Target, read_target};
+use crate::relay::{Node, problem_parts, problem_response};
 use crate::signature;
 
 /// What is known of an incoming exchange, for its log records.
@@ -96,7 +102,11 @@ async fn refuse(
     fill_signature(&mut rec, resp.headers(), false);
     keep_request_signature(&mut rec, &parts.headers);
     let access = refusal_record(node, parts, trace, &problem, resp.headers());
-    if let Err(p) = node.log.append_with(rec, access_emit::queued(access)).await {
+    if let Err(p) = node
+        .log
+        .append_with(rec, access_record::queued(access))
+        .await
+    {
         // The refusal could not be recorded: answer why, signed (the key needs no disk), so
         // the consumer node relays our refusal instead of calling it a bad signature.
         if p.kind != ProblemKind::LogUnavailable {
@@ -123,37 +133,6 @@ fn signed_problem(
     }
 }
 
-/// Prefix of the fields of a refused request, as the peer node sent them, in the provider
-/// node's refusal record (REST and gRPC).
-pub(crate) const REFUSED_REQUEST_PREFIX: &str = "request-";
-
-/// A refusal record holds the response's signature; the request's Enlace headers, signature,
-/// and every other field its `Signature-Input` says it covers (a declared header parameter,
-/// say; at most 32) go beside it (prefixed `request-`), so the log shows what the peer sent
-/// even when it did not parse or verify, and a bundle can tell whether its signature held.
-pub(crate) fn keep_request_signature(rec: &mut crate::msglog::Record, request: &HeaderMap) {
-    let covered = request
-        .get(signature::SIGNATURE_INPUT)
-        .and_then(|v| v.to_str().ok())
-        .map(|input| signature::covered_field_names(input, 32))
-        .unwrap_or_default();
-    for (name, value) in request {
-        let n = name.as_str();
-        if (n.starts_with("enlace-")
-            || n == signature::SIGNATURE_INPUT
-            || n == signature::SIGNATURE
-            || n == signature::CONTENT_DIGEST
-            || covered.iter().any(|c| c == n))
-            && let Ok(v) = value.to_str()
-        {
-            rec.headers.push((
-                format!("{REFUSED_REQUEST_PREFIX}{n}"),
-                v.chars().take(4096).collect(),
-            ));
-        }
-    }
-}
-
 /// The access record of a refusal, once the subject, the service and the contract are known.
 fn refusal_record(
     node: &Node,
@@ -173,10 +152,10 @@ fn refusal_record(
         c.subject = Some(s.clone());
         Some(c)
     });
-    access_emit::refusal(
+    access_record::refusal(
         node,
         problem,
-        access_emit::Refused {
+        access_record::Refused {
             context: asked.as_ref().or(trace.context.as_ref()),
             service: trace.entry.as_ref(),
             message_id: trace.message_id.as_deref(),
@@ -224,7 +203,7 @@ async fn run(
         .unwrap_or_default()
         .to_string();
     trace.operation = operation.clone();
-    super::consumer::check_operation(contract, &operation)?;
+    crate::relay::exchange::contract::check_operation(contract, &operation)?;
     let declared =
         covered_header_params(&compiled.header_params(&matched), &parts.headers, &verified)?;
     let headers: Vec<(String, String)> = parts
@@ -244,7 +223,10 @@ async fn run(
         content_type,
     )?;
     let bound = compiled.bound_subject(&matched, target.query.as_deref())?;
-    bind_subject(bound, &ctx, &operation, trace)?;
+    if let Err(p) = bind_subject(bound.as_deref(), &ctx, &operation) {
+        trace.asked_subject = bound.and_then(|b| b.parse().ok());
+        return Err(p);
+    }
     let usage = admit(node, contract)?;
 
     // Log the request as received and forward it; the response record below is awaited, and
@@ -290,7 +272,9 @@ async fn run(
             .validate_response(&matched, status.as_u16(), bcontent_type.as_deref(), &bbody)
             .map_err(|p| p.caused_by(Culprit::ProviderBackend))?;
         let mut value = value;
-        let allowed = super::disclosure::allowed(node, &ctx, entry, contract, &operation).await?;
+        let allowed =
+            crate::relay::exchange::disclosure::allowed(node, &ctx, entry, contract, &operation)
+                .await?;
         let disclosed = enlace_description::validate::minimise(&mut value, &allowed);
         let bytes = serde_json::to_vec(&value)
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
@@ -323,9 +307,9 @@ async fn run(
     rec.headers
         .push(("enlace-disclosed".into(), disclosed.join(",")));
     rec.body = trace.log_bodies.then(|| out_body.to_vec());
-    let access = access_emit::record(
+    let access = access_record::record(
         node,
-        access_emit::Exchange {
+        access_record::Exchange {
             message_id: &message_id,
             context: &ctx,
             service: entry,
@@ -339,226 +323,9 @@ async fn run(
         },
     );
     node.log
-        .append_with(rec, access_emit::queued(access))
+        .append_with(rec, access_record::queued(access))
         .await?;
     Ok(resp)
-}
-
-pub(crate) fn read_message_id(headers: &HeaderMap) -> Result<String, Problem> {
-    let id = context::single(headers, context::MESSAGE_ID, 64)?.ok_or_else(|| {
-        Problem::new(
-            ProblemKind::SignatureInvalid,
-            format!("{}: required", context::MESSAGE_ID),
-        )
-    })?;
-    let uuid = uuid::Uuid::parse_str(&id).map_err(|_| {
-        Problem::new(
-            ProblemKind::InvalidRequest,
-            format!("{}: not a UUID", context::MESSAGE_ID),
-        )
-    })?;
-    if uuid.get_version_num() != 7 || uuid.hyphenated().to_string() != id {
-        return Err(Problem::new(
-            ProblemKind::InvalidRequest,
-            format!(
-                "{}: must be a UUIDv7 in lower-case hyphenated form",
-                context::MESSAGE_ID
-            ),
-        ));
-    }
-    Ok(id)
-}
-
-/// The person a request asks about, where the service description binds one
-/// (`x-enlace-subject`), must be the one `Enlace-Subject` names: the access log then names the
-/// person whose data was read, and a consumer cannot read one person's data in another's name.
-fn bind_subject(
-    bound: Option<String>,
-    ctx: &Context,
-    operation: &str,
-    trace: &mut Trace,
-) -> Result<(), Problem> {
-    let Some(bound) = bound else {
-        return Ok(());
-    };
-    let asked: SubjectId = bound.parse().map_err(|e: enlace_core::IdError| {
-        Problem::new(
-            ProblemKind::RequestSchemaViolation,
-            format!(
-                "the request asks about `{bound}`, which is not a valid person identifier: {e}"
-            ),
-        )
-    })?;
-    match &ctx.subject {
-        Some(named) if *named == asked => Ok(()),
-        Some(named) => {
-            trace.asked_subject = Some(asked.clone());
-            Err(Problem::new(
-                ProblemKind::SubjectMismatch,
-                format!(
-                    "{} names {named}, but the request asks about {asked}",
-                    context::SUBJECT
-                ),
-            ))
-        }
-        None => {
-            trace.asked_subject = Some(asked.clone());
-            Err(Problem::new(
-                ProblemKind::SubjectMismatch,
-                format!(
-                    "operation {operation} is about a person ({asked}); name them in {}",
-                    context::SUBJECT
-                ),
-            ))
-        }
-    }
-}
-
-/// The TLS peer must be an approved, unrevoked node of the member the client belongs to: a
-/// node never speaks for another member's subsystems.
-pub(crate) fn verify_peer(snap: &Snapshot, peer: &NodeId, ctx: &Context) -> Result<(), Problem> {
-    if !snap.nodes.contains_key(peer) {
-        return Err(Problem::new(
-            ProblemKind::Forbidden,
-            format!("{peer} is not an approved node of the federation (revoked or unknown)"),
-        )
-        .caused_by(Culprit::PeerNode));
-    }
-    if ctx.client.member != peer.member {
-        return Err(Problem::new(
-            ProblemKind::Forbidden,
-            format!(
-                "node {peer} cannot call on behalf of {}, a subsystem of another member",
-                ctx.client
-            ),
-        )
-        .caused_by(Culprit::PeerNode));
-    }
-    Ok(())
-}
-
-/// RFC 9421: signed by the TLS peer's signing key, covering everything Enlace requires,
-/// fresh, and with a body matching its `Content-Digest`.
-pub(crate) fn verify_signature(
-    node: &Node,
-    snap: &Snapshot,
-    parts: &http::request::Parts,
-    body: &[u8],
-    peer: &NodeId,
-) -> Result<signature::VerifiedSignature, Problem> {
-    let expected = peer.to_string();
-    signature::verify_request(
-        signature::Message::request(&parts.method, &parts.uri, &parts.headers),
-        body,
-        |keyid| {
-            if keyid != expected {
-                return Err(Problem::new(
-                    ProblemKind::SignatureInvalid,
-                    format!("signed by {keyid}, but the TLS peer is {expected}"),
-                ));
-            }
-            node.peer_keys(snap, keyid)
-        },
-        node.unix_now(),
-        node.settings.raw.limits.clock_skew_secs,
-    )
-    .map_err(|p| node.config.registry_offset().blame_stale(p))
-}
-
-/// The operation's header parameters present in the request, each of which the consumer
-/// node's signature must cover: only those travel on to the backend.
-fn covered_header_params<'a>(
-    declared: &[&'a str],
-    headers: &HeaderMap,
-    verified: &signature::VerifiedSignature,
-) -> Result<Vec<&'a str>, Problem> {
-    let mut out = Vec::new();
-    for name in declared
-        .iter()
-        .filter(|n| headers.contains_key(**n) && !super::consumer::is_reserved(n))
-    {
-        if !verified
-            .components
-            .iter()
-            .any(|c| c.name == *name && !c.req)
-        {
-            return Err(Problem::new(
-                ProblemKind::SignatureInvalid,
-                format!("header parameter `{name}` is not covered by the request signature"),
-            ));
-        }
-        out.push(*name);
-    }
-    Ok(out)
-}
-
-/// The service this node provides that the path names, and its backend.
-pub(crate) fn resolve_service<'a>(
-    node: &'a Node,
-    snap: &'a Snapshot,
-    parts: &http::request::Parts,
-    target: &Target,
-) -> Result<(&'a enlace_core::config::ServiceEntry, &'a (String, bool)), Problem> {
-    let backend = node.settings.services.get(&target.service).ok_or_else(|| {
-        Problem::new(
-            ProblemKind::UnknownService,
-            format!("this node does not provide {}", target.service),
-        )
-    })?;
-    let entry = Node::resolve_service(snap, &target.service, target.major)?;
-    let named = context::single(&parts.headers, context::SERVICE, 300)?.unwrap_or_default();
-    let named_service = named.rsplit_once('/').map(|(s, _)| s).unwrap_or("");
-    if named_service.parse::<ServiceId>().ok().as_ref() != Some(&target.service) {
-        return Err(Problem::new(
-            ProblemKind::InvalidRequest,
-            format!(
-                "{}: `{named}` does not name the service in the path",
-                context::SERVICE
-            ),
-        ));
-    }
-    Ok((entry, backend))
-}
-
-/// Volume and single use, counted only once every other check has passed. Returns what to
-/// commit with the request's log record, so that the counts survive a restart.
-pub(crate) fn admit(node: &Node, contract: &Contract) -> Result<Vec<Usage>, Problem> {
-    let now = node.now();
-    let mut usage = Vec::new();
-    if !node
-        .volume
-        .admit(&contract.id, contract.terms.volume_limit, now)
-    {
-        return Err(Problem::new(
-            ProblemKind::VolumeExceeded,
-            format!(
-                "contract {} allows no more exchanges this period",
-                contract.id
-            ),
-        ));
-    }
-    if let Some(limit) = contract.terms.volume_limit {
-        usage.push(Usage {
-            contract: contract.id.to_string(),
-            period: super::guard::period_index(limit.period, now),
-        });
-    }
-    if contract.terms.usage == enlace_core::contract::Usage::SingleUse {
-        if !node.volume.use_once(&contract.id) {
-            return Err(Problem::new(
-                ProblemKind::ContractExpired,
-                format!(
-                    "contract {} was for a single use and has been used",
-                    contract.id
-                ),
-            ));
-        }
-        usage.push(Usage {
-            contract: contract.id.to_string(),
-            period: crate::msglog::SINGLE_USE_PERIOD,
-        });
-    }
-    Ok(usage)
 }
 
 /// Forwards to the provider backend: the method, the path after the service prefix, the

@@ -22,7 +22,7 @@ use enlace_core::problem::Problem;
 use enlace_description::Description;
 
 use super::context::Context;
-use super::{Node, Snapshot};
+use crate::relay::{Node, Snapshot};
 
 /// Most verified tokens remembered.
 const MAX_TOKENS: usize = 10_000;

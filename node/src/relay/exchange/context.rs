@@ -147,6 +147,51 @@ pub fn check_header_section(headers: &HeaderMap, max_bytes: usize) -> Result<(),
     Ok(())
 }
 
+/// The context headers; `Enlace-Client` must be the authenticated subsystem.
+pub(crate) fn read_context(headers: &HeaderMap, client: &SubsystemId) -> Result<Context, Problem> {
+    let ctx = Context::read(headers)?;
+    if &ctx.client != client {
+        return Err(Problem::new(
+            ProblemKind::Forbidden,
+            format!(
+                "{}: {} is not the subsystem this token belongs to ({client})",
+                CLIENT, ctx.client
+            ),
+        ));
+    }
+    Ok(ctx)
+}
+
+/// Headers that never travel as an operation's header parameter: credentials, cookies,
+/// Enlace's own, signatures and hop-by-hop headers (RFC 9110 §7.6.1).
+pub(crate) fn is_reserved(name: &str) -> bool {
+    name.starts_with("enlace-")
+        || matches!(
+            name,
+            "authorization"
+                | "proxy-authorization"
+                | "cookie"
+                | "set-cookie"
+                | "host"
+                | "content-length"
+                | "content-digest"
+                | "signature"
+                | "signature-input"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "forwarded"
+                | "x-forwarded-for"
+                | "x-forwarded-host"
+                | "x-forwarded-proto"
+        )
+        || METHOD_OVERRIDES.contains(&name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,8 @@ use enlace_core::contract::Contract;
 use enlace_core::problem::{Problem, ProblemKind};
 
 use super::context::Context;
-use super::{Node, Snapshot};
 use crate::access::sign_record;
+use crate::relay::{Node, Snapshot};
 
 /// What an access record says about one exchange.
 pub(crate) struct Exchange<'a> {

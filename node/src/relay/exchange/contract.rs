@@ -1,0 +1,150 @@
+//! Whether the contract lets this call through: it exists, binds this client to this
+//! service and version, is active, names the operation, and has volume left.
+
+use enlace_core::contract::Contract;
+use enlace_core::id::{ServiceId, ServiceVersion};
+use enlace_core::problem::{Problem, ProblemKind};
+
+use super::context::{self, Context};
+use crate::msglog::Usage;
+use crate::relay::{Node, Snapshot};
+
+/// The contract checks the consumer can make before anything leaves: it exists, binds this
+/// client to this service, is active, and a subject is given if required. The provider node
+/// checks again, and its check is the one that counts.
+pub(crate) fn check_contract<'a>(
+    snap: &'a Snapshot,
+    ctx: &Context,
+    service: &ServiceId,
+    version: ServiceVersion,
+) -> Result<&'a Contract, Problem> {
+    let Some(id) = &ctx.contract else {
+        return Err(Problem::new(
+            ProblemKind::ContractMissing,
+            format!(
+                "{}: name the contract this call is made under",
+                context::CONTRACT
+            ),
+        ));
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let contract = snap.contract(id).ok_or_else(|| {
+        Problem::new(
+            ProblemKind::ContractMissing,
+            format!("contract {id} is not an approved contract of the federation"),
+        )
+    })?;
+    if !snap.has_subsystem(&ctx.client) {
+        return Err(Problem::new(
+            ProblemKind::Forbidden,
+            format!(
+                "{} is not an approved subsystem of the federation",
+                ctx.client
+            ),
+        ));
+    }
+    if contract.state == enlace_core::contract::ContractState::Revoked {
+        return Err(Problem::new(
+            ProblemKind::ContractRevoked,
+            format!(
+                "contract {id} was revoked: {}",
+                contract.reason.as_deref().unwrap_or("no reason given")
+            ),
+        ));
+    }
+    if now >= contract.terms.valid_until {
+        return Err(Problem::new(
+            ProblemKind::ContractExpired,
+            format!(
+                "contract {id} expired at {}",
+                enlace_core::rfc3339(contract.terms.valid_until)
+            ),
+        ));
+    }
+    if now < contract.terms.valid_from {
+        return Err(Problem::new(
+            ProblemKind::ContractMissing,
+            format!(
+                "contract {id} is valid only from {}",
+                contract.terms.valid_from
+            ),
+        ));
+    }
+    if contract.terms.consumer != ctx.client || &contract.terms.provider != service {
+        return Err(Problem::new(
+            ProblemKind::ContractMissing,
+            format!("contract {id} does not let {} call {service}", ctx.client),
+        ));
+    }
+    if !contract.terms.versions.contains(version) {
+        return Err(Problem::new(
+            ProblemKind::ContractMissing,
+            format!("contract {id} does not cover {service} {version}"),
+        ));
+    }
+    if contract.terms.subject_required && ctx.subject.is_none() {
+        return Err(Problem::new(
+            ProblemKind::InvalidRequest,
+            format!(
+                "contract {id} requires {}: the person the data is about",
+                context::SUBJECT
+            ),
+        ));
+    }
+    Ok(contract)
+}
+
+/// The operation must be one the contract names (the provider checks it again).
+pub(crate) fn check_operation(contract: &Contract, operation: &str) -> Result<(), Problem> {
+    if contract.terms.operations.iter().any(|o| o == operation) {
+        return Ok(());
+    }
+    Err(Problem::new(
+        ProblemKind::ContractMissing,
+        format!(
+            "contract {} does not allow operation {operation}",
+            contract.id
+        ),
+    ))
+}
+
+/// Volume and single use, counted only once every other check has passed. Returns what to
+/// commit with the request's log record, so that the counts survive a restart.
+pub(crate) fn admit(node: &Node, contract: &Contract) -> Result<Vec<Usage>, Problem> {
+    let now = node.now();
+    let mut usage = Vec::new();
+    if !node
+        .volume
+        .admit(&contract.id, contract.terms.volume_limit, now)
+    {
+        return Err(Problem::new(
+            ProblemKind::VolumeExceeded,
+            format!(
+                "contract {} allows no more exchanges this period",
+                contract.id
+            ),
+        ));
+    }
+    if let Some(limit) = contract.terms.volume_limit {
+        usage.push(Usage {
+            contract: contract.id.to_string(),
+            period: super::guard::period_index(limit.period, now),
+        });
+    }
+    if contract.terms.usage == enlace_core::contract::Usage::SingleUse {
+        if !node.volume.use_once(&contract.id) {
+            return Err(Problem::new(
+                ProblemKind::ContractExpired,
+                format!(
+                    "contract {} was for a single use and has been used",
+                    contract.id
+                ),
+            ));
+        }
+        usage.push(Usage {
+            contract: contract.id.to_string(),
+            period: crate::msglog::SINGLE_USE_PERIOD,
+        });
+    }
+    Ok(usage)
+}

@@ -1,0 +1,51 @@
+//! The target of a relayed call: the service and major version its path names.
+
+use enlace_core::id::{ServiceId, ServiceVersion};
+use enlace_core::problem::{Problem, ProblemKind};
+use http::Uri;
+
+/// Path prefix of relayed calls: `/r1/SERVICE-ID/vMAJOR/rest…`.
+pub const RELAY_PREFIX: &str = "/r1/";
+
+pub(crate) struct Target {
+    pub service: ServiceId,
+    pub major: u16,
+    /// The rest of the path, as received (still percent-encoded), starting with `/`.
+    pub rest: String,
+    pub query: Option<String>,
+}
+
+/// `/r1/INSTANCE/CLASS/CODE/SUBSYSTEM/SERVICE/vMAJOR/rest…`
+pub(crate) fn read_target(uri: &Uri) -> Result<Target, Problem> {
+    let path = uri.path();
+    let rest = path.strip_prefix(RELAY_PREFIX).unwrap_or(path);
+    let mut parts = rest.splitn(7, '/');
+    let segs: Vec<&str> = (0..6).map_while(|_| parts.next()).collect();
+    let tail = parts.next().unwrap_or("");
+    if segs.len() < 6 {
+        return Err(Problem::new(
+            ProblemKind::InvalidRequest,
+            format!("path must be {RELAY_PREFIX}INSTANCE/CLASS/CODE/SUBSYSTEM/SERVICE/vMAJOR/…"),
+        ));
+    }
+    if segs.iter().any(|s| s.contains('%')) {
+        return Err(Problem::new(
+            ProblemKind::InvalidRequest,
+            "the service part of the path must not be percent-encoded",
+        ));
+    }
+    let service: ServiceId = segs[..5].join("/").parse()?;
+    let version: ServiceVersion = segs[5].parse()?;
+    if version.minor != 0 || segs[5].contains('.') {
+        return Err(Problem::new(
+            ProblemKind::InvalidRequest,
+            "name the major version only in the path, e.g. v1",
+        ));
+    }
+    Ok(Target {
+        service,
+        major: version.major,
+        rest: format!("/{tail}"),
+        query: uri.query().map(String::from),
+    })
+}
