@@ -17,7 +17,7 @@ mod csr;
 mod encoding;
 mod error;
 mod inspect;
-pub mod io;
+mod listener;
 mod signing;
 pub mod strict_http1;
 mod tls;
@@ -32,6 +32,7 @@ pub use csr::{NodeKeys, csr_for, node_init, server_key_and_csr};
 pub use encoding::{MAX_CSR_PEM_LEN, MAX_PEM_LEN};
 pub use error::Result;
 pub use inspect::{CertInfo, KeyAlgorithm, cert_info, needs_renewal};
+pub use listener::ListenerStream;
 pub use signing::{SigningKey, verify_ed25519, verify_signer, verify_signer_until};
 pub use tls::{
     TrustStore, backend_server_config, certificate_pem_sha256, certificate_sha256, client_config,

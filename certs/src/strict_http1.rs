@@ -1,23 +1,19 @@
-//! A stream wrapper for servers that refuses what hyper's HTTP/1 parser lets through: a bare
-//! `\n` line end (RFC 9112 §2.2 lets a server take one; Enlace does not) and a `#fragment` in
-//! the request target (hyper drops it silently; a request target never has one, RFC 9112 §3.2).
+//! The request check of a [`ListenerStream`](crate::ListenerStream): it refuses what
+//! hyper's HTTP/1 parser lets through, a bare `\n` line end (RFC 9112 §2.2 lets a server take
+//! one; Enlace does not) and a `#fragment` in the request target (hyper drops it silently; a
+//! request target never has one, RFC 9112 §3.2).
 //!
 //! It follows the message framing (the head, then a `Content-Length` body or `chunked` chunks
 //! and trailers) so that every request of a kept-alive or pipelined connection is checked, and
 //! hands hyper a request head only once the whole head has been checked: so a refused request
 //! never reaches hyper, which sees the end of the stream instead, finishes the responses it
-//! owes, and shuts the stream down — and then the wrapper writes its `400` problem and closes.
+//! owes, and shuts the stream down — and then the stream writes its `400` problem and closes.
 //! An HTTP/2 connection (its preface first) passes through unchanged: HTTP/2 has its own
 //! framing. Memory is bounded: a head over [`MAX_HEAD_BYTES`] is refused (`431`), and body
 //! bytes pass in reads of at most [`READ_CHUNK`]. The scan is linear: each byte is looked at
 //! once, and a head once more when it is complete.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use enlace_core::problem::{Problem, ProblemKind};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest request head (request line and header fields) accepted, bytes; also the
 /// largest trailer section.
@@ -29,7 +25,7 @@ const MAX_CHUNK_LINE: usize = 4096;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(crate) enum State {
     /// Before a request line: empty lines (CRLF) are skipped (RFC 9112 §2.2).
     Start,
     StartLf,
@@ -66,14 +62,14 @@ pub struct Refusal(pub Problem);
 /// Follows one connection's request bytes: `feed` scans bytes and says how many of them may
 /// go to the HTTP server now (the rest are a head not yet complete).
 #[derive(Debug)]
-struct Scanner {
-    state: State,
+pub(crate) struct Scanner {
+    pub(crate) state: State,
     /// How many bytes of the connection matched the HTTP/2 preface, while they all do.
     preface: Option<usize>,
 }
 
 impl Scanner {
-    fn new() -> Scanner {
+    pub(crate) fn new() -> Scanner {
         Scanner {
             state: State::Start,
             preface: Some(0),
@@ -163,7 +159,7 @@ impl Scanner {
     /// Scans `buf[from..]`, where `buf[head_from..from]` is a head already begun (the caller
     /// keeps it). Returns how far bytes may be released (everything before the first byte of
     /// an incomplete head) or the refusal.
-    fn feed(
+    pub(crate) fn feed(
         &mut self,
         buf: &[u8],
         mut head_from: usize,
@@ -372,7 +368,7 @@ fn too_large() -> Refusal {
 }
 
 /// The bytes of an HTTP/1.1 response carrying `refusal`'s problem, closing the connection.
-fn response_bytes(refusal: &Refusal) -> Vec<u8> {
+pub(crate) fn response_bytes(refusal: &Refusal) -> Vec<u8> {
     let p = &refusal.0;
     let body = p.to_json().to_string();
     let status = p.kind.status();
@@ -386,135 +382,6 @@ fn response_bytes(refusal: &Refusal) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
-}
-
-/// `S`, whose HTTP/1 requests are checked before the server reads them (see the module).
-pub struct StrictHttp1<S> {
-    inner: S,
-    scanner: Scanner,
-    /// Bytes read and not yet handed out: `buf[..released]` may go, `buf[released..]` is a
-    /// head being received.
-    buf: Vec<u8>,
-    released: usize,
-    /// Where in `buf` the current head begins (when the scanner is in a head).
-    head_from: usize,
-    /// The answer owed once the server has shut the stream, and how much of it is written.
-    refusal: Option<(Vec<u8>, usize)>,
-    eof: bool,
-}
-
-impl<S> StrictHttp1<S> {
-    pub fn new(inner: S) -> StrictHttp1<S> {
-        StrictHttp1 {
-            inner,
-            scanner: Scanner::new(),
-            buf: Vec::new(),
-            released: 0,
-            head_from: 0,
-            refusal: None,
-            eof: false,
-        }
-    }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// Hands out released bytes; whether any were.
-    fn hand_out(&mut self, out: &mut ReadBuf<'_>) -> bool {
-        if self.released == 0 {
-            return false;
-        }
-        let n = self.released.min(out.remaining());
-        out.put_slice(&self.buf[..n]);
-        self.buf.drain(..n);
-        self.released -= n;
-        self.head_from = self.head_from.saturating_sub(n);
-        true
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for StrictHttp1<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        loop {
-            if me.hand_out(out) {
-                return Poll::Ready(Ok(()));
-            }
-            if me.refusal.is_some() || me.eof {
-                // The end of the stream: a refused request never reaches the server.
-                return Poll::Ready(Ok(()));
-            }
-            if me.scanner.state == State::Http2 && me.buf.is_empty() {
-                return Pin::new(&mut me.inner).poll_read(cx, out);
-            }
-            let from = me.buf.len();
-            me.buf.resize(from + READ_CHUNK, 0);
-            let mut rb = ReadBuf::new(&mut me.buf[from..]);
-            let polled = Pin::new(&mut me.inner).poll_read(cx, &mut rb);
-            let got = rb.filled().len();
-            me.buf.truncate(from + got);
-            match polled {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if got == 0 => {
-                    // The client closed: what is held is an incomplete head; the server gets
-                    // it and answers or drops it as it does any truncated request.
-                    me.eof = true;
-                    me.released = me.buf.len();
-                }
-                Poll::Ready(Ok(())) => {
-                    let head_from = me.head_from;
-                    match me.scanner.feed(&me.buf, head_from, from) {
-                        Ok(released) => {
-                            me.released = released;
-                            me.head_from = released;
-                        }
-                        Err((released, refusal)) => {
-                            // What came before the refused request still goes.
-                            me.buf.truncate(released);
-                            me.released = released;
-                            me.refusal = Some((response_bytes(&refusal), 0));
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for StrictHttp1<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        if let Some((bytes, written)) = &mut me.refusal {
-            while *written < bytes.len() {
-                match Pin::new(&mut me.inner).poll_write(cx, &bytes[*written..]) {
-                    Poll::Ready(Ok(0)) => break,
-                    Poll::Ready(Ok(n)) => *written += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            std::task::ready!(Pin::new(&mut me.inner).poll_flush(cx))?;
-        }
-        Pin::new(&mut me.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Sockets: the plain accept loop (HTTP/1.1 and h2c), the mutual-TLS accept loop (handshake in
-//! its own task with a timeout, HTTP/2), the pooled mutual-TLS HTTP/2 connections to peers,
-//! bounded body reading, and the streamed bodies a relay feeds frame by frame.
+//! Sockets: the one accept loop of the node's listeners, opened plain (HTTP/1.1 and h2c) or by a
+//! TLS handshake in its own task with a timeout (mutual-TLS HTTP/2 between nodes, TLS for local
+//! backends), the pooled mutual-TLS HTTP/2 connections to peers, bounded body reading, and the
+//! streamed bodies a relay feeds frame by frame.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -12,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use enlace_certs::ListenerStream;
 use enlace_core::id::NodeId;
 use enlace_core::problem::{Problem, ProblemKind};
 use enlace_limits::ConnectionCaps;
@@ -22,6 +24,7 @@ use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -254,7 +257,7 @@ pub fn http_server_builder() -> hyper_util::server::conn::auto::Builder<TokioExe
     use hyper_util::rt::TokioTimer;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Half-close: a read that ends (a client that shut its side, or a request refused by
-    // `StrictHttp1`, which ends the stream there) still gets the answers owed before it.
+    // the `ListenerStream`, which ends the stream there) still gets the answers owed before it.
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -268,15 +271,36 @@ pub fn http_server_builder() -> hyper_util::server::conn::auto::Builder<TokioExe
     builder
 }
 
-/// Serves plain HTTP/1.1 and h2c on `listener` until `shutdown` turns true, then drains. The
-/// response body may stream (gRPC responses carry trailers).
-pub async fn serve_plain<F, Fut, B>(
+/// How a listener speaks HTTP on a connection it opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Http {
+    /// HTTP/1.1 or HTTP/2, read through a [`ListenerStream`] (strict HTTP/1 heads, a
+    /// first-read deadline) with the header read timeout of [`http_server_builder`].
+    Any,
+    /// HTTP/2 only (the peer nodes' mutual-TLS listener).
+    Two,
+}
+
+/// The accept loop of every node listener, until `shutdown` turns true, then a drain: each
+/// accepted connection is admitted under `caps`, then in its own task opened by `open` (which
+/// yields the stream and who is at the other end, or `None` after logging why it refused) and
+/// served as `http` says, each request handed to `handler` with who sent it. `name` says whose
+/// connections these are in the log. The response body may stream (gRPC responses carry
+/// trailers).
+pub(crate) async fn serve<O, OFut, S, P, F, Fut, B>(
     listener: TcpListener,
     caps: Arc<ConnectionCaps>,
+    open: O,
+    http: Http,
+    name: &'static str,
     handler: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    O: Fn(TcpStream, SocketAddr) -> OFut,
+    OFut: Future<Output = Option<(S, P)>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, P) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -287,21 +311,35 @@ pub async fn serve_plain<F, Fut, B>(
             accepted = listener.accept() => {
                 let Some((stream, remote, permit)) = enlace_limits::admit(&caps, accepted).await else { continue };
                 let _ = stream.set_nodelay(true);
+                let opened = open(stream, remote);
                 let handler = handler.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req, remote).await) }
-                });
-                let builder = http_server_builder();
-                let stream = enlace_certs::strict_http1::StrictHttp1::new(stream);
-                let stream = enlace_certs::io::FirstReadDeadline::new(stream, HEADER_READ_TIMEOUT);
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "consumer connection ended");
+                    let _permit = permit;
+                    let Some((stream, peer)) = opened.await else { return };
+                    let svc = hyper::service::service_fn(move |req| {
+                        let handler = handler.clone();
+                        let peer = peer.clone();
+                        async move { Ok::<_, Infallible>(handler(req, peer).await) }
+                    });
+                    let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> = match http {
+                        Http::Any => {
+                            let stream = ListenerStream::new(stream, HEADER_READ_TIMEOUT);
+                            let conn = http_server_builder()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .into_owned();
+                            watcher.watch(conn).await
+                        }
+                        Http::Two => {
+                            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                            builder.max_concurrent_streams(1024).max_header_list_size(64 * 1024);
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            watcher.watch(conn).await.map_err(Into::into)
+                        }
+                    };
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "{name} connection ended");
                     }
-                    drop(permit);
                 });
             }
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
@@ -309,6 +347,32 @@ pub async fn serve_plain<F, Fut, B>(
     }
     drop(listener);
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// Serves plain HTTP/1.1 and h2c on `listener` until `shutdown` turns true, then drains; the
+/// handler learns the client's address.
+pub async fn serve_plain<F, Fut, B>(
+    listener: TcpListener,
+    caps: Arc<ConnectionCaps>,
+    handler: F,
+    shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let open = |stream: TcpStream, remote: SocketAddr| std::future::ready(Some((stream, remote)));
+    serve(
+        listener,
+        caps,
+        open,
+        Http::Any,
+        "consumer",
+        handler,
+        shutdown,
+    )
+    .await;
 }
 
 /// The TLS handshake of an accepted connection, bounded by `timeout`; a failure is logged
@@ -333,60 +397,42 @@ pub(crate) async fn handshake(
     }
 }
 
-/// Serves mutual-TLS HTTP/2 on `listener`: each handshake runs in its own task with a timeout;
-/// the handler learns the peer's node id from its certificate.
+/// Serves mutual-TLS HTTP/2 on `listener` until `shutdown` turns true, then drains: each
+/// handshake runs in its own task with a timeout, with the server configuration current when
+/// the connection was accepted; the handler learns the peer's node id from its certificate.
 pub async fn serve_mtls<F, Fut, B>(
     listener: TcpListener,
     caps: Arc<ConnectionCaps>,
     tls: watch::Receiver<Arc<ServerConfig>>,
     handshake_timeout: Duration,
     handler: F,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>, NodeId) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Some((stream, remote, permit)) = enlace_limits::admit(&caps, accepted).await else { continue };
-                let _ = stream.set_nodelay(true);
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
-                let handler = handler.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let Some(tls_stream) = handshake(&acceptor, stream, remote, handshake_timeout, "peer").await else {
-                        return;
-                    };
-                    let peer = match tls_stream.get_ref().1.peer_certificates().map(enlace_certs::peer_node_id) {
-                        Some(Ok(id)) => id,
-                        other => {
-                            tracing::info!(%remote, error = ?other.map(|r| r.err()), "peer refused: no node identity");
-                            return;
-                        }
-                    };
-                    let svc = hyper::service::service_fn(move |req| {
-                        let handler = handler.clone();
-                        let peer = peer.clone();
-                        async move { Ok::<_, Infallible>(handler(req, peer).await) }
-                    });
-                    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                    builder.max_concurrent_streams(1024).max_header_list_size(64 * 1024);
-                    let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "peer connection ended");
-                    }
-                });
+    let open = move |stream: TcpStream, remote: SocketAddr| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
+        async move {
+            let tls_stream =
+                handshake(&acceptor, stream, remote, handshake_timeout, "peer").await?;
+            let peer = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(enlace_certs::peer_node_id);
+            match peer {
+                Some(Ok(id)) => Some((tls_stream, id)),
+                other => {
+                    tracing::info!(%remote, error = ?other.map(|r| r.err()), "peer refused: no node identity");
+                    None
+                }
             }
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
         }
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    };
+    serve(listener, caps, open, Http::Two, "peer", handler, shutdown).await;
 }
 
 /// What a node presents and trusts when it dials a peer.

@@ -371,8 +371,7 @@ async fn serve(
     app: axum::Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use enlace_certs::io::FirstReadDeadline;
-    use enlace_certs::strict_http1::StrictHttp1;
+    use enlace_certs::ListenerStream;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
@@ -405,7 +404,7 @@ async fn serve(
                         .half_close(true);
                     let result = match tls {
                         None => {
-                            let stream = FirstReadDeadline::new(StrictHttp1::new(stream), HEADER_READ_TIMEOUT);
+                            let stream = ListenerStream::new(stream, HEADER_READ_TIMEOUT);
                             watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await
                         }
                         Some(acceptor) => {
@@ -414,7 +413,7 @@ async fn serve(
                                 tracing::info!(%remote, "registry: TLS handshake failed or timed out");
                                 return;
                             };
-                            let stream = FirstReadDeadline::new(StrictHttp1::new(tls_stream), HEADER_READ_TIMEOUT);
+                            let stream = ListenerStream::new(tls_stream, HEADER_READ_TIMEOUT);
                             watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await
                         }
                     };
