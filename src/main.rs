@@ -594,8 +594,7 @@ async fn log_command(cmd: LogCommand) -> anyhow::Result<ExitCode> {
                         "{} head(s) anchored in the registry for {node}",
                         anchored.len()
                     );
-                    let mut heads: Vec<msglog::SignedHead> =
-                        anchored.into_iter().map(msglog::SignedHead::from).collect();
+                    let mut heads = anchored;
                     heads.extend(msglog::stored_heads(&db)?);
                     let cfg = cached_config(&settings)?;
                     let trust = enlace_certs::TrustStore::new(&cfg.federation_ca, Some(&cfg.crl))?;

@@ -50,7 +50,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use anchor::{HEAD_FORMAT, SignedHead};
+pub use anchor::{HEAD_FORMAT, SignedHead, head_verifies, sign_head};
 pub use chain::{DOMAIN, GENESIS, chain_hash, record_digest};
 pub use evidence::{
     EVIDENCE_FORMAT, Evidence, EvidenceEntry, HeadProof, MAX_PROOF_RECORDS, export,

@@ -85,7 +85,7 @@ impl Evidence {
         self.verify_offline()?;
         for e in &self.entries {
             if let Some(p) = &e.proof
-                && !p.head.verify(public_key)
+                && !super::anchor::head_verifies(&p.head, public_key)
             {
                 return Err(format!(
                     "record {}: the signature of the head at seq {} is invalid",

@@ -280,7 +280,7 @@ fn check_head(
     report: &VerifyReport,
 ) -> HeadOutcome {
     if let Some(key) = key
-        && !head.verify(key)
+        && !super::anchor::head_verifies(head, key)
     {
         return HeadOutcome::Fails("signature is invalid".into());
     }

@@ -287,7 +287,7 @@ impl MessageLog {
     /// and returns it, for the relay to send to the registry.
     pub async fn sign_head(&self, key: &SigningKey, node_id: &str) -> Result<SignedHead, Problem> {
         let (seq, hash) = self.head();
-        let head = SignedHead::sign(key, node_id, seq, &hash);
+        let head = super::anchor::sign_head(key, node_id, seq, &hash);
         let (reply, rx) = oneshot::channel();
         self.send(Command::Anchor(head.clone(), reply))?;
         rx.await.map_err(|_| stopped())??;
