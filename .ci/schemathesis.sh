@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 max_time="${SCHEMATHESIS_MAX_TIME:-30}"
 max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-10}"
-base_port="${SCHEMATHESIS_BASE_PORT:-47300}"
+# Below the kernel's ephemeral range (32768–60999), so that no outgoing connection holds one.
+base_port="${SCHEMATHESIS_BASE_PORT:-29300}"
 target="${CARGO_TARGET_DIR:-target}"
 venv="$target/schemathesis-venv"
 

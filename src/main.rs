@@ -12,6 +12,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The allocator of every role: jemalloc with its background threads, which return the pages a
+/// burst freed to the system within seconds, also when the process then sits idle. Under glibc's
+/// malloc a node kept all the memory 2,400 idle connections had taken (about 120 MB) after they
+/// closed, and grew with each flood; see `tests/process_faults.rs` and BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for bad configuration or usage (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 

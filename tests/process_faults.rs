@@ -4,7 +4,8 @@
 //! both nodes' message logs and its access record in the registry exactly once; the registry
 //! down, the nodes relay on the cached signed configuration until it expires and then fail
 //! closed, and recover by themselves; the provider node down, the consumer answers a problem
-//! naming the peer within a second.
+//! naming the peer within a second. A flood of idle connections to the consumer node leaves it
+//! no larger once they close.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -926,4 +927,95 @@ async fn provider_node_down_the_consumer_answers_a_problem_naming_the_peer_withi
     fed.restart_node(Role::Provider).await;
     let o = exchange(&http, &fed.target).await;
     assert_eq!(o.status, 200, "{o:?}");
+}
+
+/// The anonymous memory (`RssAnon`, kB) of a running process, from `/proc`.
+fn rss_anon_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon in /proc/<pid>/status")
+}
+
+/// `n` connections to `port`, each with one request answered and then left open (idle), from
+/// four loopback addresses (127.0.0.2 to .5) as from four backend hosts: one source alone may
+/// hold only an eighth of a listener's connections.
+async fn idle_connections(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut open = Vec::with_capacity(n);
+    for i in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from((
+                [127, 0, 0, 2 + (i % 4) as u8],
+                0,
+            )))
+            .unwrap();
+        let mut s = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .expect("the consumer node accepts");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: node\r\n\r\n")
+            .await
+            .unwrap();
+        open.push(s);
+    }
+    for s in &mut open {
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut head))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert!(head.starts_with(b"HTTP/1.1 "), "{head:?}");
+    }
+    open
+}
+
+/// Idle connections cost the node memory while they are open, and it is given back once they
+/// close: a flood of them (each sending one request, then nothing) leaves the node no larger
+/// than before, round after round, instead of holding its peak for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_of_a_flood_of_idle_connections_is_given_back_once_they_close() {
+    const CONNECTIONS: usize = 2400;
+    let descriptors = enlace_limits::raise_descriptor_limit();
+    assert!(
+        descriptors.soft > CONNECTIONS as u64 + 200,
+        "this test needs {CONNECTIONS} sockets: {descriptors:?}"
+    );
+    let fed = Fed::start().await;
+    let pid = fed.consumer.child.id();
+    let port = fed.at.base + 7;
+    // A first round, so that what is allocated once and kept (pools, caches) is in the baseline.
+    drop(idle_connections(port, 200).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_anon_kb(pid);
+    let mut peak = before;
+    let mut after = before;
+    for round in 1..=2 {
+        let open = idle_connections(port, CONNECTIONS).await;
+        peak = peak.max(rss_anon_kb(pid));
+        drop(open);
+        // Given back within half a minute of the last connection closing.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            after = rss_anon_kb(pid);
+            if after <= before + (peak - before) / 4 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        eprintln!("round {round}: RssAnon {before} kB before, {peak} kB at peak, {after} kB after");
+    }
+    assert!(
+        peak >= before + 8 * 1024,
+        "{CONNECTIONS} open connections should cost memory ({before} kB → {peak} kB), or this measures nothing"
+    );
+    assert!(
+        after <= before + (peak - before) / 4,
+        "the node kept {} kB of the {} kB its idle connections took ({before} kB before, {peak} kB at peak, {after} kB after)",
+        after - before,
+        peak - before
+    );
 }
