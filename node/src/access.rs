@@ -2,8 +2,8 @@
 //! message log, where each record is committed in the same transaction as the log record
 //! closing its exchange ([`AccessQueue::in_log`]), and a shipper that sends batches to the
 //! registry's `POST /v1/access-records` and deletes them only after a 2xx, retrying with
-//! backoff while the registry is unreachable. (A stand-alone queue file with its own writer
-//! thread, [`AccessQueue::open`], remains for tools and tests that feed records directly.)
+//! backoff while the registry is unreachable. The message log is the only way in: a record is
+//! queued exactly when its exchange's closing log record commits.
 //!
 //! Delivery is at least once: a batch the registry ingested whose response was lost is sent
 //! again, and the registry, idempotent on (message id, node), does not log it twice. A record the
@@ -13,7 +13,6 @@
 pub mod audit;
 
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,16 +21,12 @@ use enlace_core::access::{AccessRecord, SignedAccessRecord};
 use enlace_core::outage::{Outage, Say};
 use enlace_core::problem::{Problem, ProblemKind};
 use rusqlite::{Connection, params};
-use tokio::sync::oneshot;
 
 /// Most records in one request to the registry.
 pub const MAX_BATCH: usize = 500;
 
 /// Longest wait between two attempts while the registry is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// Most records the writer commits in one transaction.
-const MAX_GROUP: usize = 512;
 
 /// The queue's tables, which the message log creates in its file too (`crate::msglog`): a
 /// node's queue lives in its `messages.sqlite`, where each access record is committed in the
@@ -61,11 +56,8 @@ pub fn sign_record(record: AccessRecord, key: &SigningKey) -> SignedAccessRecord
     SignedAccessRecord::sign(record, |msg| key.sign(msg))
 }
 
-type Job = (Vec<u8>, String, oneshot::Sender<Result<(), Problem>>);
-
 /// The durable queue of signed access records awaiting shipment.
 pub struct AccessQueue {
-    jobs: Mutex<Option<Sender<Job>>>,
     /// Reads and deletions by the shipper.
     reader: Mutex<Connection>,
 }
@@ -84,9 +76,8 @@ fn open_conn(path: &Path) -> Result<Connection, Problem> {
 impl AccessQueue {
     /// The queue in a node's message log at `log_path` (opened by [`crate::msglog::MessageLog`]
     /// first, which creates the tables): records arrive with the log records of their
-    /// exchanges (`Extras::access`), and this only ships them. [`AccessQueue::enqueue`] is
-    /// refused. A queue left by an older node in `access-queue.sqlite` beside the log is moved
-    /// in first.
+    /// exchanges (`Extras::access`), and this only ships them. A queue left by an older node in
+    /// `access-queue.sqlite` beside the log is moved in first.
     pub fn in_log(log_path: &Path) -> Result<Arc<AccessQueue>, Problem> {
         let reader = open_conn(log_path)?;
         reader.execute_batch(SCHEMA).map_err(internal)?;
@@ -94,46 +85,8 @@ impl AccessQueue {
             migrate_old_queue(&reader, &dir.join("access-queue.sqlite"))?;
         }
         Ok(Arc::new(AccessQueue {
-            jobs: Mutex::new(None),
             reader: Mutex::new(reader),
         }))
-    }
-
-    /// Opens (creating if needed) a stand-alone queue at `path` and starts its writer thread.
-    pub fn open(path: &Path) -> Result<Arc<AccessQueue>, Problem> {
-        let writer = open_conn(path)?;
-        writer.execute_batch(SCHEMA).map_err(internal)?;
-        let reader = open_conn(path)?;
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("access-queue-writer".into())
-            .spawn(move || write_loop(writer, rx))
-            .map_err(|e| internal(format!("starting the writer thread: {e}")))?;
-        Ok(Arc::new(AccessQueue {
-            jobs: Mutex::new(Some(tx)),
-            reader: Mutex::new(reader),
-        }))
-    }
-
-    /// Queues a signed record; returns once it is durable on disk.
-    pub async fn enqueue(&self, record: &SignedAccessRecord) -> Result<(), Problem> {
-        let (done, wait) = oneshot::channel();
-        let job = (
-            record.canonical_bytes(),
-            record.record.message_id.clone(),
-            done,
-        );
-        {
-            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            let sender = jobs.as_ref().ok_or_else(|| {
-                internal("the queue is closed, or fed by the message log (not by enqueue)")
-            })?;
-            sender
-                .send(job)
-                .map_err(|_| internal("the writer thread stopped"))?;
-        }
-        wait.await
-            .map_err(|_| internal("the writer thread stopped"))?
     }
 
     /// Records waiting to be shipped.
@@ -255,11 +208,6 @@ impl AccessQueue {
             .await
             .map_err(internal)?
     }
-
-    /// Stops the writer thread once queued jobs are written; later enqueues fail.
-    pub fn close(&self) {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-    }
 }
 
 /// Moves the records of an older node's stand-alone queue (`access-queue.sqlite`, tables
@@ -366,40 +314,6 @@ async fn post(
     ))
 }
 
-/// The single writer: takes queued records, commits as many as are waiting in one
-/// transaction, then answers each caller.
-fn write_loop(mut conn: Connection, rx: Receiver<Job>) {
-    loop {
-        let first = match rx.recv_timeout(Duration::from_secs(3600)) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO access_queue (message_id, record) VALUES (?1, ?2)",
-                )?;
-                for (record, message_id, _) in &group {
-                    stmt.execute(params![message_id, record])?;
-                }
-            }
-            tx.commit()
-        })();
-        for (_, _, done) in group {
-            let _ = done.send(result.as_ref().map(|_| ()).map_err(internal));
-        }
-    }
-}
-
 /// Ships queued records every `interval` (at once while a full batch waits), backing off up
 /// to a minute while the registry is unreachable. Runs until aborted.
 pub fn spawn_shipper(
@@ -499,21 +413,26 @@ mod tests {
     async fn records_survive_reopening_and_stay_until_shipped() {
         enlace_certs::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access-queue.sqlite");
-        let q = AccessQueue::open(&path).unwrap();
+        let path = dir.path().join("messages.sqlite");
+        let log = crate::msglog::MessageLog::open(&path, Default::default()).unwrap();
+        let q = AccessQueue::in_log(&path).unwrap();
         let writes: Vec<_> = (0..50)
             .map(|n| {
-                let q = q.clone();
-                tokio::spawn(async move { q.enqueue(&record(n)).await })
+                let r = record(n);
+                let extras = crate::msglog::Extras {
+                    usage: Vec::new(),
+                    access: Some((r.record.message_id.clone(), r.canonical_bytes())),
+                };
+                log.append_with(closing_record(&r.record.message_id), extras)
             })
             .collect();
         for w in writes {
-            w.await.unwrap().unwrap();
+            w.await.unwrap();
         }
         assert_eq!(q.pending().unwrap(), 50);
-        q.close();
+        log.close().await.unwrap();
         drop(q);
-        let q = AccessQueue::open(&path).unwrap();
+        let q = AccessQueue::in_log(&path).unwrap();
         assert_eq!(q.pending().unwrap(), 50);
         // Nobody listens on this port: shipping fails and nothing leaves the queue.
         let http = reqwest::Client::new();
@@ -560,10 +479,22 @@ mod tests {
         // Opening again moves nothing twice.
         let q = AccessQueue::in_log(&log_path).unwrap();
         assert_eq!(q.pending().unwrap(), 3);
-        // A record appended with its access record commits both; enqueue is not the way in.
+        // A record appended with its access record commits both.
         let r = record(7);
-        let mut rec = crate::msglog::Record {
-            message_id: "m-7".into(),
+        let rec = closing_record("m-7");
+        let extras = crate::msglog::Extras {
+            usage: Vec::new(),
+            access: Some((r.record.message_id.clone(), r.canonical_bytes())),
+        };
+        log.append_with(rec, extras).await.unwrap();
+        assert_eq!(q.pending().unwrap(), 4);
+        assert_eq!(q.oldest(10).unwrap().last().unwrap().1, r.canonical_bytes());
+    }
+
+    /// The log record closing an exchange, as a provider node writes it.
+    fn closing_record(message_id: &str) -> crate::msglog::Record {
+        crate::msglog::Record {
+            message_id: message_id.into(),
             kind: crate::msglog::RecordKind::ResponseOut,
             at: time::OffsetDateTime::now_utc(),
             client: String::new(),
@@ -585,15 +516,6 @@ mod tests {
             signature: None,
             headers: Vec::new(),
             body: None,
-        };
-        rec.status = 200;
-        let extras = crate::msglog::Extras {
-            usage: Vec::new(),
-            access: Some((r.record.message_id.clone(), r.canonical_bytes())),
-        };
-        log.append_with(rec, extras).await.unwrap();
-        assert_eq!(q.pending().unwrap(), 4);
-        assert_eq!(q.oldest(10).unwrap().last().unwrap().1, r.canonical_bytes());
-        assert!(q.enqueue(&record(8)).await.is_err());
+        }
     }
 }

@@ -75,7 +75,6 @@ impl RunningNode {
         if let Ok(Err(p)) = tokio::time::timeout(Duration::from_secs(2), last).await {
             tracing::warn!(problem = %p, "could not ship the last access records");
         }
-        self.node.access.close();
         if let Err(p) = self.node.anchor_log_head().await {
             tracing::warn!(problem = %p, "could not anchor the final log head");
         }

@@ -11,6 +11,7 @@ use enlace_certs::SigningKey;
 use enlace_core::access::{AccessRecord, SignedAccessRecord};
 use enlace_core::merkle::{ConsistencyProof, InclusionProof, SignedTreeHead};
 use enlace_node::access::{AccessQueue, sign_record, spawn_shipper};
+use enlace_node::msglog::{Extras, MessageLog, Record, RecordKind};
 use enlace_registry::demo;
 use enlace_tests::{TestRegistry, free_port, registry_config, start_registry};
 use serde_json::{Value, json};
@@ -344,6 +345,41 @@ async fn a_record_altered_in_the_database_fails_its_inclusion_check() {
     assert!(included(&r, r.admin(), &records[1].record.message_id, &head).await);
 }
 
+/// What a provider node does as it closes an exchange: its last log record and the exchange's
+/// signed access record, committed together.
+async fn log_with_access_record(log: &MessageLog, rec: &SignedAccessRecord) {
+    let id = rec.record.message_id.clone();
+    let closing = Record {
+        message_id: id.clone(),
+        kind: RecordKind::ResponseOut,
+        at: time::OffsetDateTime::now_utc(),
+        client: rec.record.consumer_subsystem.clone(),
+        service: rec.record.provider_service.clone(),
+        operation: rec.record.operation.clone(),
+        method: None,
+        target: None,
+        contract: Some(rec.record.contract.clone()),
+        subject: None,
+        user: None,
+        procedure: None,
+        step: None,
+        peer: None,
+        status: rec.record.status,
+        problem: None,
+        request_digest: None,
+        response_digest: None,
+        signature_input: None,
+        signature: None,
+        headers: Vec::new(),
+        body: None,
+    };
+    let extras = Extras {
+        usage: Vec::new(),
+        access: Some((id, rec.canonical_bytes())),
+    };
+    log.append_with(closing, extras).await.unwrap();
+}
+
 #[tokio::test]
 async fn the_node_queue_keeps_records_while_the_registry_is_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -364,10 +400,13 @@ async fn the_node_queue_keeps_records_while_the_registry_is_down() {
     } = r;
     running.stop().await;
 
-    // The registry is down: the node queues durably, the shipper keeps trying.
-    let queue = AccessQueue::open(&dir.path().join("access-queue.sqlite")).unwrap();
+    // The registry is down: the node queues durably (each record committed with the log
+    // record closing its exchange), the shipper keeps trying.
+    let log_path = dir.path().join("messages.sqlite");
+    let log = MessageLog::open(&log_path, Default::default()).unwrap();
+    let queue = AccessQueue::in_log(&log_path).unwrap();
     for rec in &records {
-        queue.enqueue(rec).await.unwrap();
+        log_with_access_record(&log, rec).await;
     }
     let shipper = spawn_shipper(
         queue.clone(),

@@ -15,17 +15,39 @@ pub(crate) struct Target {
     pub query: Option<String>,
 }
 
+/// Path prefix of gRPC calls between nodes: `/g1/SERVICE-ID/vMAJOR/package.Service/Method`.
+pub const GRPC_PREFIX: &str = "/g1/";
+
 /// `/r1/INSTANCE/CLASS/CODE/SUBSYSTEM/SERVICE/vMAJOR/rest…`
 pub(crate) fn read_target(uri: &Uri) -> Result<Target, Problem> {
     let path = uri.path();
     let rest = path.strip_prefix(RELAY_PREFIX).unwrap_or(path);
+    read_service_path(rest, RELAY_PREFIX, uri.query())
+}
+
+/// `/g1/SERVICE-ID/vMAJOR/package.Service/Method`, read as a REST target is; the rest is the
+/// method's path.
+pub(crate) fn read_grpc_target(uri: &Uri) -> Result<Target, Problem> {
+    let rest = uri.path().strip_prefix(GRPC_PREFIX).ok_or_else(|| {
+        Problem::new(
+            ProblemKind::NotFound,
+            format!(
+                "gRPC calls between nodes go to {GRPC_PREFIX}SERVICE/vMAJOR/pkg.Service/Method"
+            ),
+        )
+    })?;
+    read_service_path(rest, GRPC_PREFIX, None)
+}
+
+/// `INSTANCE/CLASS/CODE/SUBSYSTEM/SERVICE/vMAJOR/rest…`, the path after `prefix`.
+fn read_service_path(rest: &str, prefix: &str, query: Option<&str>) -> Result<Target, Problem> {
     let mut parts = rest.splitn(7, '/');
     let segs: Vec<&str> = (0..6).map_while(|_| parts.next()).collect();
     let tail = parts.next().unwrap_or("");
     if segs.len() < 6 {
         return Err(Problem::new(
             ProblemKind::InvalidRequest,
-            format!("path must be {RELAY_PREFIX}INSTANCE/CLASS/CODE/SUBSYSTEM/SERVICE/vMAJOR/…"),
+            format!("path must be {prefix}INSTANCE/CLASS/CODE/SUBSYSTEM/SERVICE/vMAJOR/…"),
         ));
     }
     if segs.iter().any(|s| s.contains('%')) {
@@ -46,6 +68,6 @@ pub(crate) fn read_target(uri: &Uri) -> Result<Target, Problem> {
         service,
         major: version.major,
         rest: format!("/{tail}"),
-        query: uri.query().map(String::from),
+        query: query.map(String::from),
     })
 }

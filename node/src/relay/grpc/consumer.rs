@@ -29,14 +29,14 @@ use super::stream::{
 use super::{
     Bound, CHANNEL_FRAMES, Clock, Closing, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_MESSAGE,
     GRPC_PREFIX, GRPC_STATUS, GRPC_STATUS_DETAILS, GRPC_TIMEOUT, OutBody, PROBLEM_TYPE, PROVIDER,
-    Reply, STREAM_DIGEST, allow_operation, answer, final_record, metadata, problem_trailers, put,
-    read_timeout, streamed, timeout_value, trailers_only,
+    Reply, STREAM_DIGEST, answer, final_record, metadata, problem_trailers, put, read_timeout,
+    streamed, timeout_value, trailers_only,
 };
 use crate::msglog::RecordKind;
 use crate::net::{RelayBody, body_channel, read_body};
 use crate::relay::exchange::backend::{authenticate_backend, within_rate};
 use crate::relay::exchange::context::{self, Context, read_context};
-use crate::relay::exchange::contract::check_contract;
+use crate::relay::exchange::contract::{check_contract, check_operation};
 use crate::relay::exchange::log_record::{About, context_record, set_target};
 use crate::relay::{Node, Snapshot};
 use crate::signature;
@@ -333,7 +333,7 @@ async fn exchange(
     let provider = provider_node(&snap, entry)?;
     trace.peer = Some(provider.id.to_string());
     let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
-    allow_operation(contract, &trace.operation)?;
+    check_operation(contract, &trace.operation)?;
     let mut no_pump = Pump::finished(StreamDigest::new());
     let compiled = until(
         node.compiled_grpc(entry),

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use enlace_core::contract::Contract;
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use enlace_description::grpc::StreamDigest;
 use http::{HeaderMap, HeaderValue, Method, Response, Uri};
@@ -40,8 +39,7 @@ use crate::signature;
 pub(crate) use consumer::consumer;
 pub(crate) use provider::provider;
 
-/// Path prefix between nodes: `/g1/SERVICE-ID/vMAJOR/package.Service/Method`.
-pub const GRPC_PREFIX: &str = "/g1/";
+pub use crate::relay::exchange::target::GRPC_PREFIX;
 /// Metadata naming the provider service when several publish the same protobuf service.
 pub const PROVIDER: &str = "enlace-provider";
 /// Metadata (trailers) carrying the RFC 9457 problem type of an Enlace refusal.
@@ -307,19 +305,6 @@ impl Clock {
 }
 
 // ---- shared phases ----
-
-fn allow_operation(contract: &Contract, operation: &str) -> Result<(), Problem> {
-    if contract.terms.operations.iter().any(|o| o == operation) {
-        return Ok(());
-    }
-    Err(Problem::new(
-        ProblemKind::ContractMissing,
-        format!(
-            "contract {} does not allow operation {operation}",
-            contract.id
-        ),
-    ))
-}
 
 /// The request a signature is bound to, as sent (consumer) or received (provider).
 #[derive(Clone)]

@@ -23,7 +23,7 @@ use enlace_core::contract::Contract;
 use enlace_core::id::{NodeId, SubjectId};
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use enlace_description::grpc::{self as wire, MethodInfo, Side, StreamDigest};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -34,22 +34,22 @@ use super::stream::{
     Ending, Event, Inbound, Outlet, Progress, Pump, PumpDone, StopSignal, relay, stopped, until,
 };
 use super::{
-    Bound, CHANNEL_FRAMES, Clock, Closing, GRPC_ACCEPT_ENCODING, GRPC_MESSAGE, GRPC_PREFIX,
-    GRPC_STATUS, GRPC_STATUS_DETAILS, GRPC_TIMEOUT, OutBody, REQUEST_STREAM_DIGEST, Reply,
-    STREAM_DIGEST, allow_operation, answer, final_record, metadata, problem_trailers, put,
-    read_timeout, streamed, timeout_value, trailers_only,
+    Bound, CHANNEL_FRAMES, Clock, Closing, GRPC_ACCEPT_ENCODING, GRPC_MESSAGE, GRPC_STATUS,
+    GRPC_STATUS_DETAILS, GRPC_TIMEOUT, OutBody, REQUEST_STREAM_DIGEST, Reply, STREAM_DIGEST,
+    answer, final_record, metadata, problem_trailers, put, read_timeout, streamed, timeout_value,
+    trailers_only,
 };
 use crate::msglog::RecordKind;
 use crate::net::{BodySender, RelayBody, body_channel, read_body};
 use crate::relay::exchange::access_record;
 use crate::relay::exchange::context::{self, Context};
-use crate::relay::exchange::contract::{admit, check_contract};
+use crate::relay::exchange::contract::{admit, check_contract, check_operation};
 use crate::relay::exchange::log_record::{
     About, context_record, keep_request_signature, set_target,
 };
 use crate::relay::exchange::peer::{read_message_id, verify_peer};
 use crate::relay::exchange::resolve::resolve_service;
-use crate::relay::exchange::target::{RELAY_PREFIX, Target, read_target};
+use crate::relay::exchange::target::read_grpc_target;
 use crate::relay::{Node, Snapshot};
 
 /// How long a streamed call without a deadline may wait for the backend's head at most; its
@@ -339,22 +339,6 @@ fn refusal_record(
     )
 }
 
-/// `/g1/SERVICE-ID/vMAJOR/package.Service/Method`, read like a REST target.
-fn read_grpc_target(uri: &Uri) -> Result<Target, Problem> {
-    let rest = uri.path().strip_prefix(GRPC_PREFIX).ok_or_else(|| {
-        Problem::new(
-            ProblemKind::NotFound,
-            format!(
-                "gRPC calls between nodes go to {GRPC_PREFIX}SERVICE/vMAJOR/pkg.Service/Method"
-            ),
-        )
-    })?;
-    let as_rest: Uri = format!("{}{rest}", RELAY_PREFIX)
-        .parse()
-        .map_err(|_| Problem::new(ProblemKind::InvalidRequest, "the path is malformed"))?;
-    read_target(&as_rest)
-}
-
 /// The status fields a provider node passes on from its backend: code, message, details and
 /// custom metadata. Never `enlace-*`: a backend cannot speak for the node.
 fn backend_status(from: &HeaderMap, message_id: &str) -> Result<HeaderMap, Problem> {
@@ -475,7 +459,7 @@ async fn exchange(
     node.check_replay(&message_id)?;
     let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
     check_encoding(&req.headers)?;
-    allow_operation(contract, &method.full_name)?;
+    check_operation(contract, &method.full_name)?;
     let custom = metadata::custom(&req.headers)
         .map_err(|d| Problem::new(ProblemKind::InvalidRequest, d).caused_by(Culprit::PeerNode))?;
     let chain = match &whole {
