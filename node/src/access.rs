@@ -494,28 +494,12 @@ mod tests {
     /// The log record closing an exchange, as a provider node writes it.
     fn closing_record(message_id: &str) -> crate::msglog::Record {
         crate::msglog::Record {
-            message_id: message_id.into(),
-            kind: crate::msglog::RecordKind::ResponseOut,
-            at: time::OffsetDateTime::now_utc(),
-            client: String::new(),
-            service: String::new(),
-            operation: String::new(),
-            method: None,
-            target: None,
-            contract: None,
-            subject: None,
-            user: None,
-            procedure: None,
-            step: None,
-            peer: None,
             status: 200,
-            problem: None,
-            request_digest: None,
-            response_digest: None,
-            signature_input: None,
-            signature: None,
-            headers: Vec::new(),
-            body: None,
+            ..crate::msglog::Record::new(
+                message_id,
+                crate::msglog::RecordKind::ResponseOut,
+                time::OffsetDateTime::now_utc(),
+            )
         }
     }
 }

@@ -85,6 +85,35 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record of `kind` for `message_id`, handled at `at`, with nothing else known yet: the
+    /// relay fills in what it learns of the exchange (`relay::exchange::log_record`).
+    pub fn new(message_id: impl Into<String>, kind: RecordKind, at: OffsetDateTime) -> Record {
+        Record {
+            message_id: message_id.into(),
+            kind,
+            at,
+            client: String::new(),
+            service: String::new(),
+            operation: String::new(),
+            method: None,
+            target: None,
+            contract: None,
+            subject: None,
+            user: None,
+            procedure: None,
+            step: None,
+            peer: None,
+            status: 0,
+            problem: None,
+            request_digest: None,
+            response_digest: None,
+            signature_input: None,
+            signature: None,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
     /// The bytes that are stored and hashed: `serde_json` of the record with `at` in UTC.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         if self.at.offset() == UtcOffset::UTC {

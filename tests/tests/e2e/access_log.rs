@@ -350,28 +350,16 @@ async fn a_record_altered_in_the_database_fails_its_inclusion_check() {
 async fn log_with_access_record(log: &MessageLog, rec: &SignedAccessRecord) {
     let id = rec.record.message_id.clone();
     let closing = Record {
-        message_id: id.clone(),
-        kind: RecordKind::ResponseOut,
-        at: time::OffsetDateTime::now_utc(),
         client: rec.record.consumer_subsystem.clone(),
         service: rec.record.provider_service.clone(),
         operation: rec.record.operation.clone(),
-        method: None,
-        target: None,
         contract: Some(rec.record.contract.clone()),
-        subject: None,
-        user: None,
-        procedure: None,
-        step: None,
-        peer: None,
         status: rec.record.status,
-        problem: None,
-        request_digest: None,
-        response_digest: None,
-        signature_input: None,
-        signature: None,
-        headers: Vec::new(),
-        body: None,
+        ..Record::new(
+            id.clone(),
+            RecordKind::ResponseOut,
+            time::OffsetDateTime::now_utc(),
+        )
     };
     let extras = Extras {
         usage: Vec::new(),

@@ -21,9 +21,6 @@ pub(crate) struct About<'a> {
 pub(crate) fn context_record(kind: RecordKind, status: u16, about: About<'_>) -> Record {
     let ctx = about.context;
     Record {
-        message_id: about.message_id.to_string(),
-        kind,
-        at: time::OffsetDateTime::now_utc(),
         client: about
             .client
             .map(|c| c.to_string())
@@ -31,8 +28,6 @@ pub(crate) fn context_record(kind: RecordKind, status: u16, about: About<'_>) ->
             .unwrap_or_default(),
         service: about.service.to_string(),
         operation: about.operation.to_string(),
-        method: None,
-        target: None,
         contract: ctx.and_then(|c| c.contract.as_ref().map(|x| x.to_string())),
         subject: ctx.and_then(|c| c.subject.as_ref().map(|x| x.to_string())),
         user: ctx.and_then(|c| c.user.clone()),
@@ -40,13 +35,7 @@ pub(crate) fn context_record(kind: RecordKind, status: u16, about: About<'_>) ->
         step: ctx.and_then(|c| c.step.clone()),
         peer: about.peer,
         status,
-        problem: None,
-        request_digest: None,
-        response_digest: None,
-        signature_input: None,
-        signature: None,
-        headers: Vec::new(),
-        body: None,
+        ..Record::new(about.message_id, kind, time::OffsetDateTime::now_utc())
     }
 }
 
