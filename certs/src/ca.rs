@@ -290,21 +290,9 @@ impl FederationCa {
         &self,
         csr_pem: &str,
         node: &NodeId,
-        validity: Duration,
+        validity: impl Into<Validity>,
     ) -> Result<IssuedCert> {
-        let (nb, na) = window(validity)?;
-        self.issue(csr_pem, Profile::NodeTls(node), nb, na)
-    }
-
-    /// [`FederationCa::issue_node_tls`] with an explicit validity window (tests, backfills).
-    pub fn issue_node_tls_at(
-        &self,
-        csr_pem: &str,
-        node: &NodeId,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-    ) -> Result<IssuedCert> {
-        self.issue(csr_pem, Profile::NodeTls(node), not_before, not_after)
+        self.issue(csr_pem, Profile::NodeTls(node), validity.into())
     }
 
     /// A node's signing certificate: URI SAN `node.uri()`, key usage digitalSignature and
@@ -313,21 +301,9 @@ impl FederationCa {
         &self,
         csr_pem: &str,
         node: &NodeId,
-        validity: Duration,
+        validity: impl Into<Validity>,
     ) -> Result<IssuedCert> {
-        let (nb, na) = window(validity)?;
-        self.issue(csr_pem, Profile::NodeSigning(node), nb, na)
-    }
-
-    /// [`FederationCa::issue_node_signing`] with an explicit validity window.
-    pub fn issue_node_signing_at(
-        &self,
-        csr_pem: &str,
-        node: &NodeId,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-    ) -> Result<IssuedCert> {
-        self.issue(csr_pem, Profile::NodeSigning(node), not_before, not_after)
+        self.issue(csr_pem, Profile::NodeSigning(node), validity.into())
     }
 
     /// The registry's signing certificate for the signed global configuration: URI SAN
@@ -336,26 +312,9 @@ impl FederationCa {
         &self,
         csr_pem: &str,
         instance: &Instance,
-        validity: Duration,
+        validity: impl Into<Validity>,
     ) -> Result<IssuedCert> {
-        let (nb, na) = window(validity)?;
-        self.issue(csr_pem, Profile::RegistrySigning(instance), nb, na)
-    }
-
-    /// [`FederationCa::issue_registry_signing`] with an explicit validity window.
-    pub fn issue_registry_signing_at(
-        &self,
-        csr_pem: &str,
-        instance: &Instance,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-    ) -> Result<IssuedCert> {
-        self.issue(
-            csr_pem,
-            Profile::RegistrySigning(instance),
-            not_before,
-            not_after,
-        )
+        self.issue(csr_pem, Profile::RegistrySigning(instance), validity.into())
     }
 
     /// An HTTPS server certificate (the registry's listener): DNS and IP SANs from `dns_names`,
@@ -364,35 +323,13 @@ impl FederationCa {
         &self,
         csr_pem: &str,
         dns_names: &[String],
-        validity: Duration,
+        validity: impl Into<Validity>,
     ) -> Result<IssuedCert> {
-        let (nb, na) = window(validity)?;
-        self.issue(csr_pem, Profile::ServerTls(dns_names), nb, na)
+        self.issue(csr_pem, Profile::ServerTls(dns_names), validity.into())
     }
 
-    /// [`FederationCa::issue_server_tls`] with an explicit validity window.
-    pub fn issue_server_tls_at(
-        &self,
-        csr_pem: &str,
-        dns_names: &[String],
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-    ) -> Result<IssuedCert> {
-        self.issue(
-            csr_pem,
-            Profile::ServerTls(dns_names),
-            not_before,
-            not_after,
-        )
-    }
-
-    fn issue(
-        &self,
-        csr_pem: &str,
-        profile: Profile<'_>,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-    ) -> Result<IssuedCert> {
+    fn issue(&self, csr_pem: &str, profile: Profile<'_>, validity: Validity) -> Result<IssuedCert> {
+        let (not_before, not_after) = validity.window()?;
         if not_after <= not_before {
             return Err(invalid(
                 "certificate validity: not_after must be after not_before",
@@ -476,12 +413,35 @@ impl FederationCa {
 }
 
 /// Now minus [`BACKDATE`] to now plus `validity`.
-fn window(validity: Duration) -> Result<(OffsetDateTime, OffsetDateTime)> {
-    if validity <= Duration::ZERO {
-        return Err(invalid("certificate validity must be positive"));
+/// When an issued certificate is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// From now (backdated a little, for clocks slightly behind) for this long; a `Duration`
+    /// converts into it.
+    For(Duration),
+    /// An explicit window, not before and not after (tests, backfills).
+    Between(OffsetDateTime, OffsetDateTime),
+}
+
+impl From<Duration> for Validity {
+    fn from(d: Duration) -> Validity {
+        Validity::For(d)
     }
-    let now = OffsetDateTime::now_utc();
-    Ok((now - BACKDATE, now + validity))
+}
+
+impl Validity {
+    fn window(self) -> Result<(OffsetDateTime, OffsetDateTime)> {
+        match self {
+            Validity::For(validity) => {
+                if validity <= Duration::ZERO {
+                    return Err(invalid("certificate validity must be positive"));
+                }
+                let now = OffsetDateTime::now_utc();
+                Ok((now - BACKDATE, now + validity))
+            }
+            Validity::Between(not_before, not_after) => Ok((not_before, not_after)),
+        }
+    }
 }
 
 /// A serial in hex: 1 to 20 bytes, leading zero bytes dropped.

@@ -26,7 +26,8 @@ mod tls;
 mod tests;
 
 pub use ca::{
-    FederationCa, IssuedCert, REGISTRY_URI_PREFIX, RevocationReason, Revoked, registry_uri,
+    FederationCa, IssuedCert, REGISTRY_URI_PREFIX, RevocationReason, Revoked, Validity,
+    registry_uri,
 };
 pub use csr::{NodeKeys, csr_for, node_init, server_key_and_csr};
 pub use encoding::{MAX_CSR_PEM_LEN, MAX_PEM_LEN};

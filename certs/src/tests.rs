@@ -188,11 +188,10 @@ async fn expired_client_certificate_is_refused() {
     let mut b = enrol(&ca, node(SII, "b"));
     let now = OffsetDateTime::now_utc();
     b.tls = ca
-        .issue_node_tls_at(
+        .issue_node_tls(
             &b.keys.tls_csr_pem,
             &b.id,
-            now - Duration::days(10),
-            now - Duration::days(3),
+            Validity::Between(now - Duration::days(10), now - Duration::days(3)),
         )
         .unwrap();
     let t = trust(&ca, None);
@@ -208,11 +207,10 @@ async fn expired_server_certificate_is_refused_by_the_client() {
     let b = enrol(&ca, node(SII, "b"));
     let now = OffsetDateTime::now_utc();
     a.tls = ca
-        .issue_node_tls_at(
+        .issue_node_tls(
             &a.keys.tls_csr_pem,
             &a.id,
-            now - Duration::days(10),
-            now - Duration::days(3),
+            Validity::Between(now - Duration::days(10), now - Duration::days(3)),
         )
         .unwrap();
     let t = trust(&ca, None);
@@ -515,7 +513,11 @@ fn needs_renewal_after_the_given_fraction() {
     let keys = node_init(&id).unwrap();
     let start = OffsetDateTime::now_utc() - Duration::hours(1);
     let cert = ca
-        .issue_node_tls_at(&keys.tls_csr_pem, &id, start, start + Duration::days(10))
+        .issue_node_tls(
+            &keys.tls_csr_pem,
+            &id,
+            Validity::Between(start, start + Duration::days(10)),
+        )
         .unwrap();
     let at = |days: i64| start + Duration::days(days);
     assert!(!needs_renewal(&cert.pem, at(1), 0.3));
