@@ -7,23 +7,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_enlace");
+mod support;
 
-/// Nine consecutive free loopback ports (what `enlace up --base-port` takes).
-fn free_base() -> u16 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    for i in 0..200u32 {
-        let base = 20_000 + ((seed.wrapping_add(i * 7919)) % 40_000) as u16;
-        let all_free = (0..9).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no nine consecutive free ports");
-}
+use support::{BIN, free_base, text};
 
 fn enlace(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -31,14 +17,6 @@ fn enlace(args: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .expect("enlace runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `enlace up` in the background, and the lines it printed until it was ready. Dropped

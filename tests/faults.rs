@@ -7,11 +7,14 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_enlace");
+mod support;
+
+use support::{BIN, free_base, text};
+
 const PERSON_PATH: &str = "/r1/CL-DEV/GOV/61002000-3/registro-civil/personas/v1/persons/12345678-5";
 const PROVIDER: &str = "61002000-3";
 const CONSUMER: &str = "60803000-K";
@@ -37,30 +40,6 @@ fn build_shim(dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&built.stderr)
     );
     out
-}
-
-/// Nine consecutive free loopback ports (what `enlace up --base-port` takes).
-fn free_base() -> u16 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    for i in 0..200u32 {
-        let base = 20_000 + ((seed.wrapping_add(i * 7919)) % 40_000) as u16;
-        let all_free = (0..9).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no nine consecutive free ports");
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A child process, its stderr in a file; killed when dropped.

@@ -10,36 +10,18 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use enlace_registry::demo;
 
-const BIN: &str = env!("CARGO_BIN_EXE_enlace");
+mod support;
+
+use support::{BIN, free_base, text};
 
 /// The shortest validity the registry accepts (`config_validity_secs`), reissued every 10 s.
 const CONFIG_VALIDITY_SECS: u64 = 30;
-
-/// Nine consecutive free loopback ports (what `enlace up --base-port` takes), below the
-/// kernel's ephemeral range so that no outgoing connection takes one between two runs.
-fn free_base() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_nanos();
-    for i in 0..500u32 {
-        let base = 20_000 + ((seed.wrapping_add(i * 7919)) % 12_000) as u16;
-        let clear = given.iter().all(|g| base.abs_diff(*g) >= 9);
-        if clear && (0..9).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok()) {
-            given.push(base);
-            return base;
-        }
-    }
-    panic!("no nine consecutive free ports");
-}
 
 /// A child process, killed (SIGKILL) if still running when dropped.
 struct Proc {
@@ -347,11 +329,7 @@ impl Fed {
             .env("RUST_LOG", "warn")
             .output()
             .expect("enlace log verify runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = text(&out);
         assert!(
             out.status.success() && text.contains("the chain verifies"),
             "log verify of the {role:?} node failed:\n{text}"
