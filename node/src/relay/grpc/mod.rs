@@ -2,9 +2,12 @@
 //! its gRPC backend, message by message, driven by the service version's descriptor set (no
 //! generated code), for every kind of call: unary, server, client and bidirectional streaming.
 //!
-//! `consumer.rs` is the consumer node's side, `provider.rs` the provider node's, each a
-//! sequence of named phases; `stream.rs` moves messages (strictly decoded, bounded, chained)
-//! in both directions at once; `signing.rs` holds the four signatures of an exchange (request
+//! `consumer/` is the consumer node's side, `provider/` the provider node's, each a sequence of
+//! named phases, with the closing phase (`finish.rs`: the final status verified or signed, the
+//! closing and access records) and the request direction of a streamed request
+//! (`requests.rs`) in files of their own, and the provider's refusals in `refusal.rs`;
+//! `stream.rs` moves messages (strictly decoded, bounded, chained)
+//! in both directions at once; `signing/` holds the four signatures of an exchange (request
 //! head, request trailers of a streamed request, response head, response trailers);
 //! `metadata.rs` decides which gRPC metadata crosses the nodes; `evidence.rs` checks the
 //! signatures the log records hold, offline. Each call runs in its own task, so that its ending

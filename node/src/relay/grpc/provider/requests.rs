@@ -1,0 +1,123 @@
+//! The request direction of a client-streaming call: each message strictly decoded, bound to
+//! the named person where the method binds one, chained, and passed on to the backend.
+
+use super::*;
+
+/// The request direction of a streamed request.
+pub(super) struct RequestPump {
+    pub(super) body: Incoming,
+    pub(super) method: MethodInfo,
+    /// The person `enlace-subject` names, whom every request message must be about where the
+    /// method binds the subject.
+    pub(super) named: Option<SubjectId>,
+    pub(super) asked: Asked,
+    pub(super) max: usize,
+    pub(super) clock: Arc<Clock>,
+    pub(super) node: Arc<Node>,
+    pub(super) snap: Arc<Snapshot>,
+    pub(super) peer: NodeId,
+    pub(super) received: Bound,
+    pub(super) out: BodySender,
+    pub(super) progress: Progress,
+    pub(super) stop: StopSignal,
+}
+
+/// Relays the consumer node's request messages to the backend as they come, each strictly
+/// decoded, bound to the subject and chained, and passes the end on only once the signed
+/// request trailers verify against the chain received. A broken or missing chain, a message
+/// that does not decode, or one about another person than `enlace-subject` names (which never
+/// reaches the backend) fails the backend's stream (it sees a reset, not an end) and the call.
+pub(super) async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
+    let RequestPump {
+        body,
+        method,
+        named,
+        asked,
+        max,
+        clock,
+        node,
+        snap,
+        peer,
+        received,
+        out,
+        progress,
+        mut stop,
+    } = p;
+    let mut inbound = Inbound::new(body, Side::Request, max, clock, Culprit::PeerNode);
+    let failed = loop {
+        let next = tokio::select! {
+            biased;
+            _ = &mut stop => break stopped(),
+            n = inbound.next() => n,
+        };
+        let event = match next {
+            Ok(e) => e,
+            // Framing the consumer node checked before sending: altered on the way.
+            Err(e) if e.kind == ProblemKind::RequestSchemaViolation => break altered(e),
+            Err(e) => break e,
+        };
+        match event {
+            Event::Message(payload) => {
+                let msg = match method.decode_request(&payload) {
+                    Ok(m) => m,
+                    Err(e) => break altered(e),
+                };
+                if let Err(e) = bind_subject(&method, &msg, named.as_ref(), &asked) {
+                    break e;
+                }
+                progress.update(&payload);
+                let framed = match wire::encode_frame(&payload, false) {
+                    Ok(f) => f,
+                    Err(e) => break e,
+                };
+                let sent = tokio::select! {
+                    biased;
+                    _ = &mut stop => break stopped(),
+                    r = out.data(Bytes::from(framed)) => r,
+                };
+                if sent.is_err() {
+                    // The backend stopped reading: its answer tells the rest.
+                    return Ok(PumpDone {
+                        chain: progress.get(),
+                        trailers: None,
+                    });
+                }
+            }
+            Event::Trailers(t) => {
+                let chain = progress.get();
+                let peer = peer.to_string();
+                let key_for = |keyid: &str| {
+                    if keyid != peer {
+                        return Err(Problem::new(
+                            ProblemKind::SignatureInvalid,
+                            format!("request trailers signed by {keyid}, not by {peer}"),
+                        ));
+                    }
+                    node.peer_keys(&snap, keyid)
+                };
+                let verifier = Verifier {
+                    now: node.unix_now(),
+                    max_skew_secs: node.settings.raw.limits.clock_skew_secs,
+                    key_for: &key_for,
+                };
+                if let Err(e) = signing::verify_request_trailers(&t, &received, &chain, &verifier) {
+                    break e.caused_by(Culprit::PeerNode);
+                }
+                let _ = out.finish().await;
+                return Ok(PumpDone {
+                    chain,
+                    trailers: Some(t),
+                });
+            }
+            Event::End => {
+                break Problem::new(
+                    ProblemKind::SignatureInvalid,
+                    "the request stream ended without its signed trailers",
+                )
+                .caused_by(Culprit::PeerNode);
+            }
+        }
+    };
+    out.fail(crate::relay::grpc::stream::RESET).await;
+    Err(failed)
+}
