@@ -196,6 +196,58 @@ pub(super) fn stopped() -> Problem {
     )
 }
 
+/// How the messages of a request direction stopped going on.
+pub(super) enum Forwarded {
+    /// The inbound stream ended, with its trailers if it had any.
+    Ended(Option<HeaderMap>),
+    /// The other side stopped reading: its answer tells the rest.
+    Unread,
+}
+
+/// The loop both request directions run: each message of `inbound` checked by `check`, chained
+/// in `progress`, and passed on to `out`, until the inbound stream ends, the other side stops
+/// reading, or the call ends (`stop`). A read error goes through `read_failed` first (who is to
+/// blame differs by side). On an error the caller fails `out` (see [`fail_stream`]).
+pub(super) async fn forward_messages(
+    inbound: &mut Inbound,
+    stop: &mut StopSignal,
+    out: &BodySender,
+    progress: &Progress,
+    read_failed: impl Fn(Problem) -> Problem,
+    mut check: impl FnMut(&[u8]) -> Result<(), Problem>,
+) -> Result<Forwarded, Problem> {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = &mut *stop => return Err(stopped()),
+            n = inbound.next() => n,
+        };
+        let payload = match next.map_err(&read_failed)? {
+            Event::Message(payload) => payload,
+            Event::Trailers(t) => return Ok(Forwarded::Ended(Some(t))),
+            Event::End => return Ok(Forwarded::Ended(None)),
+        };
+        check(&payload)?;
+        progress.update(&payload);
+        let framed = wire::encode_frame(&payload, false)?;
+        let sent = tokio::select! {
+            biased;
+            _ = &mut *stop => return Err(stopped()),
+            r = out.data(Bytes::from(framed)) => r,
+        };
+        if sent.is_err() {
+            return Ok(Forwarded::Unread);
+        }
+    }
+}
+
+/// Fails a request direction's outbound stream (the other side sees a reset, never an end)
+/// and returns why.
+pub(super) async fn fail_stream(out: BodySender, why: Problem) -> Result<PumpDone, Problem> {
+    out.fail(RESET).await;
+    Err(why)
+}
+
 impl Pump {
     /// A request already sent whole (one message), with its chain.
     pub(super) fn finished(chain: StreamDigest) -> Pump {

@@ -24,7 +24,8 @@ use tokio::time::Instant;
 
 use super::signing::{self, Chains, Signer, Verifier};
 use super::stream::{
-    Ending, Event, Inbound, Outlet, Progress, Pump, PumpDone, StopSignal, relay, stopped, until,
+    Ending, Forwarded, Inbound, Outlet, Progress, Pump, PumpDone, StopSignal, fail_stream,
+    forward_messages, relay, until,
 };
 use super::{
     Bound, CHANNEL_FRAMES, Clock, Closing, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_MESSAGE,

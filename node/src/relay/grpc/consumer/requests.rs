@@ -32,49 +32,31 @@ pub(super) async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
         mut stop,
     } = p;
     let mut inbound = Inbound::new(body, Side::Request, max, clock, Culprit::Client);
-    let failed = loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut stop => break stopped(),
-            n = inbound.next() => n,
-        };
-        let payload = match next {
-            Ok(Event::Message(payload)) => payload,
-            Ok(Event::End | Event::Trailers(_)) => {
-                let chain = progress.get();
-                let trailers = match signing::request_trailers(&signer(&node), &sent, &chain) {
-                    Ok(t) => t,
-                    Err(e) => break e,
-                };
+    let forwarded = forward_messages(
+        &mut inbound,
+        &mut stop,
+        &out,
+        &progress,
+        |e| e,
+        |payload| method.decode_request(payload).map(drop),
+    )
+    .await;
+    let chain = progress.get();
+    match forwarded {
+        Ok(Forwarded::Unread) => Ok(PumpDone {
+            chain,
+            trailers: None,
+        }),
+        Ok(Forwarded::Ended(_)) => match signing::request_trailers(&signer(&node), &sent, &chain) {
+            Ok(trailers) => {
                 let _ = out.trailers(trailers.clone()).await;
-                return Ok(PumpDone {
+                Ok(PumpDone {
                     chain,
                     trailers: Some(trailers),
-                });
+                })
             }
-            Err(e) => break e,
-        };
-        if let Err(e) = method.decode_request(&payload) {
-            break e;
-        }
-        progress.update(&payload);
-        let framed = match wire::encode_frame(&payload, false) {
-            Ok(f) => f,
-            Err(e) => break e,
-        };
-        let sent = tokio::select! {
-            biased;
-            _ = &mut stop => break stopped(),
-            r = out.data(Bytes::from(framed)) => r,
-        };
-        if sent.is_err() {
-            // The provider node stopped reading: its answer tells the rest.
-            return Ok(PumpDone {
-                chain: progress.get(),
-                trailers: None,
-            });
-        }
-    };
-    out.fail(crate::relay::grpc::stream::RESET).await;
-    Err(failed)
+            Err(e) => fail_stream(out, e).await,
+        },
+        Err(e) => fail_stream(out, e).await,
+    }
 }

@@ -31,7 +31,8 @@ use tokio::time::Instant;
 use super::consumer::{altered, check_encoding, check_single_request, content_type, signer};
 use super::signing::{self, Verifier};
 use super::stream::{
-    Ending, Event, Inbound, Outlet, Progress, Pump, PumpDone, StopSignal, relay, stopped, until,
+    Ending, Forwarded, Inbound, Outlet, Progress, Pump, PumpDone, StopSignal, fail_stream,
+    forward_messages, relay, until,
 };
 use super::{
     Bound, CHANNEL_FRAMES, Clock, Closing, GRPC_ACCEPT_ENCODING, GRPC_MESSAGE, GRPC_STATUS,

@@ -44,80 +44,61 @@ pub(super) async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
         mut stop,
     } = p;
     let mut inbound = Inbound::new(body, Side::Request, max, clock, Culprit::PeerNode);
-    let failed = loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut stop => break stopped(),
-            n = inbound.next() => n,
-        };
-        let event = match next {
-            Ok(e) => e,
-            // Framing the consumer node checked before sending: altered on the way.
-            Err(e) if e.kind == ProblemKind::RequestSchemaViolation => break altered(e),
-            Err(e) => break e,
-        };
-        match event {
-            Event::Message(payload) => {
-                let msg = match method.decode_request(&payload) {
-                    Ok(m) => m,
-                    Err(e) => break altered(e),
-                };
-                if let Err(e) = bind_subject(&method, &msg, named.as_ref(), &asked) {
-                    break e;
-                }
-                progress.update(&payload);
-                let framed = match wire::encode_frame(&payload, false) {
-                    Ok(f) => f,
-                    Err(e) => break e,
-                };
-                let sent = tokio::select! {
-                    biased;
-                    _ = &mut stop => break stopped(),
-                    r = out.data(Bytes::from(framed)) => r,
-                };
-                if sent.is_err() {
-                    // The backend stopped reading: its answer tells the rest.
-                    return Ok(PumpDone {
-                        chain: progress.get(),
-                        trailers: None,
-                    });
-                }
-            }
-            Event::Trailers(t) => {
-                let chain = progress.get();
-                let peer = peer.to_string();
-                let key_for = |keyid: &str| {
-                    if keyid != peer {
-                        return Err(Problem::new(
-                            ProblemKind::SignatureInvalid,
-                            format!("request trailers signed by {keyid}, not by {peer}"),
-                        ));
-                    }
-                    node.peer_keys(&snap, keyid)
-                };
-                let verifier = Verifier {
-                    now: node.unix_now(),
-                    max_skew_secs: node.settings.raw.limits.clock_skew_secs,
-                    key_for: &key_for,
-                };
-                if let Err(e) = signing::verify_request_trailers(&t, &received, &chain, &verifier) {
-                    break e.caused_by(Culprit::PeerNode);
-                }
-                let _ = out.finish().await;
-                return Ok(PumpDone {
-                    chain,
-                    trailers: Some(t),
-                });
-            }
-            Event::End => {
-                break Problem::new(
-                    ProblemKind::SignatureInvalid,
-                    "the request stream ended without its signed trailers",
-                )
-                .caused_by(Culprit::PeerNode);
-            }
+    let forwarded = forward_messages(
+        &mut inbound,
+        &mut stop,
+        &out,
+        &progress,
+        // Framing the consumer node checked before sending: altered on the way.
+        |e| match e.kind {
+            ProblemKind::RequestSchemaViolation => altered(e),
+            _ => e,
+        },
+        |payload| {
+            let msg = method.decode_request(payload).map_err(altered)?;
+            bind_subject(&method, &msg, named.as_ref(), &asked)
+        },
+    )
+    .await;
+    let chain = progress.get();
+    let trailers = match forwarded {
+        Ok(Forwarded::Unread) => {
+            return Ok(PumpDone {
+                chain,
+                trailers: None,
+            });
         }
+        Ok(Forwarded::Ended(Some(t))) => t,
+        Ok(Forwarded::Ended(None)) => {
+            let e = Problem::new(
+                ProblemKind::SignatureInvalid,
+                "the request stream ended without its signed trailers",
+            );
+            return fail_stream(out, e.caused_by(Culprit::PeerNode)).await;
+        }
+        Err(e) => return fail_stream(out, e).await,
     };
-    out.fail(crate::relay::grpc::stream::RESET).await;
-    Err(failed)
+    let peer = peer.to_string();
+    let key_for = |keyid: &str| {
+        if keyid != peer {
+            return Err(Problem::new(
+                ProblemKind::SignatureInvalid,
+                format!("request trailers signed by {keyid}, not by {peer}"),
+            ));
+        }
+        node.peer_keys(&snap, keyid)
+    };
+    let verifier = Verifier {
+        now: node.unix_now(),
+        max_skew_secs: node.settings.raw.limits.clock_skew_secs,
+        key_for: &key_for,
+    };
+    if let Err(e) = signing::verify_request_trailers(&trailers, &received, &chain, &verifier) {
+        return fail_stream(out, e.caused_by(Culprit::PeerNode)).await;
+    }
+    let _ = out.finish().await;
+    Ok(PumpDone {
+        chain,
+        trailers: Some(trailers),
+    })
 }
