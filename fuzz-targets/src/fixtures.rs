@@ -29,7 +29,7 @@ pub fn rfc_test_public_key() -> Vec<u8> {
 /// cover.
 pub fn request_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
-    let digest = enlace_node::signature::content_digest(REQUEST_BODY);
+    let digest = enlace_httpsig::content_digest(REQUEST_BODY);
     for (name, value) in [
         ("content-type", "application/json"),
         ("content-digest", digest.as_str()),

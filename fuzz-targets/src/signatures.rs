@@ -2,8 +2,8 @@
 //! `Content-Digest`.
 
 use enlace_core::problem::{Problem, ProblemKind};
-use enlace_node::signature::{
-    self, Message, REQUEST_COMPONENTS, SIGNATURE, SIGNATURE_INPUT, fuzzing,
+use enlace_httpsig::{
+    self as signature, Message, REQUEST_COMPONENTS, SIGNATURE, SIGNATURE_INPUT, fuzzing,
 };
 use http::{HeaderValue, Method, Uri};
 

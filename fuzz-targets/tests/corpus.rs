@@ -8,7 +8,7 @@ use enlace_certs::SigningKey;
 use enlace_fuzz_targets::{
     CONSUMER, NOW, REQUEST_BODY, REQUEST_URI, SKEW, TARGETS, request_headers, rfc_test_public_key,
 };
-use enlace_node::signature::{self, Message, SIGNATURE, SIGNATURE_INPUT};
+use enlace_httpsig::{self as signature, Message, SIGNATURE, SIGNATURE_INPUT};
 use http::{HeaderValue, Method, Uri};
 
 // RFC 9421 Appendix B.1.4, `test-key-ed25519`: published test data, never a real key.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::msglog::{Evidence, Record, RecordKind};
 use crate::relay::grpc_evidence;
-use crate::signature::{self, Expected, Message, MessageContext};
+use enlace_httpsig::{self as signature, Expected, Message, MessageContext};
 
 pub const BUNDLE_FORMAT: &str = "enlace-evidence-bundle-v1";
 

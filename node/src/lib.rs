@@ -14,6 +14,5 @@ pub mod renewal;
 pub mod sample;
 pub mod sample_grpc;
 pub mod settings;
-pub mod signature;
 
 pub use config::{ConfigClient, ConfigSource};

@@ -649,18 +649,15 @@ impl TestFederation {
         put("enlace-service", &format!("{}/v1.0", demo::PERSONAS));
         put("enlace-contract", &self.demo.contract);
         put("enlace-subject", demo::PERSON);
-        put(
-            "content-digest",
-            &enlace_node::signature::content_digest(body),
-        );
+        put("content-digest", &enlace_httpsig::content_digest(body));
         for (k, v) in extra {
             put(k, v);
         }
-        let (input, sig) = enlace_node::signature::sign_request(
+        let (input, sig) = enlace_httpsig::sign_request(
             &keys.signing_key,
             &keys.id,
             created,
-            enlace_node::signature::Message::request(&method, &uri, &headers),
+            enlace_httpsig::Message::request(&method, &uri, &headers),
         )
         .expect("signs");
         headers.insert("signature-input", input.parse().expect("value"));

@@ -798,7 +798,7 @@ impl Mitm {
                         }
                         Tamper::ReDigest => {
                             body = serde_json::to_vec(&json!({"name": "Otra Persona"})).unwrap();
-                            let digest = enlace_node::signature::content_digest(&body);
+                            let digest = enlace_httpsig::content_digest(&body);
                             headers.insert("content-digest", digest.parse().unwrap());
                         }
                         Tamper::StripSignature => {

@@ -6,7 +6,7 @@ use http::{HeaderMap, Method, Uri};
 
 use super::context::Context;
 use crate::msglog::{Record, RecordKind};
-use crate::signature;
+use enlace_httpsig as signature;
 
 /// Who and what a log record is about.
 pub(crate) struct About<'a> {

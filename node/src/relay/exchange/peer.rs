@@ -7,7 +7,7 @@ use http::HeaderMap;
 
 use super::context::{self, Context};
 use crate::relay::{Node, Snapshot};
-use crate::signature;
+use enlace_httpsig as signature;
 
 pub(crate) fn read_message_id(headers: &HeaderMap) -> Result<String, Problem> {
     let id = context::single(headers, context::MESSAGE_ID, 64)?.ok_or_else(|| {

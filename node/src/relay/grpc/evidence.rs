@@ -29,7 +29,7 @@ use super::{
 };
 use crate::msglog::{Record, RecordKind};
 use crate::relay::exchange::context;
-use crate::signature::{self, Message, MessageContext};
+use enlace_httpsig::{self as signature, Message, MessageContext};
 
 /// How far a signature's `created` may lie from the time its record gives, in seconds, as for
 /// REST records.

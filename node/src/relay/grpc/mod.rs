@@ -37,7 +37,7 @@ use super::exchange::context;
 use super::exchange::log_record::{About, context_record, fill_signature, set_target};
 use crate::msglog::{Record, RecordKind};
 use crate::net::{Body, ChannelBody};
-use crate::signature;
+use enlace_httpsig as signature;
 
 pub(crate) use consumer::consumer;
 pub(crate) use provider::provider;

@@ -23,7 +23,7 @@ use crate::relay::exchange::log_record::{About, context_record, fill_signature, 
 use crate::relay::exchange::resolve::resolve_provider;
 use crate::relay::exchange::target::{RELAY_PREFIX, Target, read_target};
 use crate::relay::{Node, problem_response};
-use crate::signature;
+use enlace_httpsig as signature;
 
 /// What is known of an exchange so far, for the log record of a refusal.
 struct Trace {

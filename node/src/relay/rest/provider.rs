@@ -30,7 +30,7 @@ use crate::relay::exchange::resolve::resolve_service;
 use crate::relay::exchange::subject::bind_subject;
 use crate::relay::exchange::target::{Target, read_target};
 use crate::relay::{Node, problem_parts, problem_response};
-use crate::signature;
+use enlace_httpsig as signature;
 
 /// What is known of an incoming exchange, for its log records.
 struct Trace {
@@ -480,7 +480,7 @@ fn sign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signature::{Component, VerifiedSignature};
+    use enlace_httpsig::{Component, VerifiedSignature};
 
     fn verified(covered: &[&'static str]) -> VerifiedSignature {
         VerifiedSignature {

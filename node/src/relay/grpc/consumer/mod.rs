@@ -40,7 +40,7 @@ use crate::relay::exchange::context::{self, Context, read_context};
 use crate::relay::exchange::contract::{check_contract, check_operation};
 use crate::relay::exchange::log_record::{About, context_record, set_target};
 use crate::relay::{Node, Snapshot};
-use crate::signature;
+use enlace_httpsig as signature;
 
 /// How long a streamed call without a deadline may wait for the response head at most; its
 /// idle timeout normally ends it much sooner.

@@ -27,8 +27,8 @@ use super::{
     STREAM_DIGEST, metadata,
 };
 use crate::relay::exchange::context;
-use crate::signature::{
-    self, Component, Expected, Message, MessageContext, SigParams, request_components,
+use enlace_httpsig::{
+    self as signature, Component, Expected, Message, MessageContext, SigParams, request_components,
 };
 
 /// The `tag` of the head of a streamed request (no `Content-Digest`: see the request trailers).

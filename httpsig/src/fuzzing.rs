@@ -1,5 +1,5 @@
 //! Entry points for the fuzz targets in `fuzz/` into the private structured-field parser; not
-//! part of the node's API.
+//! part of this crate's API.
 
 use super::sf;
 

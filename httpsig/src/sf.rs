@@ -72,7 +72,8 @@ fn is_key_char(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.' | b'*')
 }
 
-fn is_tchar(b: u8) -> bool {
+/// A `tchar` of RFC 9110 §5.6.2: what a token (and a field name) is made of.
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,

@@ -1,7 +1,12 @@
 //! Known-answer tests from RFC 9421 and RFC 9530, round trips, and every refusal.
 
 use super::*;
-use http::HeaderValue;
+use crate::base::build_base;
+use crate::sign::sign_labelled;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use enlace_certs::{SigningKey, verify_ed25519};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use proptest::prelude::*;
 
 // RFC 9421 Appendix B.1.4, `test-key-ed25519`: published test data.
