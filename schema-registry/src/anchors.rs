@@ -8,8 +8,8 @@ use enlace_core::id::NodeId;
 use enlace_core::problem::{Problem, ProblemKind};
 
 use crate::access_log::blocking;
+use crate::federation::Registry;
 use crate::model::{LogHeadRecord, kind};
-use crate::registry::Registry;
 
 impl Registry {
     /// Anchors a node's signed log head: the signature must verify with the node's signing

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::registry::{Actor, Registry, now, rfc3339};
+use crate::federation::{Actor, Registry, now, rfc3339};
 use crate::store::{AuditEntry, Change};
 
 /// The kind of the registry documents holding authorisations.

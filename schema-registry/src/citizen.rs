@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use crate::access_log::RecordProof;
+use crate::federation::Registry;
 use crate::oidc::Oidc;
-use crate::registry::Registry;
 
 /// Largest page of records.
 pub const MAX_PAGE_SIZE: u64 = 100;

@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
-use crate::registry::Registry;
+use crate::federation::Registry;
 
 /// The page's Content-Security-Policy.
 pub const CSP: &str = "default-src 'self'; script-src 'self'";

@@ -10,7 +10,7 @@ use enlace_core::id::{MemberId, NodeId, ServiceId, SubsystemId};
 use enlace_core::problem::Problem;
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{Actor, Registry};
+use crate::federation::{Actor, Registry};
 
 pub const INSTANCE: &str = "CL-DEV";
 pub const REGISTRO_CIVIL: &str = "CL-DEV/GOV/61002000-3";

@@ -11,7 +11,7 @@ use enlace_core::id::NodeId;
 use enlace_core::problem::Problem;
 
 use crate::access_log::{Found, blocking, db};
-use crate::registry::Registry;
+use crate::federation::Registry;
 
 impl Registry {
     /// The evidence of a record the caller may read (found by [`Registry::readable_record`] or

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::registry::{Actor, Registry, now, rfc3339};
+use crate::federation::{Actor, Registry, now, rfc3339};
 
 /// The kind of the registry documents holding hidings.
 pub const HIDING: &str = "hiding";

@@ -12,6 +12,7 @@ pub mod citizen;
 pub mod citizen_page;
 pub mod demo;
 mod evidence;
+mod federation;
 pub mod hiding;
 pub mod limits;
 pub mod merkle_store;
@@ -19,7 +20,6 @@ mod model;
 pub mod oidc;
 mod once_only;
 mod publish;
-mod registry;
 mod signing_history;
 mod store;
 
@@ -35,12 +35,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use api::{OPENAPI, media, router};
+pub use federation::{Actor, Registry, Settings};
 pub use model::{
     Approval, ConceptRecord, MemberRecord, NodeRecord, ServiceRecord, SubsystemRecord,
 };
 pub use once_only::{Held, Report};
 pub use publish::{ALGORITHM, Published, Signer};
-pub use registry::{Actor, Registry, Settings};
 pub use store::{AuditEntry, Change, SqliteStore, Store, StoreError};
 
 /// The registry's configuration file (TOML, `${ENV:-default}` expanded before parsing).
@@ -225,7 +225,7 @@ fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
     if path.exists() {
         return Ok(std::fs::read_to_string(&path)?.trim().to_string());
     }
-    let token = registry::new_admin_token();
+    let token = federation::new_admin_token();
     write_secret(&path, &token)?;
     Ok(token)
 }

@@ -7,8 +7,8 @@ use enlace_core::problem::{Problem, ProblemKind};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::federation::{Actor, Registry};
 use crate::model::ConceptRecord;
-use crate::registry::{Actor, Registry};
 
 const MAX_DEPTH: usize = 32;
 const MAX_FIELDS: usize = 2000;

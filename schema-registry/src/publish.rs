@@ -10,7 +10,7 @@ use enlace_core::config::{GlobalConfig, SignedConfig};
 use enlace_core::id::Instance;
 use enlace_core::problem::{Problem, ProblemKind};
 
-use crate::registry::{Registry, now};
+use crate::federation::{Registry, now};
 use crate::store::Change;
 
 /// The algorithm name written in [`SignedConfig::algorithm`].

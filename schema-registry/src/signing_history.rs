@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::access_log::{AccessLog, blocking, db};
+use crate::federation::{Registry, now, rfc3339};
 use crate::model::Approval;
-use crate::registry::{Registry, now, rfc3339};
 
 /// One verified signing key and the period its certificate was valid.
 #[derive(Debug, Clone)]

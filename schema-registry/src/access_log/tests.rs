@@ -2,6 +2,7 @@
 //! of a first-version database, and log heads anchored in the same transaction as their leaf.
 
 use enlace_core::access::{AccessRecord, SignedAccessRecord};
+use enlace_core::merkle::SignedTreeHead;
 
 use super::*;
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{
     ApiResult, App, access_token, actor, bearer, content_type, json_response, read_body, required,
 };
-use crate::registry::{Actor, Registry};
+use crate::federation::{Actor, Registry};
 
 // ---- the access log ----
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, ApiResult, App, access_token, bearer, json_body, json_response};
-use crate::registry::{Actor, Registry};
+use crate::federation::{Actor, Registry};
 
 /// The person a request comes from, signed in by OpenID Connect: the ID token as the bearer
 /// token (and, in ClaveÚnica mode, the access token beside it), checked by the registry.

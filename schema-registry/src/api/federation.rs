@@ -18,8 +18,8 @@ use super::{
     ApiError, ApiResult, App, actor, bearer, content_type, json_body, json_response, no_route,
     read_body, required, split_id,
 };
+use crate::federation::{Actor, Registry};
 use crate::once_only;
-use crate::registry::{Actor, Registry};
 
 // ---- members ----
 

@@ -23,8 +23,8 @@ mod federation;
 
 pub use federation::media;
 
+use crate::federation::{Actor, Registry};
 use crate::limits::Guards;
-use crate::registry::{Actor, Registry};
 
 /// Largest JSON body of an ordinary request.
 const MAX_JSON_BODY: usize = 256 * 1024;
