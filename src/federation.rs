@@ -212,7 +212,7 @@ pub async fn prepare(dir: &Path, ports: Ports, backends: Backends) -> anyhow::Re
         node_cert_validity_hours: 7 * 24,
         tls_names: Vec::new(),
         // The local demo signs people in with the registry's development issuer.
-        oidc: enlace_registry::oidc::OidcConfig {
+        oidc: enlace_registry::citizen::oidc::OidcConfig {
             dev_issuer: true,
             ..Default::default()
         },

@@ -7,7 +7,7 @@ use enlace_certs::{FederationCa, TrustStore};
 use enlace_core::authorisation;
 use enlace_core::id::Instance;
 use enlace_core::problem::ProblemKind;
-use enlace_registry::oidc::{Oidc, OidcConfig, SubjectFrom};
+use enlace_registry::citizen::oidc::{Oidc, OidcConfig, SubjectFrom};
 
 /// The development issuer's URL: the registry's own, so its keys are at hand (no network).
 const ISSUER: &str = "http://127.0.0.1:1";

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::hiding::Hiding;
+use crate::citizen::hiding::Hiding;
 
 /// The registry's in-memory indexes.
 #[derive(Default)]
@@ -16,5 +16,5 @@ pub struct Caches {
     /// Authorisation ids by person, loaded on first use.
     pub(crate) authorisations: Mutex<Option<HashMap<String, Vec<String>>>>,
     /// Verified signing keys (see `signing_history`).
-    pub(crate) signing_keys: crate::signing_history::KeyCache,
+    pub(crate) signing_keys: crate::access_log::signing_history::KeyCache,
 }

@@ -4,23 +4,15 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
-mod anchors;
 mod api;
-pub mod authorisation;
 mod caches;
 pub mod citizen;
-pub mod citizen_page;
 pub mod demo;
-mod evidence;
 mod federation;
-pub mod hiding;
 pub mod limits;
-pub mod merkle_store;
 mod model;
-pub mod oidc;
 mod once_only;
 mod publish;
-mod signing_history;
 mod store;
 
 use std::net::SocketAddr;
@@ -70,7 +62,7 @@ pub struct RegistryConfig {
     pub tls_names: Vec<String>,
     /// OpenID Connect for the citizen API (`[oidc]`: `dev_issuer`, `issuer`, `audience`, …).
     #[serde(default)]
-    pub oidc: oidc::OidcConfig,
+    pub oidc: citizen::oidc::OidcConfig,
     /// The longest, in days, a person's authorisation (consent) token is valid; never beyond
     /// the contract's end.
     #[serde(default = "default_consent_days")]
@@ -283,7 +275,8 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         None => format!("http://{addr}"),
         Some(name) => format!("https://{name}:{}", addr.port()),
     };
-    let oidc = oidc::Oidc::new(&cfg.oidc, &own_url).map_err(|p| anyhow::anyhow!("oidc: {p}"))?;
+    let oidc =
+        citizen::oidc::Oidc::new(&cfg.oidc, &own_url).map_err(|p| anyhow::anyhow!("oidc: {p}"))?;
     if let Some(oidc) = oidc {
         registry.attach_oidc(Arc::new(oidc));
     }
@@ -482,7 +475,7 @@ mod tests {
             "instance = \"CL\"\ndata_dir = \"/x\"\nlisten = \"0.0.0.0:7400\"\ntls_names = [\"registro.example\"]\n[oidc]\nissuer = \"https://accounts.claveunica.gob.cl/openid\"\nsubject_from = \"clave-unica\"",
         )
         .unwrap();
-        assert_eq!(ok.oidc.subject_from, oidc::SubjectFrom::ClaveUnica);
+        assert_eq!(ok.oidc.subject_from, citizen::oidc::SubjectFrom::ClaveUnica);
         let e = RegistryConfig::from_toml(
             "instance = \"CL\"\ndata_dir = \"/x\"\nconsent_max_days = 400",
         )

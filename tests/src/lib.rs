@@ -25,7 +25,7 @@ pub fn registry_config(dir: &std::path::Path) -> RegistryConfig {
         config_validity_secs: 120,
         node_cert_validity_hours: 24,
         tls_names: Vec::new(),
-        oidc: enlace_registry::oidc::OidcConfig {
+        oidc: enlace_registry::citizen::oidc::OidcConfig {
             dev_issuer: true,
             ..Default::default()
         },

@@ -7,7 +7,7 @@
 //! that is an access record, `idx` = leaf index, the canonical JSON of the signed record as
 //! stored bytes), `log_head_leaves` (the same for anchored node log heads), `tree_heads` (every
 //! signed tree head), `signing_certificates` (every signing certificate a node has had, see
-//! [`crate::signing_history`]) and the tree's own tables (see [`crate::merkle_store`]).
+//! [`crate::access_log::signing_history`]) and the tree's own tables (see [`crate::access_log::merkle_store`]).
 //!
 //! One writer connection appends; queries run on a small pool of read-only connections, each in
 //! a read transaction (WAL: readers see a consistent snapshot and never wait for the writer).
@@ -28,12 +28,16 @@ use serde::{Deserialize, Serialize};
 
 pub use enlace_core::evidence::PublishedTreeHead;
 
+pub(crate) mod anchors;
 pub mod check;
+pub(crate) mod evidence;
+pub mod merkle_store;
 mod operations;
+pub(crate) mod signing_history;
 
 pub(crate) use operations::sign_tree_heads;
 
-use crate::merkle_store::{self, MerkleStore, MerkleStoreError};
+use merkle_store::{MerkleStore, MerkleStoreError};
 
 /// Most records one `POST /v1/access-records` may carry.
 pub const MAX_RECORDS_PER_REQUEST: usize = 1000;

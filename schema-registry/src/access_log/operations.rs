@@ -19,7 +19,7 @@ use crate::federation::{Actor, Registry, now, rfc3339};
 /// time, on every core when the batch is large.
 fn verify_signatures(
     records: &[SignedAccessRecord],
-    keys: &crate::signing_history::BatchKeys,
+    keys: &crate::access_log::signing_history::BatchKeys,
 ) -> Result<(), Problem> {
     let check = |chunk: &[SignedAccessRecord]| -> Result<(), Problem> {
         for signed in chunk {

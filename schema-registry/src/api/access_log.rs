@@ -103,7 +103,7 @@ pub(super) async fn inclusion_proof(
     json_response(StatusCode::OK, proof)
 }
 
-/// A record's evidence for offline checking (see [`crate::evidence`]), for whoever may read it.
+/// A record's evidence for offline checking (see [`crate::access_log::evidence`]), for whoever may read it.
 pub(super) async fn access_evidence(
     State(app): State<App>,
     Query(q): Query<InclusionQuery>,

@@ -36,7 +36,7 @@ pub(super) async fn request_authorisation(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let req: crate::authorisation::NewAuthorisation = json_body(&headers, body).await?;
+    let req: crate::citizen::authorisation::NewAuthorisation = json_body(&headers, body).await?;
     json_response(
         StatusCode::CREATED,
         app.request_authorisation(&who, req).await?,
@@ -74,14 +74,14 @@ pub(super) async fn citizen_act(
 }
 
 /// The federation admin hides a person's records of one contract from the citizen view until a
-/// date, for a stated legal reason (see [`crate::hiding`]).
+/// date, for a stated legal reason (see [`crate::citizen::hiding`]).
 pub(super) async fn create_hiding(
     State(app): State<App>,
     who: Actor,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let req: crate::hiding::NewHiding = json_body(&headers, body).await?;
+    let req: crate::citizen::hiding::NewHiding = json_body(&headers, body).await?;
     json_response(StatusCode::CREATED, app.create_hiding(&who, req).await?)
 }
 
@@ -100,7 +100,7 @@ pub(super) async fn citizen_records(
 }
 
 /// The development issuer, or not-found when it is off.
-fn dev_issuer(app: &Registry) -> Result<&crate::oidc::Oidc, Problem> {
+fn dev_issuer(app: &Registry) -> Result<&crate::citizen::oidc::Oidc, Problem> {
     match app.oidc() {
         Ok(o) if o.dev.is_some() => Ok(o),
         _ => Err(Problem::new(

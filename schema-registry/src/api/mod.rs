@@ -104,7 +104,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The OAuth access token a person's page sends beside the ID token (ClaveÚnica mode).
 fn access_token(headers: &HeaderMap) -> Option<&str> {
-    headers.get(crate::oidc::ACCESS_TOKEN_HEADER)?.to_str().ok()
+    headers
+        .get(crate::citizen::oidc::ACCESS_TOKEN_HEADER)?
+        .to_str()
+        .ok()
 }
 
 fn actor(app: &Registry, headers: &HeaderMap) -> Result<Actor, Problem> {
@@ -308,7 +311,7 @@ pub fn router(app: App, guards: Arc<Guards>) -> Router {
         .route("/oidc/jwks", get(citizen::oidc_jwks))
         .route("/oidc/dev/token", post(citizen::oidc_dev_token))
         .route("/oidc/userinfo", post(citizen::oidc_userinfo))
-        .merge(crate::citizen_page::routes())
+        .merge(crate::citizen::page::routes())
         .fallback(|req: Request| async move { no_route(req.uri().path()) })
         .layer(middleware::from_fn(framework_rejections_as_problems))
         .layer(middleware::from_fn_with_state(

@@ -110,7 +110,7 @@ pub struct Registry {
     /// other operations).
     access_log: std::sync::OnceLock<Arc<crate::access_log::AccessLog>>,
     /// OpenID Connect for the citizen API, attached by [`crate::start`] when configured.
-    pub(crate) oidc: std::sync::OnceLock<Arc<crate::oidc::Oidc>>,
+    pub(crate) oidc: std::sync::OnceLock<Arc<crate::citizen::oidc::Oidc>>,
     /// In-memory indexes of the citizen side (hidings, authorisations, signing keys).
     pub(crate) caches: crate::caches::Caches,
 }

@@ -376,7 +376,7 @@ async fn a_person_sees_their_records_with_proofs_and_nobody_else_does() {
 async fn bad_id_tokens_are_refused() {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-    use enlace_registry::oidc::{DEFAULT_AUDIENCE, sign_jwt};
+    use enlace_registry::citizen::oidc::{DEFAULT_AUDIENCE, sign_jwt};
     use serde_json::json;
     let f = TestFederation::start().await;
     let oidc = f.registry.running.registry.oidc().unwrap().clone();
@@ -615,7 +615,7 @@ async fn a_grpc_refusal_at_the_provider_is_in_the_persons_log_as_refused() {
 async fn in_clave_unica_mode_the_run_comes_from_rol_unico() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = enlace_tests::registry_config(dir.path());
-    cfg.oidc.subject_from = enlace_registry::oidc::SubjectFrom::ClaveUnica;
+    cfg.oidc.subject_from = enlace_registry::citizen::oidc::SubjectFrom::ClaveUnica;
     let running = enlace_registry::start(&cfg).await.unwrap();
     let r = enlace_tests::TestRegistry {
         url: format!("http://{}", running.addr),

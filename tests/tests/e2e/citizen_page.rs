@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use enlace_registry::citizen_page::CSP;
+use enlace_registry::citizen::page::CSP;
 use enlace_registry::demo;
 use enlace_tests::TestFederation;
 

@@ -18,9 +18,9 @@ use crate::federation::Registry;
 /// The page's Content-Security-Policy.
 pub const CSP: &str = "default-src 'self'; script-src 'self'";
 
-const INDEX_HTML: &str = include_str!("../static/citizen/index.html");
-const APP_JS: &str = include_str!("../static/citizen/app.js");
-const APP_CSS: &str = include_str!("../static/citizen/app.css");
+const INDEX_HTML: &str = include_str!("../../static/citizen/index.html");
+const APP_JS: &str = include_str!("../../static/citizen/app.js");
+const APP_CSS: &str = include_str!("../../static/citizen/app.css");
 
 /// The page's routes, merged into the registry's router.
 pub(crate) fn routes() -> Router<Arc<Registry>> {

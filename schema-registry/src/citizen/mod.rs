@@ -2,6 +2,11 @@
 //! (and only those), filtered and paginated, each with its inclusion proof against the latest
 //! signed tree head and a sentence saying in plain words who looked at what, when and why.
 
+pub mod authorisation;
+pub mod hiding;
+pub mod oidc;
+pub mod page;
+
 use std::sync::Arc;
 
 use enlace_core::access::{REFUSED_PREFIX, SignedAccessRecord};
@@ -12,8 +17,8 @@ use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use crate::access_log::RecordProof;
+use crate::citizen::oidc::Oidc;
 use crate::federation::Registry;
-use crate::oidc::Oidc;
 
 /// Largest page of records.
 pub const MAX_PAGE_SIZE: u64 = 100;
@@ -41,7 +46,7 @@ pub(crate) struct Filter {
     pub institution: Option<String>,
     pub purpose: Option<String>,
     /// Hidings in force, `(contract, until)`: the records of `contract` made before `until` are
-    /// left out (see [`crate::hiding`]).
+    /// left out (see [`crate::citizen::hiding`]).
     pub hidden: Vec<(String, String)>,
     pub limit: u64,
     pub offset: u64,
@@ -223,7 +228,7 @@ impl Registry {
     ) -> Result<Value, Problem> {
         let (mut filter, page, page_size) = q.filter()?;
         let hidings = self.hidings_of(&subject.to_string())?;
-        let now = crate::hiding::now_utc_seconds();
+        let now = crate::citizen::hiding::now_utc_seconds();
         filter.hidden = hidings
             .iter()
             .filter(|h| h.active_at(&now))
@@ -287,7 +292,7 @@ impl Registry {
         let found = tokio::task::spawn_blocking(move || log.find(&id, n.as_deref()))
             .await
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))??;
-        let now = crate::hiding::now_utc_seconds();
+        let now = crate::citizen::hiding::now_utc_seconds();
         let hidings = self.hidings_of(&subject.to_string())?;
         let mut mine: Vec<_> = found
             .into_iter()
