@@ -86,7 +86,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
 pub async fn sample_backend(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(enlace_node::sample::serve(listener, rx));
+    let serving = tokio::spawn(enlace_samples::rest::serve(listener, rx));
     tokio::signal::ctrl_c().await?;
     let _ = stop.send(true);
     let _ = serving.await;
@@ -98,7 +98,7 @@ pub async fn sample_backend(listen: SocketAddr) -> anyhow::Result<ExitCode> {
 pub async fn sample_grpc_backend(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(enlace_node::sample_grpc::serve(listener, rx));
+    let serving = tokio::spawn(enlace_samples::grpc::serve(listener, rx));
     tokio::signal::ctrl_c().await?;
     let _ = stop.send(true);
     let _ = serving.await;

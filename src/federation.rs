@@ -330,8 +330,8 @@ pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
     let grpc_backend = grpc_listener.local_addr()?;
     // Dropping `backend_stop` (on an early return) stops the backends too.
     let (backend_stop, rx) = watch::channel(false);
-    tokio::spawn(enlace_node::sample::serve(backend_listener, rx.clone()));
-    tokio::spawn(enlace_node::sample_grpc::serve(grpc_listener, rx));
+    tokio::spawn(enlace_samples::rest::serve(backend_listener, rx.clone()));
+    tokio::spawn(enlace_samples::grpc::serve(grpc_listener, rx));
     let backends = Backends {
         rest: Some(backend),
         grpc: Some(grpc_backend),

@@ -11,8 +11,6 @@ pub mod msglog;
 pub mod net;
 pub mod relay;
 pub mod renewal;
-pub mod sample;
-pub mod sample_grpc;
 pub mod settings;
 
 pub use config::{ConfigClient, ConfigSource};

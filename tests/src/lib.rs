@@ -206,7 +206,7 @@ pub struct TestFederation {
 pub struct GrpcBackend {
     pub addr: std::net::SocketAddr,
     /// The served instance: counts its open document streams.
-    pub service: enlace_node::sample_grpc::SamplePersonas,
+    pub service: enlace_samples::grpc::SamplePersonas,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -347,8 +347,8 @@ impl TestFederation {
                 .expect("bind");
             let addr = listener.local_addr().expect("addr");
             let (stop, rx) = tokio::sync::watch::channel(false);
-            let service = enlace_node::sample_grpc::SamplePersonas::default();
-            tokio::spawn(enlace_node::sample_grpc::serve_service(
+            let service = enlace_samples::grpc::SamplePersonas::default();
+            tokio::spawn(enlace_samples::grpc::serve_service(
                 listener,
                 rx,
                 service.clone(),
@@ -366,7 +366,7 @@ impl TestFederation {
             .expect("bind");
         let backend_addr = backend.local_addr().expect("addr");
         let (backend_stop, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(enlace_node::sample::serve(backend, rx));
+        tokio::spawn(enlace_samples::rest::serve(backend, rx));
 
         let mut p = node_settings(
             &nodes_dir,

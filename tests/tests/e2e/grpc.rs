@@ -317,12 +317,12 @@ async fn a_deadline_is_propagated_and_enforced() {
     let f = TestFederation::start_grpc(|_, _| {}).await;
     // tonic enforces a deadline itself too (it answers CANCELLED "Timeout expired"), so the
     // call goes by a raw HTTP/2 client that only states `grpc-timeout`.
-    let slow = enlace_node::sample_grpc::SLOW_RUN.as_bytes();
+    let slow = enlace_samples::grpc::SLOW_RUN.as_bytes();
     let mut msg = vec![0x0a, slow.len() as u8];
     msg.extend_from_slice(slow);
     let frame = enlace_description::grpc::encode_frame(&msg, false).unwrap();
     let started = Instant::now();
-    let named = subject(enlace_node::sample_grpc::SLOW_RUN);
+    let named = subject(enlace_samples::grpc::SLOW_RUN);
     let status = raw_call(
         &f,
         "/personas.v1.Personas/GetPerson",
@@ -346,7 +346,7 @@ async fn a_deadline_is_propagated_and_enforced() {
     // With the tonic client the call ends at the deadline as well.
     let mut client = f.grpc_client().await;
     let mut req = f.grpc_request(
-        get(enlace_node::sample_grpc::SLOW_RUN),
+        get(enlace_samples::grpc::SLOW_RUN),
         &[("enlace-subject", &named)],
     );
     req.set_timeout(Duration::from_millis(500));
@@ -364,7 +364,7 @@ async fn a_deadline_is_propagated_and_enforced() {
 async fn a_cancelled_stream_is_propagated_logged_and_the_logs_verify() {
     let f = TestFederation::start_grpc(|_, _| {}).await;
     let mut client = f.grpc_client().await;
-    let many = enlace_node::sample_grpc::MANY_DOCUMENTS_RUN;
+    let many = enlace_samples::grpc::MANY_DOCUMENTS_RUN;
     let mut stream = client
         .list_documents(f.grpc_request(list(many), &[("enlace-subject", &subject(many))]))
         .await
@@ -619,7 +619,7 @@ async fn a_cancel_before_the_answer_is_logged_as_cancelled_on_both_nodes() {
     let f = TestFederation::start_grpc(|_, _| {}).await;
     let mut client = f.grpc_client().await;
     // The slow RUN answers after 3 s; the caller gives up after 300 ms, before any header.
-    let slow = enlace_node::sample_grpc::SLOW_RUN;
+    let slow = enlace_samples::grpc::SLOW_RUN;
     let req = f.grpc_request(get(slow), &[("enlace-subject", &subject(slow))]);
     let call = tokio::spawn(async move {
         let _ = client.get_person(req).await;

@@ -36,7 +36,7 @@ const DOCUMENT_PAUSE: Duration = Duration::from_millis(10);
 /// How long open calls may take to finish once shutdown is asked for.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// The people the sample knows: the same as [`crate::sample::person`].
+/// The people the sample knows: the same as [`crate::rest::person`].
 pub fn person(run: &str) -> Option<Person> {
     let person =
         |run: &str, name: &str, birth: &str, address: [&str; 3], status: &str, health| Person {
