@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use enlace_node::relay::RunningNode;
+use enlace_node::RunningNode;
 use enlace_node::settings::NodeSettings;
 use enlace_registry::{RunningRegistry, demo};
 use serde::{Deserialize, Serialize};
@@ -339,8 +339,8 @@ pub async fn start(dir: &Path, ports: Ports) -> anyhow::Result<Federation> {
     let p = prepare(dir, ports, backends).await?;
 
     let wait = Duration::from_secs(10);
-    let provider = enlace_node::relay::start(load(&p.provider_config)?, wait).await?;
-    let consumer = enlace_node::relay::start(load(&p.consumer_config)?, wait).await?;
+    let provider = enlace_node::start(load(&p.provider_config)?, wait).await?;
+    let consumer = enlace_node::start(load(&p.consumer_config)?, wait).await?;
     Ok(Federation {
         registry: p.registry,
         provider,

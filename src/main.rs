@@ -331,8 +331,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
-            let node =
-                enlace_node::relay::start(settings, std::time::Duration::from_secs(30)).await?;
+            let node = enlace_node::start(settings, std::time::Duration::from_secs(30)).await?;
             let stop = stop_signal()?;
             eprintln!(
                 "node {} listening: consumer http://{}, provider {}, admin http://{}",
@@ -392,7 +391,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn audit_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    use enlace_node::access::audit::{Auditor, Evidence};
+    use enlace_node::audit::{Auditor, Evidence};
     match cmd {
         AuditCommand::Verify {
             ca,
@@ -586,7 +585,7 @@ async fn log_command(cmd: LogCommand) -> anyhow::Result<ExitCode> {
                     let node = settings.id.to_string();
                     let url = format!("{}/v1/log-heads/{node}", settings.raw.registry_url);
                     let ca = std::fs::read_to_string(&settings.raw.ca_file)?;
-                    let http = enlace_node::config::registry_client(
+                    let http = enlace_node::registry_client(
                         &settings.raw.registry_url,
                         &enlace_certs::TrustStore::new(&[ca], None)?,
                     )?;

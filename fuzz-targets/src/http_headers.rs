@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use enlace_core::problem::ProblemKind;
 use enlace_description::validate::CompiledService;
-use enlace_node::relay::context::{self, Context};
+use enlace_node::context::{self, Context};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Header lines `name: value` (one per `\n`): a context that reads writes back to headers that

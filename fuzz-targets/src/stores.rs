@@ -67,7 +67,7 @@ pub fn signed_config(data: &[u8]) {
     };
     let (instance, trust) = federation();
     let now = time::OffsetDateTime::from_unix_timestamp(crate::NOW).expect("a time");
-    match enlace_node::config::verify(&signed, trust, instance, 0, now) {
+    match enlace_node::verify_config(&signed, trust, instance, 0, now) {
         Ok(config) => panic!(
             "an unsigned configuration verified: serial {}",
             config.serial

@@ -2,15 +2,25 @@
 //! configuration client.
 #![forbid(unsafe_code)]
 
-pub mod access;
+mod access;
 pub mod bundle;
-pub mod clock;
-pub mod config;
-pub mod consumer_tls;
+mod clock;
+mod config;
+mod consumer_tls;
 pub mod msglog;
-pub mod net;
-pub mod relay;
-pub mod renewal;
+mod net;
+mod relay;
+mod renewal;
 pub mod settings;
 
-pub use config::{ConfigClient, ConfigSource};
+// The node's surface: what the binary (`enlace node`, `enlace up`, `enlace audit`), the
+// end-to-end tests, the benchmarks and the fuzz targets use. The modules behind it stay private.
+pub use access::audit;
+pub use access::{AccessQueue, sign_record, spawn_shipper};
+pub use clock::Clock;
+pub use config::{ConfigClient, ConfigSource, registry_client, verify as verify_config};
+pub use net::{
+    Body, BodySender, ChannelBody, DialMaterial, HEADER_READ_TIMEOUT, PeerPool, body_channel,
+    read_body, serve_mtls, serve_plain,
+};
+pub use relay::{RunningNode, context, start, start_with_clock};

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use enlace_node::net::{Body, serve_plain};
+use enlace_node::{Body, serve_plain};
 
 /// The people the sample knows.
 pub fn person(run: &str) -> Option<Value> {

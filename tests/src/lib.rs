@@ -2,7 +2,7 @@
 //! ephemeral loopback ports, talked to over real HTTP.
 #![forbid(unsafe_code)]
 
-pub use enlace_node::clock::Clock;
+pub use enlace_node::Clock;
 use enlace_registry::{RegistryConfig, RunningRegistry, demo};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -190,8 +190,8 @@ impl TestRegistry {
 pub struct TestFederation {
     pub registry: TestRegistry,
     pub demo: demo::Demo,
-    pub provider: enlace_node::relay::RunningNode,
-    pub consumer: enlace_node::relay::RunningNode,
+    pub provider: enlace_node::RunningNode,
+    pub consumer: enlace_node::RunningNode,
     pub backend_addr: std::net::SocketAddr,
     backend_stop: tokio::sync::watch::Sender<bool>,
     /// Bearer token of SII's `renta` backend at the SII node.
@@ -407,11 +407,11 @@ impl TestFederation {
         adjust(&mut c, false);
         let wait = std::time::Duration::from_secs(10);
         let checked = p.check().expect("provider settings");
-        let provider = enlace_node::relay::start_with_clock(checked, wait, provider_clock)
+        let provider = enlace_node::start_with_clock(checked, wait, provider_clock)
             .await
             .expect("provider node starts");
         let checked = c.check().expect("consumer settings");
-        let consumer = enlace_node::relay::start_with_clock(checked, wait, consumer_clock)
+        let consumer = enlace_node::start_with_clock(checked, wait, consumer_clock)
             .await
             .expect("consumer node starts");
         let consumer_url = format!("http://{}", consumer.consumer_addr);
@@ -675,13 +675,13 @@ impl TestFederation {
         keys: &NodeKeys,
         req: http::Request<bytes::Bytes>,
     ) -> (http::StatusCode, http::HeaderMap, Value) {
-        let material = enlace_node::net::DialMaterial {
+        let material = enlace_node::DialMaterial {
             trust: self.trust().await,
             cert_pem: keys.tls_cert.clone(),
             key_pem: keys.tls_key.clone(),
         };
         let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(material));
-        let pool = enlace_node::net::PeerPool::new(rx, std::time::Duration::from_secs(5));
+        let pool = enlace_node::PeerPool::new(rx, std::time::Duration::from_secs(5));
         let provider: enlace_core::NodeId = demo::PROVIDER_NODE.parse().expect("node id");
         let (parts, body) = req.into_parts();
         let req = http::Request::from_parts(parts, http_body_util::Full::new(body));
@@ -695,9 +695,7 @@ impl TestFederation {
             .await
             .expect("provider node answers");
         let (parts, body) = resp.into_parts();
-        let bytes = enlace_node::net::read_body(body, 1 << 20)
-            .await
-            .expect("body");
+        let bytes = enlace_node::read_body(body, 1 << 20).await.expect("body");
         (
             parts.status,
             parts.headers,
@@ -776,7 +774,7 @@ impl TestFederation {
         } = self;
         let settings = provider.node.settings.clone();
         provider.stop().await;
-        let provider = enlace_node::relay::start(settings, std::time::Duration::from_secs(10))
+        let provider = enlace_node::start(settings, std::time::Duration::from_secs(10))
             .await
             .expect("provider node restarts");
         TestFederation {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use enlace_certs::SigningKey;
 use enlace_core::access::{AccessRecord, SignedAccessRecord};
 use enlace_core::merkle::{ConsistencyProof, InclusionProof, SignedTreeHead};
-use enlace_node::access::{AccessQueue, sign_record, spawn_shipper};
 use enlace_node::msglog::{Extras, MessageLog, Record, RecordKind};
+use enlace_node::{AccessQueue, sign_record, spawn_shipper};
 use enlace_registry::demo;
 use enlace_tests::{TestRegistry, free_port, registry_config, start_registry};
 use serde_json::{Value, json};
@@ -426,7 +426,7 @@ async fn the_node_queue_keeps_records_while_the_registry_is_down() {
 
 #[tokio::test]
 async fn a_consistency_proof_fails_when_a_stored_tree_node_is_altered() {
-    use enlace_node::access::audit::Evidence;
+    use enlace_node::audit::Evidence;
     let r = start_registry().await;
     let d = r.seed_demo().await;
     ship(&r, &rc_records(&r, &d.contract, 3)).await.ok(200);
@@ -662,7 +662,7 @@ async fn whose_record_it_is_is_checked_before_the_tree_size() {
 #[tokio::test]
 async fn an_anchored_log_head_is_proved_in_the_signed_tree() {
     use base64::Engine;
-    use enlace_node::access::audit::Evidence;
+    use enlace_node::audit::Evidence;
     let r = start_registry().await;
     let _ = r.seed_demo().await;
     let hash_hex = "cd".repeat(32);

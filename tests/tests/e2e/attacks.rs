@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use enlace_core::NodeId;
-use enlace_node::net::{DialMaterial, PeerPool, read_body, serve_mtls};
+use enlace_node::{DialMaterial, PeerPool, read_body, serve_mtls};
 use enlace_registry::demo;
 use enlace_tests::{NodeKeys, Reply, TestFederation, free_port};
 use http::{HeaderMap, HeaderValue, StatusCode};

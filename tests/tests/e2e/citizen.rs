@@ -198,7 +198,7 @@ async fn relayed(f: &TestFederation) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_verify_checks_the_head_the_inclusion_and_the_consistency() {
-    use enlace_node::access::audit::Auditor;
+    use enlace_node::audit::Auditor;
     let f = TestFederation::start().await;
     let first = relayed(&f).await;
     registry_records(&f, demo::PERSON, 1).await;
@@ -349,8 +349,7 @@ async fn a_person_sees_their_records_with_proofs_and_nobody_else_does() {
 
     // The person verifies a record with the audit tool, using their own token.
     let ca = f.registry.running.registry.ca_pem().to_string();
-    let auditor =
-        enlace_node::access::audit::Auditor::new(&f.registry.url, &ca, reqwest::Client::new());
+    let auditor = enlace_node::audit::Auditor::new(&f.registry.url, &ca, reqwest::Client::new());
     auditor
         .verify_inclusion(&first, &token)
         .await
@@ -688,7 +687,7 @@ async fn in_clave_unica_mode_the_run_comes_from_rol_unico() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_records_saved_evidence_verifies_offline_and_fails_when_altered() {
-    use enlace_node::access::audit::{Auditor, Evidence};
+    use enlace_node::audit::{Auditor, Evidence};
     let f = TestFederation::start().await;
     let id = relayed(&f).await;
     registry_records(&f, demo::PERSON, 1).await;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use enlace_core::problem::ProblemKind;
-use enlace_node::relay::RunningNode;
+use enlace_node::RunningNode;
 use enlace_node::{ConfigClient, ConfigSource};
 use enlace_registry::demo;
 use enlace_tests::{TestFederation, TestRegistry, shifted_clock, start_registry};
@@ -93,11 +93,10 @@ async fn a_provider_700_s_ahead_says_its_clock_is_off_not_that_the_registry_is_u
     } = f;
     let settings = provider.node.settings.clone();
     provider.stop().await;
-    let err =
-        enlace_node::relay::start_with_clock(settings, Duration::from_secs(10), shifted_clock(700))
-            .await
-            .err()
-            .expect("a node 700 s ahead has no usable configuration");
+    let err = enlace_node::start_with_clock(settings, Duration::from_secs(10), shifted_clock(700))
+        .await
+        .err()
+        .expect("a node 700 s ahead has no usable configuration");
     let err = err.to_string();
     assert!(err.contains("this node's clock is"), "{err}");
     assert!(err.contains("s ahead of the registry's"), "{err}");
@@ -142,14 +141,10 @@ async fn a_node_120_s_behind_does_not_start_and_says_why() {
     } = f;
     let settings = consumer.node.settings.clone();
     consumer.stop().await;
-    let err = enlace_node::relay::start_with_clock(
-        settings,
-        Duration::from_secs(10),
-        shifted_clock(-120),
-    )
-    .await
-    .err()
-    .expect("a node 120 s behind has no usable configuration");
+    let err = enlace_node::start_with_clock(settings, Duration::from_secs(10), shifted_clock(-120))
+        .await
+        .err()
+        .expect("a node 120 s behind has no usable configuration");
     let err = err.to_string();
     assert!(err.contains("s behind the registry's"), "{err}");
     assert!(!err.contains("issued in the future"), "{err}");

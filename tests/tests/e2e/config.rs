@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use enlace_core::SignedConfig;
 use enlace_core::problem::ProblemKind;
-use enlace_node::config::verify;
+use enlace_node::verify_config as verify;
 use enlace_node::{ConfigClient, ConfigSource};
 use enlace_registry::demo;
 use enlace_tests::{TestRegistry, start_registry, start_registry_in};

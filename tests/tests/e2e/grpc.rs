@@ -211,7 +211,7 @@ async fn raw_stream_call(
     .await
     .unwrap();
     tokio::spawn(conn);
-    let (tx, body) = enlace_node::net::body_channel(4);
+    let (tx, body) = enlace_node::body_channel(4);
     tokio::spawn(async move {
         for (pause, chunk) in chunks {
             tokio::time::sleep(pause).await;
@@ -714,7 +714,7 @@ impl RawBackend {
     async fn answer(
         req: http::Request<hyper::body::Incoming>,
         seen: std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
-    ) -> http::Response<enlace_node::net::ChannelBody> {
+    ) -> http::Response<enlace_node::ChannelBody> {
         seen.lock().unwrap().push(req.headers().clone());
         let run = req
             .headers()
@@ -723,7 +723,7 @@ impl RawBackend {
             .unwrap_or("")
             .to_string();
         let _ = req.into_body().collect().await;
-        let (tx, rx) = enlace_node::net::body_channel(8);
+        let (tx, rx) = enlace_node::body_channel(8);
         let mut resp = http::Response::new(rx);
         resp.headers_mut()
             .insert("content-type", "application/grpc".parse().unwrap());

@@ -37,7 +37,7 @@ async fn slow_clients(addr: SocketAddr) -> Vec<TcpStream> {
 /// `opened` is when the last of them was opened: each must be closed within the timeout (and a
 /// margin) of its own opening, so the limit runs from the last one.
 async fn all_closed(held: Vec<TcpStream>, opened: Instant) {
-    let limit = enlace_node::net::HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    let limit = enlace_node::HEADER_READ_TIMEOUT + Duration::from_secs(5);
     for mut s in held {
         let left = limit.saturating_sub(opened.elapsed());
         let mut buf = [0u8; 512];
@@ -85,7 +85,7 @@ async fn slow_and_idle_clients_are_dropped_and_do_not_stop_others() {
 
     all_closed(held, opened).await;
     assert!(
-        started.elapsed() >= enlace_node::net::HEADER_READ_TIMEOUT - Duration::from_secs(1),
+        started.elapsed() >= enlace_node::HEADER_READ_TIMEOUT - Duration::from_secs(1),
         "closed before the timeout: {:?}",
         started.elapsed()
     );
