@@ -674,7 +674,7 @@ async fn bench_in(dir: &Path, args: &LoadArgs, protocol: Protocol) -> anyhow::Re
             .unwrap_or(Path::new("."))
             .join("data")
             .join("messages.sqlite");
-        match enlace_node::msglog::verify_file(&db, &[], None) {
+        match enlace_msglog::verify_file(&db, &[], None) {
             Ok(r) => println!(
                 "  {name:<20} {:>8} records, {:.2} per exchange, chain verifies: {}",
                 r.records,

@@ -575,7 +575,7 @@ fn cached_config(
 }
 
 async fn log_command(cmd: LogCommand) -> anyhow::Result<ExitCode> {
-    use enlace_node::msglog;
+    use enlace_msglog as msglog;
     match cmd {
         LogCommand::Verify { config, db } => {
             let (db, heads, key) = match (config, db) {

@@ -12,9 +12,9 @@ use enlace_core::problem::{Problem, ProblemKind};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
-use crate::msglog::{Evidence, Record, RecordKind};
 use crate::relay::grpc_evidence;
 use enlace_httpsig::{self as signature, Expected, Message, MessageContext};
+use enlace_msglog::{Evidence, Record, RecordKind};
 
 pub const BUNDLE_FORMAT: &str = "enlace-evidence-bundle-v1";
 
@@ -38,7 +38,7 @@ pub fn create(
     node: &str,
     config: &GlobalConfig,
 ) -> Result<Bundle, Problem> {
-    let evidence = crate::msglog::export(db, message_id)?;
+    let evidence = enlace_msglog::export(db, message_id)?;
     let mut wanted: Vec<String> = vec![node.to_string()];
     wanted.extend(
         evidence

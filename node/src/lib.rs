@@ -2,12 +2,11 @@
 //! configuration client.
 #![forbid(unsafe_code)]
 
-mod access;
+pub mod audit;
 pub mod bundle;
 mod clock;
 mod config;
 mod consumer_tls;
-pub mod msglog;
 mod net;
 mod relay;
 mod renewal;
@@ -15,8 +14,6 @@ pub mod settings;
 
 // The node's surface: what the binary (`enlace node`, `enlace up`, `enlace audit`), the
 // end-to-end tests, the benchmarks and the fuzz targets use. The modules behind it stay private.
-pub use access::audit;
-pub use access::{AccessQueue, sign_record, spawn_shipper};
 pub use clock::Clock;
 pub use config::{ConfigClient, ConfigSource, registry_client, verify as verify_config};
 pub use net::{

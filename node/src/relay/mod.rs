@@ -36,10 +36,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::watch;
 
 use crate::config::ConfigClient;
-use crate::msglog::MessageLog;
 use crate::net::{Body, PeerPool, RelayBody};
 use crate::renewal::SigningKeyCell;
 use crate::settings::Checked;
+use enlace_msglog::MessageLog;
+use enlace_msglog::outbox::AccessQueue;
 use exchange::disclosure;
 use exchange::guard::{self, ReplayGuard, VolumeGuard};
 
@@ -105,7 +106,7 @@ pub struct Node {
     registry_http: reqwest::Client,
     /// Signed access records awaiting shipment to the registry (the `access_queue` table of
     /// `messages.sqlite`).
-    pub access: Arc<crate::access::AccessQueue>,
+    pub outbox: Arc<AccessQueue>,
     /// Field classes and verified authorisation tokens, for the effective disclosure.
     pub(crate) disclosure: disclosure::Cache,
     /// Requests per second per calling subsystem (`limits.requests_per_sec_per_subsystem`).

@@ -20,10 +20,11 @@ use super::exchange::guard::{ReplayGuard, VolumeGuard};
 use super::{Node, build_snapshot, grpc, meta, reflection, rest};
 use crate::clock::Clock;
 use crate::config::{ConfigClient, ConfigSource};
-use crate::msglog::{LogOptions, MessageLog};
 use crate::net::{PeerPool, serve_mtls, serve_plain};
 use crate::renewal::{SigningKeyCell, TlsState};
 use crate::settings::Checked;
+use enlace_msglog::outbox::AccessQueue;
+use enlace_msglog::{LogOptions, MessageLog};
 
 /// A replay guard that already knows the message ids received within the freshness window
 /// before this start (read from the message log by their UUIDv7 time).
@@ -33,7 +34,7 @@ fn warmed_replay_guard(
     now: i64,
 ) -> anyhow::Result<ReplayGuard> {
     let guard = ReplayGuard::new(skew_secs);
-    let ids = crate::msglog::received_since(log, now - skew_secs - 1)
+    let ids = enlace_msglog::received_since(log, now - skew_secs - 1)
         .map_err(|p| anyhow::anyhow!("message log {}: {p}", log.display()))?;
     let n = ids.len();
     for id in ids {
@@ -70,7 +71,7 @@ impl RunningNode {
         }
         // One last shipment of the access records, best effort: what stays is shipped at the
         // next start.
-        let (queue, url) = (&self.node.access, &self.node.settings.raw.registry_url);
+        let (queue, url) = (&self.node.outbox, &self.node.settings.raw.registry_url);
         let last = queue.ship_once(url, &self.node.registry_http);
         if let Ok(Err(p)) = tokio::time::timeout(Duration::from_secs(2), last).await {
             tracing::warn!(problem = %p, "could not ship the last access records");
@@ -147,10 +148,10 @@ pub async fn start_with_clock(
         },
     )?;
     let volume = VolumeGuard::default();
-    volume.restore(crate::msglog::usage_counts(
+    volume.restore(enlace_msglog::usage_counts(
         &raw.data_dir.join("messages.sqlite"),
     )?);
-    let access = crate::access::AccessQueue::in_log(&raw.data_dir.join("messages.sqlite"))?;
+    let outbox = AccessQueue::in_log(&raw.data_dir.join("messages.sqlite"))?;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_millis(limits.upstream_timeout_ms)));
@@ -182,7 +183,7 @@ pub async fn start_with_clock(
             &raw.registry_url,
             &TrustStore::new(std::slice::from_ref(&ca_pem), None)?,
         )?,
-        access,
+        outbox,
         disclosure: Default::default(),
         rate: enlace_limits::RateLimiter::new(enlace_limits::RateLimits {
             per_sec: limits.requests_per_sec_per_subsystem,
@@ -326,8 +327,8 @@ pub async fn start_with_clock(
     // Renew the node's certificates before they run out.
     background.push(crate::renewal::spawn(node.clone(), tls));
     // Ship access records to the registry.
-    background.push(crate::access::spawn_shipper(
-        node.access.clone(),
+    background.push(enlace_msglog::outbox::spawn_shipper(
+        node.outbox.clone(),
         raw.registry_url.clone(),
         node.registry_http.clone(),
         Duration::from_millis(500),

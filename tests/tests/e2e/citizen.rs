@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use enlace_core::access::SignedAccessRecord;
-use enlace_node::msglog;
+use enlace_msglog as msglog;
 use enlace_proto::personas::v1::GetPersonRequest;
 use enlace_registry::demo;
 use enlace_tests::TestFederation;
@@ -485,7 +485,7 @@ async fn the_registry_stopped_for_a_while_loses_no_records_of_real_exchanges() {
     refused.problem("contract-missing", 403);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        f.provider.node.access.pending().unwrap(),
+        f.provider.node.outbox.pending().unwrap(),
         6,
         "queued while the registry is down"
     );
@@ -509,11 +509,11 @@ async fn the_registry_stopped_for_a_while_loses_no_records_of_real_exchanges() {
         1
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while f.provider.node.access.pending().unwrap() > 0 {
+    while f.provider.node.outbox.pending().unwrap() > 0 {
         assert!(Instant::now() < deadline, "the queue drains");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(f.provider.node.access.rejected().unwrap(), 0);
+    assert_eq!(f.provider.node.outbox.rejected().unwrap(), 0);
     // The person sees all of them, each with a proof.
     let token = sign_in(&f, demo::PERSON).await;
     let body = citizen_get(&f, "", &token).await.ok(200).clone();

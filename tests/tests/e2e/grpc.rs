@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use enlace_node::msglog;
+use enlace_msglog as msglog;
 use enlace_proto::personas::v1::{GetPersonRequest, ListDocumentsRequest, VerifyIdentityRequest};
 use enlace_registry::demo;
 use enlace_tests::TestFederation;

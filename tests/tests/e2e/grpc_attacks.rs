@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use enlace_core::NodeId;
-use enlace_node::msglog;
+use enlace_msglog as msglog;
 use enlace_node::{BodySender, ChannelBody, DialMaterial, PeerPool, body_channel, serve_mtls};
 use enlace_proto::personas::v1::{GetPersonRequest, ListDocumentsRequest, VerifyIdentityRequest};
 use enlace_registry::demo;

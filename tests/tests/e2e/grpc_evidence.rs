@@ -3,8 +3,8 @@
 //! final status) verifies offline, the bodies kept match what is signed, and a changed byte or
 //! value fails. A provider node's refusal keeps the request as the peer node sent it.
 
+use enlace_msglog::{self as msglog, RecordKind};
 use enlace_node::bundle::Bundle;
-use enlace_node::msglog::{self, RecordKind};
 use enlace_proto::personas::v1::{GetPersonRequest, ListDocumentsRequest, VerifyIdentityRequest};
 use enlace_registry::demo;
 use enlace_tests::TestFederation;

@@ -75,7 +75,7 @@ async fn access_records(
 async fn provider_record(f: &TestFederation, message_id: &str, kind: &str) -> Value {
     let until = Instant::now() + Duration::from_secs(5);
     loop {
-        let e = enlace_node::msglog::export(&f.log_db(true), message_id);
+        let e = enlace_msglog::export(&f.log_db(true), message_id);
         if let Some(r) = e.ok().and_then(|e| {
             e.entries
                 .into_iter()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use enlace_core::access::{AccessRecord, SignedAccessRecord};
 use enlace_core::id::ContractId;
-use enlace_node::sign_record;
+use enlace_msglog::outbox::sign_record;
 use enlace_registry::demo;
 use enlace_tests::{TestRegistry, start_registry};
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! there, the chains verify with heads anchored in the registry, an exported evidence bundle
 //! verifies offline, and one altered byte in the SQLite file is found.
 
-use enlace_node::msglog::{self, RecordKind};
+use enlace_msglog::{self as msglog, RecordKind};
 use enlace_registry::demo;
 use enlace_tests::TestFederation;
 

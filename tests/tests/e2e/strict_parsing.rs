@@ -108,7 +108,7 @@ async fn the_log_head_is_anchored_after_enough_records_without_waiting_for_the_i
     })
     .await;
     let db = f.log_db(true);
-    let before = enlace_node::msglog::stored_heads(&db).unwrap().len();
+    let before = enlace_msglog::stored_heads(&db).unwrap().len();
     for _ in 0..3 {
         let reply = f
             .call(reqwest::Method::GET, "/persons/12345678-5", &[])
@@ -117,7 +117,7 @@ async fn the_log_head_is_anchored_after_enough_records_without_waiting_for_the_i
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let heads = enlace_node::msglog::stored_heads(&db).unwrap();
+        let heads = enlace_msglog::stored_heads(&db).unwrap();
         if heads.len() > before && heads.last().unwrap().seq >= 3 {
             break;
         }

@@ -8,8 +8,8 @@ use enlace_core::contract::Contract;
 use enlace_core::problem::{Problem, ProblemKind};
 
 use super::context::Context;
-use crate::access::sign_record;
 use crate::relay::{Node, Snapshot};
+use enlace_msglog::outbox::sign_record;
 
 /// What an access record says about one exchange.
 pub(crate) struct Exchange<'a> {
@@ -124,8 +124,8 @@ pub(crate) fn record(
 /// (`Extras::access`): committed in the same transaction, shipped later.
 pub(crate) fn queued(
     record: Option<enlace_core::access::SignedAccessRecord>,
-) -> crate::msglog::Extras {
-    crate::msglog::Extras {
+) -> enlace_msglog::Extras {
+    enlace_msglog::Extras {
         usage: Vec::new(),
         access: record.map(|r| (r.record.message_id.clone(), r.canonical_bytes())),
     }

@@ -6,8 +6,8 @@ use enlace_core::id::{ServiceId, ServiceVersion};
 use enlace_core::problem::{Problem, ProblemKind};
 
 use super::context::{self, Context};
-use crate::msglog::Usage;
 use crate::relay::{Node, Snapshot};
+use enlace_msglog::Usage;
 
 /// The contract checks the consumer can make before anything leaves: it exists, binds this
 /// client to this service, is active, and a subject is given if required. The provider node
@@ -143,7 +143,7 @@ pub(crate) fn admit(node: &Node, contract: &Contract) -> Result<Vec<Usage>, Prob
         }
         usage.push(Usage {
             contract: contract.id.to_string(),
-            period: crate::msglog::SINGLE_USE_PERIOD,
+            period: enlace_msglog::SINGLE_USE_PERIOD,
         });
     }
     Ok(usage)

@@ -96,7 +96,7 @@ impl VolumeGuard {
     }
 
     /// Restores counts committed before a restart: `(contract, period, count)`, with
-    /// `period` = [`crate::msglog::SINGLE_USE_PERIOD`] for a single use.
+    /// `period` = [`enlace_msglog::SINGLE_USE_PERIOD`] for a single use.
     pub fn restore(&self, rows: Vec<(String, i64, u64)>) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
@@ -104,7 +104,7 @@ impl VolumeGuard {
             let Ok(id) = contract.parse::<ContractId>() else {
                 continue;
             };
-            if period == crate::msglog::SINGLE_USE_PERIOD {
+            if period == enlace_msglog::SINGLE_USE_PERIOD {
                 used.insert(id);
             } else {
                 *counts.entry((id, period)).or_insert(0) += n;

@@ -5,8 +5,8 @@ use enlace_core::id::SubsystemId;
 use http::{HeaderMap, Method, Uri};
 
 use super::context::Context;
-use crate::msglog::{Record, RecordKind};
 use enlace_httpsig as signature;
+use enlace_msglog::{Record, RecordKind};
 
 /// Who and what a log record is about.
 pub(crate) struct About<'a> {
@@ -78,7 +78,7 @@ pub(crate) const REFUSED_REQUEST_PREFIX: &str = "request-";
 /// and every other field its `Signature-Input` says it covers (a declared header parameter,
 /// say; at most 32) go beside it (prefixed `request-`), so the log shows what the peer sent
 /// even when it did not parse or verify, and a bundle can tell whether its signature held.
-pub(crate) fn keep_request_signature(rec: &mut crate::msglog::Record, request: &HeaderMap) {
+pub(crate) fn keep_request_signature(rec: &mut enlace_msglog::Record, request: &HeaderMap) {
     let covered = request
         .get(signature::SIGNATURE_INPUT)
         .and_then(|v| v.to_str().ok())

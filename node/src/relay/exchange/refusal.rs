@@ -5,9 +5,9 @@ use enlace_core::problem::{Problem, ProblemKind};
 use http::{Method, Response, Uri};
 
 use super::log_record::{About, context_record, set_target};
-use crate::msglog::RecordKind;
 use crate::net::Body;
 use crate::relay::{Node, problem_response};
+use enlace_msglog::RecordKind;
 
 /// Logs a refusal on the consumer listener that is not part of an exchange (an unknown path,
 /// a metaservice call with a bad token) like any other, under a message id of its own, and

@@ -27,9 +27,9 @@ use super::{
     Bound, GRPC_PREFIX, HEAD_PREFIX, REFUSED_REQUEST_PREFIX, REQUEST_STREAM_DIGEST,
     REQUEST_TRAILERS_PREFIX, STREAM_DIGEST,
 };
-use crate::msglog::{Record, RecordKind};
 use crate::relay::exchange::context;
 use enlace_httpsig::{self as signature, Message, MessageContext};
+use enlace_msglog::{Record, RecordKind};
 
 /// How far a signature's `created` may lie from the time its record gives, in seconds, as for
 /// REST records.

@@ -35,9 +35,9 @@ use tokio::time::Instant;
 
 use super::exchange::context;
 use super::exchange::log_record::{About, context_record, fill_signature, set_target};
-use crate::msglog::{Record, RecordKind};
 use crate::net::{Body, ChannelBody};
 use enlace_httpsig as signature;
+use enlace_msglog::{Record, RecordKind};
 
 pub(crate) use consumer::consumer;
 pub(crate) use provider::provider;

@@ -14,7 +14,6 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::msglog::{Record, RecordKind};
 use crate::net::{Body, read_body};
 use crate::relay::exchange::backend::{PEER_MARGIN, authenticate_backend, within_rate};
 use crate::relay::exchange::context::{self, Context, is_reserved, read_context};
@@ -24,6 +23,7 @@ use crate::relay::exchange::resolve::resolve_provider;
 use crate::relay::exchange::target::{RELAY_PREFIX, Target, read_target};
 use crate::relay::{Node, problem_response};
 use enlace_httpsig as signature;
+use enlace_msglog::{Record, RecordKind};
 
 /// What is known of an exchange so far, for the log record of a refusal.
 struct Trace {

@@ -15,7 +15,6 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::msglog::RecordKind;
 use crate::net::{Body, read_body};
 use crate::relay::exchange::access_record;
 use crate::relay::exchange::context::{self, Context};
@@ -31,6 +30,7 @@ use crate::relay::exchange::subject::bind_subject;
 use crate::relay::exchange::target::{Target, read_target};
 use crate::relay::{Node, problem_parts, problem_response};
 use enlace_httpsig as signature;
+use enlace_msglog::RecordKind;
 
 /// What is known of an incoming exchange, for its log records.
 struct Trace {

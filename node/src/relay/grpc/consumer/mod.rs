@@ -33,7 +33,6 @@ use super::{
     Reply, STREAM_DIGEST, answer, final_record, metadata, problem_trailers, put, read_timeout,
     streamed, timeout_value, trailers_only,
 };
-use crate::msglog::RecordKind;
 use crate::net::{RelayBody, body_channel, read_body};
 use crate::relay::exchange::backend::{authenticate_backend, within_rate};
 use crate::relay::exchange::context::{self, Context, read_context};
@@ -41,6 +40,7 @@ use crate::relay::exchange::contract::{check_contract, check_operation};
 use crate::relay::exchange::log_record::{About, context_record, set_target};
 use crate::relay::{Node, Snapshot};
 use enlace_httpsig as signature;
+use enlace_msglog::RecordKind;
 
 /// How long a streamed call without a deadline may wait for the response head at most; its
 /// idle timeout normally ends it much sooner.

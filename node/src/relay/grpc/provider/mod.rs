@@ -40,7 +40,6 @@ use super::{
     answer, final_record, metadata, problem_trailers, put, read_timeout, streamed, timeout_value,
     trailers_only,
 };
-use crate::msglog::RecordKind;
 use crate::net::{BodySender, RelayBody, body_channel, read_body};
 use crate::relay::exchange::access_record;
 use crate::relay::exchange::context::{self, Context};
@@ -52,6 +51,7 @@ use crate::relay::exchange::peer::{read_message_id, verify_peer};
 use crate::relay::exchange::resolve::resolve_service;
 use crate::relay::exchange::target::read_grpc_target;
 use crate::relay::{Node, Snapshot};
+use enlace_msglog::RecordKind;
 
 /// How long a streamed call without a deadline may wait for the backend's head at most; its
 /// idle timeout normally ends it much sooner.
@@ -107,7 +107,7 @@ impl Asked {
     }
 
     /// Notes the person asked about in a log record (whose `subject` stays the one named).
-    fn note(&self, rec: &mut crate::msglog::Record) {
+    fn note(&self, rec: &mut enlace_msglog::Record) {
         if let Some(s) = self.get() {
             rec.headers.push((ASKED_SUBJECT.into(), s.to_string()));
         }

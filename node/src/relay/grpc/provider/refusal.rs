@@ -81,7 +81,7 @@ pub(super) fn refusal_trailers(
 /// content type and custom metadata go beside it (prefixed `request-`, as for REST), so the log
 /// shows what the peer node sent, and whether its signature held, even when it did not parse or
 /// verify.
-pub(super) fn keep_refused_request(rec: &mut crate::msglog::Record, request: &HeaderMap) {
+pub(super) fn keep_refused_request(rec: &mut enlace_msglog::Record, request: &HeaderMap) {
     keep_request_signature(rec, request);
     let mut names = vec![http::header::CONTENT_TYPE.as_str()];
     names.extend(

@@ -39,10 +39,19 @@
 //! [`MessageLog::prune`] deletes the oldest records (always a prefix of the chain) and stores
 //! `(seq, hash)` of the last deleted one as the checkpoint; the remaining records verify from
 //! it exactly as the first ones verify from genesis.
+//!
+//! # The outbox
+//!
+//! The provider node's signed access records wait in the same file ([`outbox`]), each
+//! committed in the transaction of the log record that closes its exchange, until the shipper
+//! has delivered them to the registry.
+
+#![forbid(unsafe_code)]
 
 mod anchor;
 mod chain;
 mod evidence;
+pub mod outbox;
 mod record;
 mod verify;
 mod writer;

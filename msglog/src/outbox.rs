@@ -10,8 +10,6 @@
 //! registry refuses for good (a 4xx other than 408 and 429) is moved to `rejected`, kept for an
 //! operator, so that it does not block the records behind it.
 
-pub mod audit;
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +26,7 @@ pub const MAX_BATCH: usize = 500;
 /// Longest wait between two attempts while the registry is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The queue's tables, which the message log creates in its file too (`crate::msglog`): a
+/// The queue's tables, which the message log creates in its file too (`crate::MessageLog`): a
 /// node's queue lives in its `messages.sqlite`, where each access record is committed in the
 /// same transaction as the log record of its exchange.
 pub(crate) const SCHEMA: &str = "
@@ -74,7 +72,7 @@ fn open_conn(path: &Path) -> Result<Connection, Problem> {
 }
 
 impl AccessQueue {
-    /// The queue in a node's message log at `log_path` (opened by [`crate::msglog::MessageLog`]
+    /// The queue in a node's message log at `log_path` (opened by [`crate::MessageLog`]
     /// first, which creates the tables): records arrive with the log records of their
     /// exchanges (`Extras::access`), and this only ships them. A queue left by an older node in
     /// `access-queue.sqlite` beside the log is moved in first.
@@ -414,12 +412,12 @@ mod tests {
         enlace_certs::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("messages.sqlite");
-        let log = crate::msglog::MessageLog::open(&path, Default::default()).unwrap();
+        let log = crate::MessageLog::open(&path, Default::default()).unwrap();
         let q = AccessQueue::in_log(&path).unwrap();
         let writes: Vec<_> = (0..50)
             .map(|n| {
                 let r = record(n);
-                let extras = crate::msglog::Extras {
+                let extras = crate::Extras {
                     usage: Vec::new(),
                     access: Some((r.record.message_id.clone(), r.canonical_bytes())),
                 };
@@ -472,7 +470,7 @@ mod tests {
             .unwrap();
         }
         let log_path = dir.path().join("messages.sqlite");
-        let log = crate::msglog::MessageLog::open(&log_path, Default::default()).unwrap();
+        let log = crate::MessageLog::open(&log_path, Default::default()).unwrap();
         let q = AccessQueue::in_log(&log_path).unwrap();
         assert_eq!((q.pending().unwrap(), q.rejected().unwrap()), (3, 1));
         assert!(!old.exists() && dir.path().join("access-queue.sqlite.migrated").exists());
@@ -482,7 +480,7 @@ mod tests {
         // A record appended with its access record commits both.
         let r = record(7);
         let rec = closing_record("m-7");
-        let extras = crate::msglog::Extras {
+        let extras = crate::Extras {
             usage: Vec::new(),
             access: Some((r.record.message_id.clone(), r.canonical_bytes())),
         };
@@ -492,12 +490,12 @@ mod tests {
     }
 
     /// The log record closing an exchange, as a provider node writes it.
-    fn closing_record(message_id: &str) -> crate::msglog::Record {
-        crate::msglog::Record {
+    fn closing_record(message_id: &str) -> crate::Record {
+        crate::Record {
             status: 200,
-            ..crate::msglog::Record::new(
+            ..crate::Record::new(
                 message_id,
-                crate::msglog::RecordKind::ResponseOut,
+                crate::RecordKind::ResponseOut,
                 time::OffsetDateTime::now_utc(),
             )
         }

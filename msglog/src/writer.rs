@@ -190,7 +190,7 @@ impl MessageLog {
             .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
         // The node's access-record queue lives here too (crate::access).
-        conn.execute_batch(crate::access::SCHEMA)
+        conn.execute_batch(crate::outbox::SCHEMA)
             .map_err(internal)?;
         let head = tail(&conn).map_err(internal)?;
 
