@@ -13,8 +13,9 @@ use rustls::ServerConfig;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::net::DialMaterial;
-use crate::relay::Node;
+use crate::config::ConfigClient;
+use crate::net::{DialMaterial, PeerPool};
+use crate::settings::Checked;
 
 /// The node's signing key, replaced when the node renews its signing certificate.
 pub struct SigningKeyCell(RwLock<Arc<SigningKey>>);
@@ -92,24 +93,34 @@ struct Renewed {
     signing_certificate: Option<String>,
 }
 
+/// What renewal needs of the running node, and nothing more of it: its settings, its signing
+/// key (replaced at the switch), the registry's client, the pool of peer connections (reset when
+/// the TLS certificate changes) and the verified configuration (the trust to check what the
+/// registry issued, and whether it lists the new signing certificate yet).
+pub struct Renewing<'a> {
+    pub settings: &'a Checked,
+    pub signing_key: &'a SigningKeyCell,
+    pub registry_http: &'a reqwest::Client,
+    pub pool: &'a PeerPool,
+    pub config: &'a ConfigClient,
+}
+
 /// Checks the node's certificates every `renewal.check_interval_secs` (and once at start) and
 /// renews them when less than `renewal.remaining_fraction` of their lifetime is left.
-pub fn spawn(node: Arc<Node>, tls: Arc<TlsState>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let every = Duration::from_secs(node.settings.raw.renewal.check_interval_secs);
-        loop {
-            match renew_if_due(&node, &tls).await {
-                Ok(true) => tracing::info!(node = %node.settings.id, "certificates renewed"),
-                Ok(false) => {}
-                Err(p) => tracing::warn!(problem = %p, "could not renew the node's certificates"),
-            }
-            tokio::time::sleep(every).await;
+pub async fn run(node: &Renewing<'_>, tls: &TlsState) {
+    let every = Duration::from_secs(node.settings.raw.renewal.check_interval_secs);
+    loop {
+        match renew_if_due(node, tls).await {
+            Ok(true) => tracing::info!(node = %node.settings.id, "certificates renewed"),
+            Ok(false) => {}
+            Err(p) => tracing::warn!(problem = %p, "could not renew the node's certificates"),
         }
-    })
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Renews the node's certificates if they are due; true if it did.
-pub async fn renew_if_due(node: &Node, tls: &TlsState) -> Result<bool, Problem> {
+pub async fn renew_if_due(node: &Renewing<'_>, tls: &TlsState) -> Result<bool, Problem> {
     let raw = &node.settings.raw;
     let fraction = raw.renewal.remaining_fraction;
     let now = time::OffsetDateTime::now_utc();
@@ -136,7 +147,7 @@ pub async fn renew_if_due(node: &Node, tls: &TlsState) -> Result<bool, Problem> 
         )
     };
     let resp = node
-        .registry_http()
+        .registry_http
         .post(&url)
         .timeout(Duration::from_secs(30))
         .json(&serde_json::json!({
@@ -158,10 +169,13 @@ pub async fn renew_if_due(node: &Node, tls: &TlsState) -> Result<bool, Problem> 
         return Err(unreachable("the answer holds no certificates".into()));
     };
     // What the registry issued must be what we asked for, for this node.
-    let snap = node.snapshot()?;
+    let trust = {
+        let cfg = node.config.current()?;
+        TrustStore::new(&cfg.federation_ca, Some(&cfg.crl))?
+    };
     let new_key = SigningKey::from_pem(&keys.signing_key_pem)?;
     let certified = enlace_certs::verify_signer(
-        &snap.trust,
+        &trust,
         &new_signing,
         &id.uri(),
         time::OffsetDateTime::now_utc(),
@@ -196,22 +210,18 @@ pub async fn renew_if_due(node: &Node, tls: &TlsState) -> Result<bool, Problem> 
 
     // TLS: peers check the chain and the node name, not a pinned certificate, so switch now.
     tls.set(new_tls, keys.tls_key_pem.clone());
-    tls.rebuild(&snap.trust)?;
+    tls.rebuild(&trust)?;
     node.pool.reset().await;
 
     // Signing: peers verify with the certificates the configuration lists. Switch once this
     // node's own copy lists the new one (peers follow the same registry), and a moment later.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let listed = node
-            .snapshot()
-            .ok()
-            .and_then(|s| {
-                s.nodes
-                    .get(id)
-                    .map(|n| n.signing_certificate == new_signing)
-            })
-            .unwrap_or(false);
+        let listed = node.config.current().is_ok_and(|cfg| {
+            cfg.nodes
+                .iter()
+                .any(|n| &n.id == id && n.signing_certificate == new_signing)
+        });
         if listed || tokio::time::Instant::now() > deadline {
             if !listed {
                 tracing::warn!(

@@ -103,6 +103,7 @@ pub struct Node {
     pub(crate) grpc_backend: HttpClient<HttpConnector, RelayBody>,
     /// gRPC server reflection services built per local subsystem and configuration serial.
     reflection: reflection::Cache,
+    /// The HTTP client for the registry (trusting the federation CA for HTTPS).
     registry_http: reqwest::Client,
     /// Signed access records awaiting shipment to the registry (the `access_queue` table of
     /// `messages.sqlite`).
@@ -147,6 +148,17 @@ pub(crate) fn problem_response(p: &Problem, message_id: Option<&str>) -> Respons
 }
 
 impl Node {
+    /// The part of the node its certificate renewal uses.
+    pub(crate) fn renewing(&self) -> crate::renewal::Renewing<'_> {
+        crate::renewal::Renewing {
+            settings: &self.settings,
+            signing_key: &self.signing_key,
+            registry_http: &self.registry_http,
+            pool: &self.pool,
+            config: &self.config,
+        }
+    }
+
     /// This node's clock.
     pub(crate) fn now(&self) -> time::OffsetDateTime {
         self.config.clock().now()
@@ -390,11 +402,6 @@ impl Node {
             ));
         }
         Ok(bytes.to_vec())
-    }
-
-    /// The HTTP client for the registry (trusting the federation CA for HTTPS).
-    pub(crate) fn registry_http(&self) -> &reqwest::Client {
-        &self.registry_http
     }
 
     /// Signs the log head and anchors it in the registry.

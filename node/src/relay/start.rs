@@ -325,7 +325,10 @@ pub async fn start_with_clock(
         }
     }));
     // Renew the node's certificates before they run out.
-    background.push(crate::renewal::spawn(node.clone(), tls));
+    let renewing = node.clone();
+    background.push(tokio::spawn(async move {
+        crate::renewal::run(&renewing.renewing(), &tls).await
+    }));
     // Ship access records to the registry.
     background.push(enlace_msglog::outbox::spawn_shipper(
         node.outbox.clone(),
