@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::federation::{Actor, Registry, now, rfc3339};
+use crate::federation::{Actor, Registry, internal, now, rfc3339};
 use crate::store::{AuditEntry, Change};
 
 /// The kind of the registry documents holding authorisations.
@@ -116,14 +116,6 @@ fn not_found(id: &str) -> Problem {
         format!("no authorisation {id} for you"),
     )
     .with("id", id)
-}
-
-fn internal(e: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %e, "authorisation storage failed");
-    Problem::new(
-        ProblemKind::Internal,
-        "the registry failed; nothing changed",
-    )
 }
 
 /// A procedure label as the `Enlace-Procedure` header carries it: `[A-Za-z0-9._:@/+-]`, 1–128.

@@ -70,7 +70,9 @@ pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-fn internal(e: impl std::fmt::Display) -> Problem {
+/// A failure of the registry itself (storage, serialisation): logged for the operator with what
+/// failed, answered with a detail that says only that nothing was changed.
+pub(crate) fn internal(e: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %e, "registry internal error");
     Problem::new(
         ProblemKind::Internal,
