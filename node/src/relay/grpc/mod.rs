@@ -225,6 +225,27 @@ fn timeout_value(d: Duration) -> String {
     format!("{}m", d.as_millis().clamp(1, 99_999_999))
 }
 
+/// The method called, from the service's compiled description (compiled once, within the
+/// call's deadline).
+async fn method_of(
+    node: &crate::relay::Node,
+    entry: &enlace_core::config::ServiceEntry,
+    path: &str,
+    clock: &Clock,
+    reply: &mut Reply,
+) -> Result<enlace_description::grpc::MethodInfo, Problem> {
+    let mut no_pump = stream::Pump::finished(enlace_description::grpc::StreamDigest::new());
+    let compiled = stream::until(
+        node.compiled_grpc(entry),
+        clock,
+        reply.closed(),
+        &mut no_pump,
+    )
+    .await
+    .map_err(Problem::from)??;
+    compiled.method(path)
+}
+
 fn deadline_passed() -> Problem {
     Problem::new(
         ProblemKind::PeerTimeout,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use enlace_core::config::NodeEntry;
 use enlace_core::id::{ServiceId, ServiceVersion, SubsystemId};
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
@@ -21,7 +22,7 @@ use crate::relay::exchange::contract::check_contract;
 use crate::relay::exchange::log_record::{About, context_record, fill_signature, set_target};
 use crate::relay::exchange::resolve::resolve_provider;
 use crate::relay::exchange::target::{RELAY_PREFIX, Target, read_target};
-use crate::relay::{Node, problem_response};
+use crate::relay::{Node, Snapshot, problem_response};
 use enlace_httpsig as signature;
 use enlace_msglog::{Record, RecordKind};
 
@@ -121,39 +122,73 @@ async fn run(
         &compiled.header_params(&matched),
         body.clone(),
     )?;
+    let sent = Sent {
+        method: outbound.method().clone(),
+        uri: outbound.uri().clone(),
+        headers: sent_headers,
+    };
+    let logged_body = log_bodies.then(|| body.to_vec());
+    let resp = send_logged(node, trace, outbound, &sent, provider, logged_body).await?;
+    let (rparts, rbody) = verify_response(node, &snap, &sent, provider, resp).await?;
+    log_response(node, trace, &sent, &rparts, &rbody, log_bodies).await?;
+    Ok(answer_backend(&rparts, rbody, &trace.message_id))
+}
 
-    // Log the request; it is durable by the time the response record is (same writer, in order).
+/// The request as it went to the provider node, which its response is bound to.
+struct Sent {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+/// Logs the request and sends it over the pooled mutual-TLS connection. The request's record is
+/// durable by the time the response's is (same writer, in order); a safe method is sent while
+/// its record commits, any other only once its record is durable (as on the provider).
+async fn send_logged(
+    node: &Node,
+    trace: &Trace,
+    outbound: Request<Body>,
+    sent: &Sent,
+    provider: &NodeEntry,
+    logged_body: Option<Vec<u8>>,
+) -> Result<Response<Incoming>, Problem> {
     let mut rec = base_record(trace, RecordKind::RequestOut, 0);
-    fill_signature(&mut rec, &sent_headers, true);
-    set_target(&mut rec, outbound.method(), outbound.uri());
-    rec.body = log_bodies.then(|| body.to_vec());
+    fill_signature(&mut rec, &sent.headers, true);
+    set_target(&mut rec, &sent.method, &sent.uri);
+    rec.body = logged_body;
     let request_logged = node.log.append(rec);
-    let sent_method = outbound.method().clone();
-    let sent_uri = outbound.uri().clone();
     // The provider node waits `upstream_timeout_ms` for its backend and then answers a signed
     // refusal naming that backend; the consumer waits a margin longer, so that refusal arrives
     // rather than being blamed on the peer node.
-    let timeout = Duration::from_millis(limits.upstream_timeout_ms) + PEER_MARGIN;
+    let timeout = Duration::from_millis(node.settings.raw.limits.upstream_timeout_ms) + PEER_MARGIN;
     let send = node
         .pool
         .send(&provider.id, &provider.address, outbound, timeout);
-    // As on the provider: a safe method is sent while its record commits, any other only
-    // once its record is durable.
-    let resp = if sent_method.is_safe() {
+    if sent.method.is_safe() {
         let (logged, resp) = tokio::join!(request_logged, send);
         logged?;
-        resp?
+        resp
     } else {
         request_logged.await?;
-        send.await?
-    };
+        send.await
+    }
+}
 
-    // Verify the provider node's response, bound to our request.
+/// Reads the provider node's response and verifies its signature: made by that node, bound to
+/// the request as sent, fresh.
+async fn verify_response(
+    node: &Node,
+    snap: &Snapshot,
+    sent: &Sent,
+    provider: &NodeEntry,
+    resp: Response<Incoming>,
+) -> Result<(http::response::Parts, Bytes), Problem> {
+    let limits = &node.settings.raw.limits;
     let (rparts, rbody) = resp.into_parts();
     let rbody = read_body(rbody, limits.max_body_bytes)
         .await
         .map_err(|p| p.caused_by(Culprit::PeerNode))?;
-    let request_msg = signature::Message::request(&sent_method, &sent_uri, &sent_headers);
+    let request_msg = signature::Message::request(&sent.method, &sent.uri, &sent.headers);
     let response_msg = signature::Message::response(rparts.status, &rparts.headers);
     let expected_peer = provider.id.to_string();
     signature::verify_response(
@@ -167,7 +202,7 @@ async fn run(
                     format!("response signed by {keyid}, not by the provider node {expected_peer}"),
                 ));
             }
-            node.peer_keys(&snap, keyid)
+            node.peer_keys(snap, keyid)
         },
         node.unix_now(),
         limits.clock_skew_secs,
@@ -177,21 +212,40 @@ async fn run(
             .registry_offset()
             .blame_stale(p.caused_by(Culprit::PeerNode))
     })?;
+    Ok((rparts, rbody))
+}
 
+/// Logs the verified response, beside the digest of the request it answers.
+async fn log_response(
+    node: &Node,
+    trace: &Trace,
+    sent: &Sent,
+    rparts: &http::response::Parts,
+    rbody: &Bytes,
+    log_bodies: bool,
+) -> Result<(), Problem> {
     let mut rec = base_record(trace, RecordKind::ResponseIn, rparts.status.as_u16());
     fill_signature(&mut rec, &rparts.headers, false);
-    set_target(&mut rec, &sent_method, &sent_uri);
-    rec.request_digest = sent_headers
+    set_target(&mut rec, &sent.method, &sent.uri);
+    rec.request_digest = sent
+        .headers
         .get(signature::CONTENT_DIGEST)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    rec.problem = problem_of(&rparts.headers, &rbody).map(|p| p.kind.slug().to_string());
+    rec.problem = problem_of(&rparts.headers, rbody).map(|p| p.kind.slug().to_string());
     rec.body = log_bodies.then(|| rbody.to_vec());
     node.log.append(rec).await?;
+    Ok(())
+}
 
-    // Only what the provider node signed goes back: the status, the content type and the body.
-    // Who caused an error is read from the signed problem body, never from an unsigned header,
-    // and restated from the backend's point of view (the body as signed is in the log).
+/// Only what the provider node signed goes back: the status, the content type and the body.
+/// Who caused an error is read from the signed problem body, never from an unsigned header,
+/// and restated from the backend's point of view (the body as signed is in the log).
+fn answer_backend(
+    rparts: &http::response::Parts,
+    rbody: Bytes,
+    message_id: &str,
+) -> Response<Body> {
     let relayed = problem_of(&rparts.headers, &rbody).map(from_backend_view);
     let culprit = relayed.as_ref().map(Problem::culprit);
     let rbody = match &relayed {
@@ -210,10 +264,10 @@ async fn run(
     if let Some(secs) = relayed.as_ref().and_then(|p| p.retry_after()) {
         h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    if let Ok(v) = HeaderValue::from_str(&trace.message_id) {
+    if let Ok(v) = HeaderValue::from_str(message_id) {
         h.insert(context::MESSAGE_ID, v);
     }
-    Ok(out)
+    out
 }
 
 /// A provider node's problem as the consumer's backend should read it: the provider names

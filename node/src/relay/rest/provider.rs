@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use enlace_core::config::ServiceEntry;
+use enlace_core::contract::Contract;
 use enlace_core::id::{NodeId, SubjectId};
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -29,8 +31,9 @@ use crate::relay::exchange::resolve::resolve_service;
 use crate::relay::exchange::subject::bind_subject;
 use crate::relay::exchange::target::{Target, read_target};
 use crate::relay::{Node, problem_parts, problem_response};
+use enlace_description::validate::{CompiledService, Matched};
 use enlace_httpsig as signature;
-use enlace_msglog::RecordKind;
+use enlace_msglog::{RecordKind, Usage};
 
 /// What is known of an incoming exchange, for its log records.
 struct Trace {
@@ -206,6 +209,85 @@ async fn run(
     crate::relay::exchange::contract::check_operation(contract, &operation)?;
     let declared =
         covered_header_params(&compiled.header_params(&matched), &parts.headers, &verified)?;
+    validate_request(&compiled, &matched, &target, parts, &body)?;
+    let bound = compiled.bound_subject(&matched, target.query.as_deref())?;
+    if let Err(p) = bind_subject(
+        bound.as_deref(),
+        "the request",
+        ctx.subject.as_ref(),
+        &operation,
+    ) {
+        trace.asked_subject = bound.and_then(|b| b.parse().ok());
+        return Err(p);
+    }
+    let usage = admit(node, contract)?;
+    let service = trace.service.clone();
+    let admitted = Admitted {
+        message_id: &message_id,
+        ctx: &ctx,
+        service: &service,
+        operation: &operation,
+        peer,
+        parts,
+        log_bodies: trace.log_bodies,
+    };
+    let backend_answer =
+        forward_logged(node, &admitted, usage, &target, &backend.0, &declared, body);
+    let (status, bcontent_type, bbody) = backend_answer.await?;
+    let (status, out_body, content_type, disclosed) = disclose(
+        node,
+        &compiled,
+        &matched,
+        &admitted,
+        (entry, contract),
+        (status, bcontent_type, bbody),
+    )
+    .await?;
+    let resp = answer(node, &admitted, status, content_type, out_body.clone())?;
+    log_response(
+        node,
+        &admitted,
+        (entry, contract),
+        &resp,
+        out_body,
+        disclosed,
+    )
+    .await?;
+    Ok(resp)
+}
+
+/// An exchange every check has let through: what its log records say about it.
+struct Admitted<'a> {
+    message_id: &'a str,
+    ctx: &'a Context,
+    service: &'a str,
+    operation: &'a str,
+    peer: &'a NodeId,
+    parts: &'a http::request::Parts,
+    log_bodies: bool,
+}
+
+impl Admitted<'_> {
+    fn about(&self) -> About<'_> {
+        About {
+            message_id: self.message_id,
+            client: None,
+            context: Some(self.ctx),
+            service: self.service,
+            operation: self.operation,
+            peer: Some(self.peer.to_string()),
+        }
+    }
+}
+
+/// The request against the operation's schema: path, query, headers and body.
+fn validate_request(
+    compiled: &CompiledService,
+    matched: &Matched,
+    target: &Target,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Result<(), Problem> {
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -216,105 +298,132 @@ async fn run(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     compiled.validate_request(
-        &matched,
+        matched,
         target.query.as_deref(),
         &headers,
-        &body,
+        body,
         content_type,
-    )?;
-    let bound = compiled.bound_subject(&matched, target.query.as_deref())?;
-    if let Err(p) = bind_subject(bound.as_deref(), &ctx, &operation) {
-        trace.asked_subject = bound.and_then(|b| b.parse().ok());
-        return Err(p);
-    }
-    let usage = admit(node, contract)?;
+    )
+}
 
-    // Log the request as received and forward it; the response record below is awaited, and
-    // the writer commits in order, so both are durable before the response leaves.
-    let service = trace.service.clone();
-    let about = || About {
-        message_id: &message_id,
-        client: None,
-        context: Some(&ctx),
-        service: &service,
-        operation: &operation,
-        peer: Some(peer.to_string()),
-    };
-    let mut rec = context_record(RecordKind::RequestIn, 0, about());
-    fill_signature(&mut rec, &parts.headers, true);
-    set_target(&mut rec, &parts.method, &parts.uri);
-    rec.body = trace.log_bodies.then(|| body.to_vec());
+/// Logs the request as received and forwards it; the response record is awaited later, and
+/// the writer commits in order, so both are durable before the response leaves. A safe method
+/// (GET, HEAD) changes nothing at the backend, so its record is committed while the backend
+/// answers; any other is durable before the backend sees it.
+async fn forward_logged(
+    node: &Node,
+    x: &Admitted<'_>,
+    usage: Vec<Usage>,
+    target: &Target,
+    backend: &str,
+    declared: &[&str],
+    body: Bytes,
+) -> Result<(StatusCode, Option<String>, Bytes), Problem> {
+    let mut rec = context_record(RecordKind::RequestIn, 0, x.about());
+    fill_signature(&mut rec, &x.parts.headers, true);
+    set_target(&mut rec, &x.parts.method, &x.parts.uri);
+    rec.body = x.log_bodies.then(|| body.to_vec());
     let logged = node.log.append_counted(rec, usage);
     let forwarded = forward(
         node,
-        parts,
-        &target,
-        &ctx,
-        &message_id,
-        &backend.0,
-        &declared,
+        x.parts,
+        target,
+        x.ctx,
+        x.message_id,
+        backend,
+        declared,
         body,
     );
-    // A safe method (GET, HEAD) changes nothing at the backend, so its record is committed
-    // while the backend answers; any other is durable before the backend sees it.
-    let (status, bcontent_type, bbody) = if parts.method.is_safe() {
+    if x.parts.method.is_safe() {
         let (logged, forwarded) = tokio::join!(logged, forwarded);
         logged?;
-        forwarded?
+        forwarded
     } else {
         logged.await?;
-        forwarded.await?
-    };
+        forwarded.await
+    }
+}
 
-    // Validate, minimise, sign.
-    let (status, out_body, content_type, disclosed) = if status.is_success() {
-        let value = compiled
-            .validate_response(&matched, status.as_u16(), bcontent_type.as_deref(), &bbody)
-            .map_err(|p| p.caused_by(Culprit::ProviderBackend))?;
-        let mut value = value;
-        let allowed =
-            crate::relay::exchange::disclosure::allowed(node, &ctx, entry, contract, &operation)
-                .await?;
-        let disclosed = enlace_description::validate::minimise(&mut value, &allowed);
-        let bytes = serde_json::to_vec(&value)
-            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
-        (status, Bytes::from(bytes), "application/json", disclosed)
-    } else {
-        (
+/// A success validated against the operation's response schema and minimised to what the
+/// contract discloses (with the fields disclosed); any other status as the backend's error.
+async fn disclose(
+    node: &Node,
+    compiled: &CompiledService,
+    matched: &Matched,
+    x: &Admitted<'_>,
+    (entry, contract): (&ServiceEntry, &Contract),
+    (status, bcontent_type, bbody): (StatusCode, Option<String>, Bytes),
+) -> Result<(StatusCode, Bytes, &'static str, Vec<String>), Problem> {
+    if !status.is_success() {
+        return Ok((
             status,
             backend_error_body(status, &bbody),
             "application/problem+json",
             Vec::new(),
-        )
-    };
+        ));
+    }
+    let mut value = compiled
+        .validate_response(matched, status.as_u16(), bcontent_type.as_deref(), &bbody)
+        .map_err(|p| p.caused_by(Culprit::ProviderBackend))?;
+    let allowed =
+        crate::relay::exchange::disclosure::allowed(node, x.ctx, entry, contract, x.operation)
+            .await?;
+    let disclosed = enlace_description::validate::minimise(&mut value, &allowed);
+    let bytes = serde_json::to_vec(&value)
+        .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
+    Ok((status, Bytes::from(bytes), "application/json", disclosed))
+}
+
+/// The response, signed and bound to the request.
+fn answer(
+    node: &Node,
+    x: &Admitted<'_>,
+    status: StatusCode,
+    content_type: &'static str,
+    out_body: Bytes,
+) -> Result<Response<Body>, Problem> {
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static(content_type),
     );
-    if let Ok(v) = HeaderValue::from_str(&message_id) {
+    if let Ok(v) = HeaderValue::from_str(x.message_id) {
         headers.insert(context::MESSAGE_ID, v);
     }
-    let resp = sign(node, parts, status, headers, out_body.clone())?;
-    let mut rec = context_record(RecordKind::ResponseOut, status.as_u16(), about());
+    sign(node, x.parts, status, headers, out_body)
+}
+
+/// Logs the signed response with the fields disclosed, and queues its access record in the
+/// same transaction.
+async fn log_response(
+    node: &Node,
+    x: &Admitted<'_>,
+    (entry, contract): (&ServiceEntry, &Contract),
+    resp: &Response<Body>,
+    out_body: Bytes,
+    disclosed: Vec<String>,
+) -> Result<(), Problem> {
+    let status = resp.status();
+    let mut rec = context_record(RecordKind::ResponseOut, status.as_u16(), x.about());
     fill_signature(&mut rec, resp.headers(), false);
-    set_target(&mut rec, &parts.method, &parts.uri);
-    rec.request_digest = parts
+    set_target(&mut rec, &x.parts.method, &x.parts.uri);
+    rec.request_digest = x
+        .parts
         .headers
         .get(signature::CONTENT_DIGEST)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
     rec.headers
         .push(("enlace-disclosed".into(), disclosed.join(",")));
-    rec.body = trace.log_bodies.then(|| out_body.to_vec());
+    rec.body = x.log_bodies.then(|| out_body.to_vec());
     let access = access_record::record(
         node,
         access_record::Exchange {
-            message_id: &message_id,
-            context: &ctx,
+            message_id: x.message_id,
+            context: x.ctx,
             service: entry,
             contract,
-            operation: &operation,
+            operation: x.operation,
             fields: disclosed,
             refused: None,
             status: status.as_u16(),
@@ -325,7 +434,7 @@ async fn run(
     node.log
         .append_with(rec, access_record::queued(access))
         .await?;
-    Ok(resp)
+    Ok(())
 }
 
 /// Forwards to the provider backend: the method, the path after the service prefix, the

@@ -307,129 +307,219 @@ async fn exchange(
     trace: &mut Trace,
 ) -> Result<(), Problem> {
     let started = Instant::now();
-    let limits = &node.settings.raw.limits;
     let (parts, body) = req.into_parts();
+    let caller = admit_caller(node, &parts, started, trace)?;
+    let snap = node.snapshot()?;
+    let (entry, provider) = resolve(&snap, &parts, &caller.ctx, trace)?;
+    let method = super::method_of(node, entry, parts.uri.path(), &caller.clock, reply).await?;
+    let mut sent = request_head(
+        &parts,
+        entry,
+        &caller.ctx,
+        &trace.message_id,
+        &provider.address,
+        &caller.custom,
+    )?;
+    let outgoing = read_request(node, &method, body, &mut sent, &caller, reply).await?;
+    let (resp, pump) = send_logged(
+        node, trace, &sent, outgoing, &method, provider, &caller, reply,
+    )
+    .await?;
+    let (rparts, rbody) = resp.into_parts();
+    check_response_head(&rparts)?;
+    let call = Call {
+        node: node.clone(),
+        snap: snap.clone(),
+        sent,
+        peer: provider.id.clone(),
+        method,
+        clock: caller.clock,
+        trace: trace.clone(),
+    };
+    relay_response(call, rparts.headers, rbody, pump, reply, caller.log_bodies).await
+}
+
+/// What the node knows of its backend's call once admitted.
+struct Caller {
+    ctx: Context,
+    log_bodies: bool,
+    clock: Arc<Clock>,
+    custom: HeaderMap,
+}
+
+/// Admits the backend's call: a bounded header section, an authenticated client within its
+/// rate, the context, a gRPC content type and encoding, its deadline, its custom metadata.
+fn admit_caller(
+    node: &Node,
+    parts: &http::request::Parts,
+    started: Instant,
+    trace: &mut Trace,
+) -> Result<Caller, Problem> {
+    let limits = &node.settings.raw.limits;
     context::check_header_section(&parts.headers, limits.max_header_bytes)?;
     let (client, log_bodies) = authenticate_backend(node, &parts.headers, &parts.extensions)?;
     trace.client = Some(client.clone());
     within_rate(node, &client)?;
     let ctx = read_context(&parts.headers, &client)?;
     trace.context = Some(ctx.clone());
-    let path = parts.uri.path().to_string();
-    trace.operation = path.strip_prefix('/').unwrap_or(&path).to_string();
+    let path = parts.uri.path();
+    trace.operation = path.strip_prefix('/').unwrap_or(path).to_string();
     wire::check_content_type(content_type(&parts.headers))?;
     check_encoding(&parts.headers)?;
     let idle = Duration::from_millis(limits.grpc_idle_timeout_ms);
     let clock = Clock::new(started, read_timeout(&parts.headers)?, idle);
     let custom = metadata::custom(&parts.headers)
         .map_err(|d| Problem::new(ProblemKind::InvalidRequest, d))?;
+    Ok(Caller {
+        ctx,
+        log_bodies,
+        clock,
+        custom,
+    })
+}
 
-    // Resolve and authorise.
-    let snap = node.snapshot()?;
+/// Resolves the service by its protobuf method (or the one `enlace-provider` names) and its
+/// provider node, and checks the contract and the operation (fail fast: the provider node
+/// checks them again).
+fn resolve<'a>(
+    snap: &'a Snapshot,
+    parts: &http::request::Parts,
+    ctx: &Context,
+    trace: &mut Trace,
+) -> Result<(&'a ServiceEntry, &'a NodeEntry), Problem> {
     let requested = context::single(&parts.headers, PROVIDER, 300)?
         .map(|s| s.parse::<ServiceId>())
         .transpose()?;
-    let entry = resolve_by_operation(&snap, &trace.operation, requested.as_ref())?;
+    let entry = resolve_by_operation(snap, &trace.operation, requested.as_ref())?;
     trace.service = format!("{}/{}", entry.id, entry.version);
-    let provider = provider_node(&snap, entry)?;
+    let provider = provider_node(snap, entry)?;
     trace.peer = Some(provider.id.to_string());
-    let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
+    let contract = check_contract(snap, ctx, &entry.id, entry.version)?;
     check_operation(contract, &trace.operation)?;
-    let mut no_pump = Pump::finished(StreamDigest::new());
-    let compiled = until(
-        node.compiled_grpc(entry),
-        &clock,
-        reply.closed(),
-        &mut no_pump,
-    )
-    .await
-    .map_err(Problem::from)??;
-    let method = compiled.method(&path)?;
-    let streamed_request = method.client_streaming;
-    let mut sent = request_head(
-        &parts,
-        entry,
-        &ctx,
-        &trace.message_id,
-        &provider.address,
-        &custom,
-    )?;
-    let (peer_id, address) = (provider.id.clone(), provider.address.clone());
+    Ok((entry, provider))
+}
 
-    // The request: whole, or streamed by its own task.
-    let mut rec_body = None;
-    let (body, pump) = if streamed_request {
-        signing::sign_request_head(&signer(node), &mut sent, true)?;
+/// The request as it leaves for the provider node: one message read whole, checked, digested
+/// and signed with the head; or a stream whose head is signed now and whose messages a task
+/// relays once the request's record is durable.
+enum Outgoing {
+    Whole {
+        body: Bytes,
+        chain: StreamDigest,
+        logged_body: Option<Vec<u8>>,
+    },
+    Streamed {
+        body: RelayBody,
+        pump: Box<RequestPump>,
+    },
+}
+
+async fn read_request(
+    node: &Arc<Node>,
+    method: &MethodInfo,
+    body: Incoming,
+    sent: &mut Bound,
+    caller: &Caller,
+    reply: &mut Reply,
+) -> Result<Outgoing, Problem> {
+    let limits = &node.settings.raw.limits;
+    if method.client_streaming {
+        signing::sign_request_head(&signer(node), sent, true)?;
         let (tx, rx) = body_channel(CHANNEL_FRAMES);
-        let progress = Progress::default();
-        let (method, max) = (method.clone(), limits.max_grpc_message_bytes);
-        let (clock, node, sent, reported) =
-            (clock.clone(), node.clone(), sent.clone(), progress.clone());
-        let start = move |stop| {
-            pump_requests(RequestPump {
-                body,
-                method,
-                max,
-                clock,
-                node,
-                sent,
-                out: tx,
-                progress: reported,
-                stop,
-            })
+        let pump = RequestPump {
+            body,
+            method: method.clone(),
+            max: limits.max_grpc_message_bytes,
+            clock: caller.clock.clone(),
+            node: node.clone(),
+            sent: sent.clone(),
+            out: tx,
+            progress: Progress::default(),
         };
-        (RelayBody::from(rx), Some((progress, start)))
-    } else {
-        let read = read_body(body, limits.max_body_bytes);
-        let whole = until(read, &clock, reply.closed(), &mut no_pump)
-            .await
-            .map_err(Problem::from)??;
-        let (chain, _) = check_single_request(&method, &whole, limits.max_grpc_message_bytes)?;
-        put(
-            &mut sent.headers,
-            signature::CONTENT_DIGEST,
-            &signature::content_digest(&whole),
-        );
-        signing::sign_request_head(&signer(node), &mut sent, false)?;
-        rec_body = log_bodies.then(|| whole.to_vec());
-        no_pump = Pump::finished(chain);
-        (RelayBody::from(Full::new(whole)), None)
-    };
+        return Ok(Outgoing::Streamed {
+            body: RelayBody::from(rx),
+            pump: Box::new(pump),
+        });
+    }
+    let mut no_pump = Pump::finished(StreamDigest::new());
+    let read = read_body(body, limits.max_body_bytes);
+    let whole = until(read, &caller.clock, reply.closed(), &mut no_pump)
+        .await
+        .map_err(Problem::from)??;
+    let (chain, _) = check_single_request(method, &whole, limits.max_grpc_message_bytes)?;
+    put(
+        &mut sent.headers,
+        signature::CONTENT_DIGEST,
+        &signature::content_digest(&whole),
+    );
+    signing::sign_request_head(&signer(node), sent, false)?;
+    Ok(Outgoing::Whole {
+        logged_body: caller.log_bodies.then(|| whole.to_vec()),
+        body: whole,
+        chain,
+    })
+}
+
+/// Logs the request and sends it over the pooled mutual-TLS connection, then waits for the
+/// response head. A one-message request to a method without side effects is sent while its
+/// record commits (the log commits in order, so it is durable before the response's); any
+/// other only once it is durable. A request stream starts only once the request is logged.
+#[allow(clippy::too_many_arguments)]
+async fn send_logged(
+    node: &Node,
+    trace: &Trace,
+    sent: &Bound,
+    outgoing: Outgoing,
+    method: &MethodInfo,
+    provider: &NodeEntry,
+    caller: &Caller,
+    reply: &mut Reply,
+) -> Result<(http::Response<Incoming>, Pump), Problem> {
     let mut rec = context_record(RecordKind::RequestOut, 0, trace.about());
     super::request_record(&mut rec, &sent.headers);
     set_target(&mut rec, &sent.method, &sent.uri);
-    if !streamed_request {
-        rec.headers
-            .push((STREAM_DIGEST.into(), no_pump.chain().value()));
+    let streamed_request = matches!(outgoing, Outgoing::Streamed { .. });
+    if let Outgoing::Whole {
+        chain, logged_body, ..
+    } = &outgoing
+    {
+        rec.headers.push((STREAM_DIGEST.into(), chain.value()));
+        rec.body = logged_body.clone();
     }
-    rec.body = rec_body;
     let logged = node.log.append(rec);
-    // A one-message request to a method without side effects is sent while its record commits
-    // (the log commits in order, so it is durable before the response's); any other only once
-    // it is durable. A request stream starts only once the request is logged.
     let logged = if !streamed_request && method.no_side_effects {
         Some(logged)
     } else {
         logged.await?;
         None
     };
-    let mut pump = match pump {
-        Some((progress, start)) => Pump::spawn(progress, start),
-        None => no_pump,
+    let (body, mut pump) = match outgoing {
+        Outgoing::Whole { body, chain, .. } => {
+            (RelayBody::from(Full::new(body)), Pump::finished(chain))
+        }
+        Outgoing::Streamed { body, pump } => {
+            let progress = pump.progress.clone();
+            (
+                body,
+                Pump::spawn(progress, |stop| pump_requests(*pump, stop)),
+            )
+        }
     };
-
-    // Send; wait for the response head.
+    let clock = &caller.clock;
+    let limits = &node.settings.raw.limits;
     let wait = if streamed_request {
         clock.left().unwrap_or(NO_DEADLINE)
     } else {
         clock.budget(Duration::from_millis(limits.upstream_timeout_ms))?
     };
-    let send = node
-        .pool
-        .send(&peer_id, &address, outbound(&sent, body, &clock), wait);
+    let send = node.pool.send(
+        &provider.id,
+        &provider.address,
+        outbound(sent, body, clock),
+        wait,
+    );
     let mut send = std::pin::pin!(send);
-    let sent_or_stopped = until(send.as_mut(), &clock, reply.closed(), &mut pump).await;
-    let resp = match sent_or_stopped {
+    let resp = match until(send.as_mut(), clock, reply.closed(), &mut pump).await {
         Err(stop) => {
             // The request stream fails before the unanswered request is dropped.
             pump.stop().await;
@@ -446,48 +536,56 @@ async fn exchange(
     if let Some(logged) = logged {
         logged.await?;
     }
-    let (rparts, rbody) = resp.into_parts();
-    if rparts.status != StatusCode::OK || !super::is_grpc(&rparts.headers) {
-        return Err(Problem::new(
-            ProblemKind::PeerUnreachable,
-            format!(
-                "the provider node answered HTTP {} instead of a gRPC response",
-                rparts.status
-            ),
-        )
-        .caused_by(Culprit::PeerNode));
+    Ok((resp, pump))
+}
+
+/// The provider node answers gRPC: HTTP 200 with a gRPC content type.
+fn check_response_head(rparts: &http::response::Parts) -> Result<(), Problem> {
+    if rparts.status == StatusCode::OK && super::is_grpc(&rparts.headers) {
+        return Ok(());
     }
-    let call = Call {
-        node: node.clone(),
-        snap: snap.clone(),
-        sent,
-        peer: peer_id.clone(),
-        method,
-        clock,
-        trace: trace.clone(),
-    };
-    if rparts.headers.contains_key(GRPC_STATUS) {
+    Err(Problem::new(
+        ProblemKind::PeerUnreachable,
+        format!(
+            "the provider node answered HTTP {} instead of a gRPC response",
+            rparts.status
+        ),
+    )
+    .caused_by(Culprit::PeerNode))
+}
+
+/// Relays the provider node's response: a trailers-only status as it is; a server stream's
+/// messages as they come once its head verifies on its own (the head of one message is held
+/// with it and checked against the final status); the single message of a unary or
+/// client-streaming call held until the final status verifies (see `finish.rs`).
+async fn relay_response(
+    call: Call,
+    received: HeaderMap,
+    rbody: Incoming,
+    mut pump: Pump,
+    reply: &mut Reply,
+    log_bodies: bool,
+) -> Result<(), Problem> {
+    if received.contains_key(GRPC_STATUS) {
         // Trailers-only: the provider node's status (a refusal, or its backend's) in headers.
-        let relayed = Relayed::status_only(rparts.headers);
+        let relayed = Relayed::status_only(received);
         call.finish(relayed, pump, Deliver::Head(reply, None)).await;
         return Ok(());
     }
     if call.method.server_streaming {
-        // Its messages are released as they come: the head must verify on its own first. The
-        // head of one message is held with it and checked against the final status.
-        call.verifier(|v| signing::verify_response_head(&rparts.headers, &call.sent, v))
+        call.verifier(|v| signing::verify_response_head(&received, &call.sent, v))
             .map_err(|p| {
                 let offset = call.node.config.registry_offset();
                 offset.blame_stale(p.caused_by(Culprit::PeerNode))
             })?;
     }
     let mut head = HeaderMap::new();
-    put(&mut head, context::MESSAGE_ID, &trace.message_id);
-    let custom = metadata::custom(&rparts.headers).map_err(|d| {
+    put(&mut head, context::MESSAGE_ID, &call.trace.message_id);
+    let custom = metadata::custom(&received).map_err(|d| {
         Problem::new(ProblemKind::ResponseSchemaViolation, d).caused_by(Culprit::PeerNode)
     })?;
     metadata::append(&mut head, &custom);
-    let received_head = Some(rparts.headers);
+    let limits = &call.node.settings.raw.limits;
     let mut inbound = Inbound::new(
         rbody,
         Side::Response,
@@ -496,7 +594,6 @@ async fn exchange(
         Culprit::PeerNode,
     );
     let keep = log_bodies.then_some(limits.max_body_bytes);
-
     if call.method.server_streaming {
         // Messages are released as they arrive; the final status only once verified.
         let (tx, rx) = body_channel(CHANNEL_FRAMES);
@@ -516,10 +613,9 @@ async fn exchange(
         )
         .await;
         let mut relayed = Relayed::from(relayed);
-        relayed.head = received_head;
+        relayed.head = Some(received);
         call.finish(relayed, pump, Deliver::Stream(tx)).await;
     } else {
-        // One response message: held until the final status verifies.
         let mut held = None;
         let relayed = relay(
             &mut inbound,
@@ -533,7 +629,7 @@ async fn exchange(
         .await;
         let mut relayed = Relayed::from(relayed);
         relayed.held = held;
-        relayed.head = received_head;
+        relayed.head = Some(received);
         call.finish(relayed, pump, Deliver::Head(reply, Some(head)))
             .await;
     }

@@ -13,13 +13,15 @@ pub(super) struct RequestPump {
     pub(super) sent: Bound,
     pub(super) out: crate::net::BodySender,
     pub(super) progress: Progress,
-    pub(super) stop: StopSignal,
 }
 
 /// Relays the caller's request messages to the provider node as they come, each strictly
 /// decoded and chained, then signs the chain in the request trailers. A message refused (or a
 /// caller that resets) fails the stream to the provider node: it sees a reset, never an end.
-pub(super) async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
+pub(super) async fn pump_requests(
+    p: RequestPump,
+    mut stop: StopSignal,
+) -> Result<PumpDone, Problem> {
     let RequestPump {
         body,
         method,
@@ -29,7 +31,6 @@ pub(super) async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
         sent,
         out,
         progress,
-        mut stop,
     } = p;
     let mut inbound = Inbound::new(body, Side::Request, max, clock, Culprit::Client);
     let forwarded = forward_messages(

@@ -49,7 +49,8 @@ use crate::relay::exchange::log_record::{
 };
 use crate::relay::exchange::peer::{read_message_id, verify_peer};
 use crate::relay::exchange::resolve::resolve_service;
-use crate::relay::exchange::target::read_grpc_target;
+use crate::relay::exchange::subject;
+use crate::relay::exchange::target::{Target, read_grpc_target};
 use crate::relay::{Node, Snapshot};
 use enlace_msglog::RecordKind;
 
@@ -119,9 +120,8 @@ impl Asked {
 const ASKED_SUBJECT: &str = "enlace-asked-subject";
 
 /// The person a request message asks about, where the method binds a field to the data
-/// subject (`(enlace.subject)`), must be the one `enlace-subject` names: the access log then
-/// names the person whose data is read, and a consumer cannot read one person's data in
-/// another's name. A bound field left empty names nobody, so it does not match either.
+/// subject (`(enlace.subject)`), must be the one `enlace-subject` names (the shared decision in
+/// `exchange/subject.rs`). A bound field left empty names nobody, so it does not match either.
 fn bind_subject(
     method: &MethodInfo,
     msg: &wire::DynamicMessage,
@@ -146,41 +146,15 @@ fn bind_subject(
             ),
         ));
     }
-    let id = format!("{scheme}:{value}");
-    let shown: String = id.chars().take(100).collect();
-    let subject: SubjectId = id.parse().map_err(|e: enlace_core::IdError| {
-        Problem::new(
-            ProblemKind::RequestSchemaViolation,
-            format!(
-                "request field `{field}` asks about `{shown}`, which is not a valid person \
-                 identifier: {e}"
-            ),
-        )
-    })?;
-    match named {
-        Some(n) if *n == subject => Ok(()),
-        Some(n) => {
-            asked.set(subject.clone());
-            Err(Problem::new(
-                ProblemKind::SubjectMismatch,
-                format!(
-                    "{} names {n}, but request field `{field}` asks about {subject}",
-                    context::SUBJECT
-                ),
-            ))
+    let bound = format!("{scheme}:{value}");
+    let place = format!("request field `{field}`");
+    subject::bind_subject(Some(&bound), &place, named, &method.full_name).inspect_err(|p| {
+        if p.kind == ProblemKind::SubjectMismatch
+            && let Ok(s) = bound.parse()
+        {
+            asked.set(s);
         }
-        None => {
-            asked.set(subject.clone());
-            Err(Problem::new(
-                ProblemKind::SubjectMismatch,
-                format!(
-                    "{} is about a person ({subject}); name them in {}",
-                    method.full_name,
-                    context::SUBJECT
-                ),
-            ))
-        }
-    }
+    })
 }
 
 impl Trace {
@@ -218,205 +192,62 @@ async fn exchange(
     trace: &mut Trace,
 ) -> Result<(), Problem> {
     let started = Instant::now();
-    let limits = &node.settings.raw.limits;
-    context::check_header_section(&req.headers, limits.max_header_bytes)?;
-    let message_id = read_message_id(&req.headers)?;
-    trace.message_id = Some(message_id.clone());
-    let ctx = Context::read(&req.headers)?;
-    trace.context = Some(ctx.clone());
-    let snap = node.snapshot()?;
-    verify_peer(&snap, peer, &ctx)?;
-    wire::check_content_type(content_type(&req.headers))?;
-    let parts = {
-        let mut r = Request::new(());
-        *r.method_mut() = req.method.clone();
-        *r.uri_mut() = req.uri.clone();
-        *r.headers_mut() = req.headers.clone();
-        r.into_parts().0
-    };
+    let (message_id, ctx, snap) = admit_peer(node, req, peer, trace)?;
     let target = read_grpc_target(&req.uri)?;
-    let (entry, backend) = resolve_service(node, &snap, &parts, &target)?;
-    trace.service = format!("{}/{}", entry.id, entry.version);
-    trace.entry = Some(entry.clone());
-    let log_bodies = backend.1;
-    let backend_addr = backend.0.strip_prefix("h2c://").ok_or_else(|| {
-        Problem::new(
-            ProblemKind::UnknownService,
-            format!("this node provides {} over REST, not gRPC", target.service),
-        )
-    })?;
-    let idle = Duration::from_millis(limits.grpc_idle_timeout_ms);
+    let (entry, backend_addr, log_bodies) = resolve(node, &snap, req, &target, trace)?;
+    let idle = Duration::from_millis(node.settings.raw.limits.grpc_idle_timeout_ms);
     let clock = Clock::new(started, read_timeout(&req.headers)?, idle);
-    let mut no_pump = Pump::finished(StreamDigest::new());
-    let compiled = until(
-        node.compiled_grpc(entry),
-        &clock,
-        reply.closed(),
-        &mut no_pump,
-    )
-    .await
-    .map_err(Problem::from)??;
-    let method = compiled.method(&target.rest)?;
+    let method = super::method_of(node, entry, &target.rest, &clock, reply).await?;
     trace.operation = method.full_name.clone();
-    let streamed_request = method.client_streaming;
-
-    // The signature: of the head, and of the whole body when the request is one message.
-    let peer_name = peer.to_string();
-    let key_for = |keyid: &str| {
-        if keyid != peer_name {
-            return Err(Problem::new(
-                ProblemKind::SignatureInvalid,
-                format!("signed by {keyid}, but the TLS peer is {peer_name}"),
-            ));
-        }
-        node.peer_keys(&snap, keyid)
+    let (whole, body) = verify_request(
+        node,
+        &snap,
+        req,
+        body,
+        peer,
+        method.client_streaming,
+        &clock,
+        reply,
+    )
+    .await?;
+    let asked = trace.asked.clone();
+    let at = At {
+        node,
+        snap: &snap,
+        req,
+        peer,
+        message_id: &message_id,
+        ctx: &ctx,
+        entry,
+        method: &method,
+        asked: &asked,
     };
-    let verifier = Verifier {
-        now: node.unix_now(),
-        max_skew_secs: limits.clock_skew_secs,
-        key_for: &key_for,
-    };
-    let (whole, body) = if streamed_request {
-        signing::verify_request_head(req, None, &verifier)
-            .map_err(|p| node.config.registry_offset().blame_stale(p))?;
-        (None, Some(body))
-    } else {
-        let read = read_body(body, limits.max_body_bytes);
-        let whole = until(read, &clock, reply.closed(), &mut no_pump)
-            .await
-            .map_err(Problem::from)??;
-        signing::verify_request_head(req, Some(&whole), &verifier)
-            .map_err(|p| node.config.registry_offset().blame_stale(p))?;
-        (Some(whole), None)
-    };
-    node.check_replay(&message_id)?;
-    let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
-    check_encoding(&req.headers)?;
-    check_operation(contract, &method.full_name)?;
-    let custom = metadata::custom(&req.headers)
-        .map_err(|d| Problem::new(ProblemKind::InvalidRequest, d).caused_by(Culprit::PeerNode))?;
-    let chain = match &whole {
-        Some(w) => {
-            let (chain, msg) = check_single_request(&method, w, limits.max_grpc_message_bytes)?;
-            bind_subject(&method, &msg, ctx.subject.as_ref(), &trace.asked)?;
-            Some(chain)
-        }
-        None => None,
-    };
-    let usage = admit(node, contract)?;
-
-    let mut rec = context_record(RecordKind::RequestIn, 0, trace.about(&message_id, peer));
-    super::request_record(&mut rec, &req.headers);
-    set_target(&mut rec, &req.method, &req.uri);
-    if let Some(c) = &chain {
-        rec.headers.push((STREAM_DIGEST.into(), c.value()));
-    }
-    rec.body = whole.as_ref().filter(|_| log_bodies).map(|w| w.to_vec());
+    let (contract, received, usage) = authorise(&at, whole, body)?;
+    let rec = request_record(trace, &at, &received, log_bodies);
     let logged = node.log.append_counted(rec, usage);
     // As on the consumer: a one-message request to a method without side effects goes to the
     // backend while its record commits; anything else only once the record is durable.
-    let logged = if whole.is_some() && method.no_side_effects {
+    let logged = if matches!(received, Received::Whole { .. }) && method.no_side_effects {
         Some(logged)
     } else {
         logged.await?;
         None
     };
-
-    // Forward to the backend: the whole request, or its stream from its own task.
-    let (backend_body, mut pump) = match (whole, body, chain) {
-        (Some(w), _, Some(c)) => (RelayBody::from(Full::new(w)), Pump::finished(c)),
-        (_, Some(body), _) => {
-            let (tx, rx) = body_channel(CHANNEL_FRAMES);
-            let progress = Progress::default();
-            trace.request = Some(progress.clone());
-            let (method, clock, node, snap) =
-                (method.clone(), clock.clone(), node.clone(), snap.clone());
-            let (peer, received, max) = (peer.clone(), req.clone(), limits.max_grpc_message_bytes);
-            let (named, asked) = (ctx.subject.clone(), trace.asked.clone());
-            let pump = Pump::spawn(progress.clone(), move |stop| {
-                pump_requests(RequestPump {
-                    body,
-                    method,
-                    named,
-                    asked,
-                    max,
-                    clock,
-                    node,
-                    snap,
-                    peer,
-                    received,
-                    out: tx,
-                    progress,
-                    stop,
-                })
-            });
-            (RelayBody::from(rx), pump)
-        }
-        _ => return Err(Problem::new(ProblemKind::Internal, "no request body")),
-    };
-    let forwarded = backend_request(
+    let (resp, pump) = forward(
+        &at,
+        received,
         backend_addr,
         &target.rest,
-        &ctx,
-        &message_id,
-        &custom,
-        backend_body,
         &clock,
-    )?;
-    let wait = if streamed_request {
-        clock.left().unwrap_or(NO_DEADLINE)
-    } else {
-        clock.budget(Duration::from_millis(limits.upstream_timeout_ms))?
-    };
-    let answered = tokio::time::timeout(wait, node.grpc_backend.request(forwarded));
-    let mut answered = std::pin::pin!(answered);
-    let answered_or_stopped = until(answered.as_mut(), &clock, reply.closed(), &mut pump).await;
-    let resp = match answered_or_stopped {
-        Err(stop) => {
-            // The request stream fails before the unanswered request is dropped: the backend
-            // sees a failed stream, never a cancelled one it might take for complete.
-            pump.stop().await;
-            return Err(stop.into());
-        }
-        Ok(Ok(Ok(r))) => r,
-        Ok(Ok(Err(e))) => {
-            let p = super::stream::broke(&e, "provider backend's", Culprit::ProviderBackend);
-            return Err(pump.cause(p).await);
-        }
-        Ok(Err(_)) => {
-            return Err(clock.budget(Duration::ZERO).err().unwrap_or_else(|| {
-                Problem::new(
-                    ProblemKind::PeerTimeout,
-                    format!(
-                        "provider backend did not answer within {} ms",
-                        wait.as_millis()
-                    ),
-                )
-                .caused_by(Culprit::ProviderBackend)
-            }));
-        }
-    };
+        reply,
+        trace,
+    )
+    .await?;
     if let Some(logged) = logged {
         logged.await?;
     }
     let (bparts, bbody) = resp.into_parts();
-    let backend_fault = |p: Problem| {
-        Problem::new(ProblemKind::ResponseSchemaViolation, p.detail)
-            .caused_by(Culprit::ProviderBackend)
-    };
-    if bparts.status != StatusCode::OK {
-        return Err(Problem::new(
-            ProblemKind::ResponseSchemaViolation,
-            format!(
-                "the provider backend answered HTTP {} instead of a gRPC response",
-                bparts.status
-            ),
-        )
-        .caused_by(Culprit::ProviderBackend));
-    }
-    wire::check_content_type(content_type(&bparts.headers)).map_err(backend_fault)?;
-    check_encoding(&bparts.headers).map_err(|p| p.caused_by(Culprit::ProviderBackend))?;
-
+    check_backend_head(&bparts)?;
     // What the response may disclose: the contract's fields, less sensitive ones without the
     // person's authorisation and secret ones always.
     let allowed =
@@ -429,17 +260,176 @@ async fn exchange(
         allowed,
         entry: entry.clone(),
         contract: contract.clone(),
-        message_id: message_id.clone(),
+        message_id,
         context: ctx,
         service: trace.service.clone(),
         operation: trace.operation.clone(),
         peer: peer.clone(),
         asked: trace.asked.clone(),
     };
-    if bparts.headers.contains_key(GRPC_STATUS) {
+    relay_response(call, bparts.headers, bbody, &clock, pump, reply, log_bodies).await
+}
+
+/// Admits the peer node's call: a bounded header section, its message id and context, the
+/// configuration it is judged by, a TLS peer that is an approved node of the member the context
+/// names as the client, a gRPC content type.
+fn admit_peer(
+    node: &Node,
+    req: &Bound,
+    peer: &NodeId,
+    trace: &mut Trace,
+) -> Result<(String, Context, Arc<Snapshot>), Problem> {
+    context::check_header_section(&req.headers, node.settings.raw.limits.max_header_bytes)?;
+    let message_id = read_message_id(&req.headers)?;
+    trace.message_id = Some(message_id.clone());
+    let ctx = Context::read(&req.headers)?;
+    trace.context = Some(ctx.clone());
+    let snap = node.snapshot()?;
+    verify_peer(&snap, peer, &ctx)?;
+    wire::check_content_type(content_type(&req.headers))?;
+    Ok((message_id, ctx, snap))
+}
+
+/// The service version called and its gRPC backend on this node: its h2c address and whether
+/// the subsystem logs bodies.
+fn resolve<'a>(
+    node: &'a Node,
+    snap: &'a Snapshot,
+    req: &Bound,
+    target: &Target,
+    trace: &mut Trace,
+) -> Result<(&'a ServiceEntry, &'a str, bool), Problem> {
+    let parts = {
+        let mut r = Request::new(());
+        *r.method_mut() = req.method.clone();
+        *r.uri_mut() = req.uri.clone();
+        *r.headers_mut() = req.headers.clone();
+        r.into_parts().0
+    };
+    let (entry, backend) = resolve_service(node, snap, &parts, target)?;
+    trace.service = format!("{}/{}", entry.id, entry.version);
+    trace.entry = Some(entry.clone());
+    let backend_addr = backend.0.strip_prefix("h2c://").ok_or_else(|| {
+        Problem::new(
+            ProblemKind::UnknownService,
+            format!("this node provides {} over REST, not gRPC", target.service),
+        )
+    })?;
+    Ok((entry, backend_addr, backend.1))
+}
+
+/// What the phases after the signature's verification know of the call.
+struct At<'a, 's> {
+    node: &'a Arc<Node>,
+    /// The configuration the call is judged by (a contract found in it outlives the call's
+    /// other borrows).
+    snap: &'s Arc<Snapshot>,
+    req: &'a Bound,
+    peer: &'a NodeId,
+    message_id: &'a str,
+    ctx: &'a Context,
+    entry: &'a ServiceEntry,
+    method: &'a MethodInfo,
+    asked: &'a Asked,
+}
+
+/// The verified request, as it goes on to the backend: one message, checked and chained; or a
+/// stream, checked message by message by its own task.
+enum Received {
+    Whole { body: Bytes, chain: StreamDigest },
+    Streamed(Incoming),
+}
+
+/// The checks that count, once the signature verified: not a replay, a contract in force that
+/// covers the operation, an encoding this node reads, the request message valid and about the
+/// person the context names, the contract's volume not exhausted.
+fn authorise<'s>(
+    at: &At<'_, 's>,
+    whole: Option<Bytes>,
+    body: Option<Incoming>,
+) -> Result<(&'s Contract, Received, Vec<enlace_msglog::Usage>), Problem> {
+    at.node.check_replay(at.message_id)?;
+    let contract = check_contract(at.snap, at.ctx, &at.entry.id, at.entry.version)?;
+    check_encoding(&at.req.headers)?;
+    check_operation(contract, &at.method.full_name)?;
+    custom_metadata(at.req)?;
+    let received = match (whole, body) {
+        (Some(w), _) => {
+            let max = at.node.settings.raw.limits.max_grpc_message_bytes;
+            let (chain, msg) = check_single_request(at.method, &w, max)?;
+            bind_subject(at.method, &msg, at.ctx.subject.as_ref(), at.asked)?;
+            Received::Whole { body: w, chain }
+        }
+        (None, Some(body)) => Received::Streamed(body),
+        (None, None) => return Err(Problem::new(ProblemKind::Internal, "no request body")),
+    };
+    let usage = admit(at.node, contract)?;
+    Ok((contract, received, usage))
+}
+
+/// The caller's custom metadata, passed on to the backend.
+fn custom_metadata(req: &Bound) -> Result<HeaderMap, Problem> {
+    metadata::custom(&req.headers)
+        .map_err(|d| Problem::new(ProblemKind::InvalidRequest, d).caused_by(Culprit::PeerNode))
+}
+
+/// Forwards the request to the backend (the whole request, or its stream from its own task)
+/// and waits for its response head.
+async fn forward(
+    at: &At<'_, '_>,
+    received: Received,
+    backend_addr: &str,
+    method_path: &str,
+    clock: &Arc<Clock>,
+    reply: &mut Reply,
+    trace: &mut Trace,
+) -> Result<(http::Response<Incoming>, Pump), Problem> {
+    let streamed_request = matches!(received, Received::Streamed(_));
+    let (backend_body, mut pump) = match received {
+        Received::Whole { body, chain } => {
+            (RelayBody::from(Full::new(body)), Pump::finished(chain))
+        }
+        Received::Streamed(body) => stream_request(at, body, clock, trace),
+    };
+    let forwarded = backend_request(
+        backend_addr,
+        method_path,
+        at.ctx,
+        at.message_id,
+        &custom_metadata(at.req)?,
+        backend_body,
+        clock,
+    )?;
+    let resp = await_backend(
+        at.node,
+        forwarded,
+        streamed_request,
+        clock,
+        reply,
+        &mut pump,
+    )
+    .await?;
+    Ok((resp, pump))
+}
+
+/// Relays the backend's response: a trailers-only status passes on as it is, signed; otherwise
+/// a head of its own (signed on its own for a server stream, digested for a response of one
+/// message), then each message validated, minimised to the contract's fields, re-encoded and
+/// chained (the one message of a unary call held until the final status), then the signed
+/// final status (see `finish.rs`).
+async fn relay_response(
+    call: Call,
+    backend_head: HeaderMap,
+    bbody: Incoming,
+    clock: &Arc<Clock>,
+    mut pump: Pump,
+    reply: &mut Reply,
+    log_bodies: bool,
+) -> Result<(), Problem> {
+    if backend_head.contains_key(GRPC_STATUS) {
         // Trailers-only from the backend: its status passes on unchanged, signed.
         let outcome = Outcome {
-            ending: Ending::Trailers(bparts.headers),
+            ending: Ending::Trailers(backend_head),
             chain: StreamDigest::new(),
             kept: None,
             disclosed: BTreeSet::new(),
@@ -450,17 +440,18 @@ async fn exchange(
         call.finish(outcome, pump, Deliver::Head(reply)).await;
         return Ok(());
     }
+    let limits = &call.node.settings.raw.limits;
     let mut head = HeaderMap::new();
     put(&mut head, "content-type", "application/grpc");
-    put(&mut head, context::MESSAGE_ID, &message_id);
-    let custom = metadata::custom(&bparts.headers).map_err(|d| {
+    put(&mut head, context::MESSAGE_ID, &call.message_id);
+    let custom = metadata::custom(&backend_head).map_err(|d| {
         Problem::new(ProblemKind::ResponseSchemaViolation, d).caused_by(Culprit::ProviderBackend)
     })?;
     metadata::append(&mut head, &custom);
     // The head of a server-streaming call is signed on its own: its messages go on before the
     // final status. The head of a response of one message is bound by the final status.
     let head_digest = if call.method.server_streaming {
-        signing::sign_response_head(&signer(node), &mut head, req)?;
+        signing::sign_response_head(&signer(&call.node), &mut head, &call.request)?;
         None
     } else {
         Some(signing::head_digest(&head)?)
@@ -491,7 +482,7 @@ async fn exchange(
     let relayed = relay(
         &mut inbound,
         outlet,
-        &clock,
+        clock,
         tx.closed(),
         &mut pump,
         keep,
@@ -524,6 +515,180 @@ async fn exchange(
     };
     call.finish(outcome, pump, Deliver::Stream(tx)).await;
     Ok(())
+}
+
+/// Verifies the request's signature made by the TLS peer: of its head, and, when the request
+/// is one message, of its whole body too (read here, within the call's deadline). Returns that
+/// body, or the stream of a streamed request, whose chain its trailers sign.
+#[allow(clippy::too_many_arguments)]
+async fn verify_request(
+    node: &Node,
+    snap: &Snapshot,
+    req: &Bound,
+    body: Incoming,
+    peer: &NodeId,
+    streamed_request: bool,
+    clock: &Clock,
+    reply: &mut Reply,
+) -> Result<(Option<Bytes>, Option<Incoming>), Problem> {
+    let limits = &node.settings.raw.limits;
+    let peer_name = peer.to_string();
+    let key_for = |keyid: &str| {
+        if keyid != peer_name {
+            return Err(Problem::new(
+                ProblemKind::SignatureInvalid,
+                format!("signed by {keyid}, but the TLS peer is {peer_name}"),
+            ));
+        }
+        node.peer_keys(snap, keyid)
+    };
+    let verifier = Verifier {
+        now: node.unix_now(),
+        max_skew_secs: limits.clock_skew_secs,
+        key_for: &key_for,
+    };
+    if streamed_request {
+        signing::verify_request_head(req, None, &verifier)
+            .map_err(|p| node.config.registry_offset().blame_stale(p))?;
+        return Ok((None, Some(body)));
+    }
+    let mut no_pump = Pump::finished(StreamDigest::new());
+    let read = read_body(body, limits.max_body_bytes);
+    let whole = until(read, clock, reply.closed(), &mut no_pump)
+        .await
+        .map_err(Problem::from)??;
+    signing::verify_request_head(req, Some(&whole), &verifier)
+        .map_err(|p| node.config.registry_offset().blame_stale(p))?;
+    Ok((Some(whole), None))
+}
+
+/// The log record of the request as received: its signature, target, chain (of a request of
+/// one message) and, when the subsystem logs bodies, the body.
+fn request_record(
+    trace: &Trace,
+    at: &At<'_, '_>,
+    received: &Received,
+    log_bodies: bool,
+) -> enlace_msglog::Record {
+    let mut rec = context_record(
+        RecordKind::RequestIn,
+        0,
+        trace.about(at.message_id, at.peer),
+    );
+    super::request_record(&mut rec, &at.req.headers);
+    set_target(&mut rec, &at.req.method, &at.req.uri);
+    if let Received::Whole { body, chain } = received {
+        rec.headers.push((STREAM_DIGEST.into(), chain.value()));
+        rec.body = log_bodies.then(|| body.to_vec());
+    }
+    rec
+}
+
+/// Starts the task that relays a streamed request's messages to the backend (see
+/// [`pump_requests`]); the backend reads them from the body returned.
+fn stream_request(
+    at: &At<'_, '_>,
+    body: Incoming,
+    clock: &Arc<Clock>,
+    trace: &mut Trace,
+) -> (RelayBody, Pump) {
+    let (tx, rx) = body_channel(CHANNEL_FRAMES);
+    let progress = Progress::default();
+    trace.request = Some(progress.clone());
+    let (method, clock, node, snap) = (
+        at.method.clone(),
+        clock.clone(),
+        at.node.clone(),
+        at.snap.clone(),
+    );
+    let max = node.settings.raw.limits.max_grpc_message_bytes;
+    let (peer, received) = (at.peer.clone(), at.req.clone());
+    let (named, asked) = (at.ctx.subject.clone(), at.asked.clone());
+    let pump = Pump::spawn(progress.clone(), move |stop| {
+        pump_requests(RequestPump {
+            body,
+            method,
+            named,
+            asked,
+            max,
+            clock,
+            node,
+            snap,
+            peer,
+            received,
+            out: tx,
+            progress,
+            stop,
+        })
+    });
+    (RelayBody::from(rx), pump)
+}
+
+/// Sends the request to the backend and waits for its response head: within the call's
+/// deadline, and for a request of one message within `upstream_timeout_ms` too. A call that
+/// ends first (the consumer went away, the deadline passed) fails the request stream before
+/// the request is dropped.
+async fn await_backend(
+    node: &Node,
+    forwarded: http::Request<RelayBody>,
+    streamed_request: bool,
+    clock: &Clock,
+    reply: &mut Reply,
+    pump: &mut Pump,
+) -> Result<http::Response<Incoming>, Problem> {
+    let wait = if streamed_request {
+        clock.left().unwrap_or(NO_DEADLINE)
+    } else {
+        clock.budget(Duration::from_millis(
+            node.settings.raw.limits.upstream_timeout_ms,
+        ))?
+    };
+    let answered = tokio::time::timeout(wait, node.grpc_backend.request(forwarded));
+    let mut answered = std::pin::pin!(answered);
+    match until(answered.as_mut(), clock, reply.closed(), pump).await {
+        Err(stop) => {
+            // The request stream fails before the unanswered request is dropped: the backend
+            // sees a failed stream, never a cancelled one it might take for complete.
+            pump.stop().await;
+            Err(stop.into())
+        }
+        Ok(Ok(Ok(r))) => Ok(r),
+        Ok(Ok(Err(e))) => {
+            let p = super::stream::broke(&e, "provider backend's", Culprit::ProviderBackend);
+            Err(pump.cause(p).await)
+        }
+        Ok(Err(_)) => Err(clock.budget(Duration::ZERO).err().unwrap_or_else(|| {
+            Problem::new(
+                ProblemKind::PeerTimeout,
+                format!(
+                    "provider backend did not answer within {} ms",
+                    wait.as_millis()
+                ),
+            )
+            .caused_by(Culprit::ProviderBackend)
+        })),
+    }
+}
+
+/// The backend's response head must be a gRPC response: HTTP 200, a gRPC content type, an
+/// encoding we read.
+fn check_backend_head(bparts: &http::response::Parts) -> Result<(), Problem> {
+    let backend_fault = |p: Problem| {
+        Problem::new(ProblemKind::ResponseSchemaViolation, p.detail)
+            .caused_by(Culprit::ProviderBackend)
+    };
+    if bparts.status != StatusCode::OK {
+        return Err(Problem::new(
+            ProblemKind::ResponseSchemaViolation,
+            format!(
+                "the provider backend answered HTTP {} instead of a gRPC response",
+                bparts.status
+            ),
+        )
+        .caused_by(Culprit::ProviderBackend));
+    }
+    wire::check_content_type(content_type(&bparts.headers)).map_err(backend_fault)?;
+    check_encoding(&bparts.headers).map_err(|p| p.caused_by(Culprit::ProviderBackend))
 }
 
 /// The request to the gRPC backend over h2c: the method path, the context (without the
