@@ -23,8 +23,8 @@ pub(crate) fn bind_subject(
     let Some(bound) = bound else {
         return Ok(());
     };
-    let shown: String = bound.chars().take(100).collect();
     let asked: SubjectId = bound.parse().map_err(|e: enlace_core::IdError| {
+        let shown: String = bound.chars().take(100).collect();
         Problem::new(
             ProblemKind::RequestSchemaViolation,
             format!("{place} asks about `{shown}`, which is not a valid person identifier: {e}"),
