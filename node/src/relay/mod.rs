@@ -226,6 +226,25 @@ impl Node {
     /// rolls its key over, those of its previous ones the configuration still lists; each
     /// verified against the federation CA and CRL of this configuration, and used only while
     /// its certificate is valid. The current key comes first; never empty.
+    /// The signing keys of the one node a signature must come from, `expected` (`who` says
+    /// which node that is, for the refusal): a signature by any other node is refused,
+    /// whatever its keys.
+    pub(crate) fn keys_of(
+        &self,
+        snap: &Snapshot,
+        expected: &str,
+        who: &str,
+        keyid: &str,
+    ) -> Result<Vec<Vec<u8>>, Problem> {
+        if keyid != expected {
+            return Err(Problem::new(
+                ProblemKind::SignatureInvalid,
+                format!("signed by {keyid}, not by {who} {expected}"),
+            ));
+        }
+        self.peer_keys(snap, keyid)
+    }
+
     pub(crate) fn peer_keys(&self, snap: &Snapshot, keyid: &str) -> Result<Vec<Vec<u8>>, Problem> {
         let node: NodeId = keyid
             .parse()

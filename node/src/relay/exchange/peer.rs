@@ -70,15 +70,7 @@ pub(crate) fn verify_signature(
     signature::verify_request(
         signature::Message::request(&parts.method, &parts.uri, &parts.headers),
         body,
-        |keyid| {
-            if keyid != expected {
-                return Err(Problem::new(
-                    ProblemKind::SignatureInvalid,
-                    format!("signed by {keyid}, but the TLS peer is {expected}"),
-                ));
-            }
-            node.peer_keys(snap, keyid)
-        },
+        |keyid| node.keys_of(snap, &expected, "the TLS peer", keyid),
         node.unix_now(),
         node.settings.raw.limits.clock_skew_secs,
     )

@@ -34,7 +34,7 @@ pub(crate) fn resolve_provider<'a>(
 pub(crate) fn resolve_service<'a>(
     node: &'a Node,
     snap: &'a Snapshot,
-    parts: &http::request::Parts,
+    headers: &http::HeaderMap,
     target: &Target,
 ) -> Result<(&'a enlace_core::config::ServiceEntry, &'a (String, bool)), Problem> {
     let backend = node.settings.services.get(&target.service).ok_or_else(|| {
@@ -44,7 +44,7 @@ pub(crate) fn resolve_service<'a>(
         )
     })?;
     let entry = Node::resolve_service(snap, &target.service, target.major)?;
-    let named = context::single(&parts.headers, context::SERVICE, 300)?.unwrap_or_default();
+    let named = context::single(headers, context::SERVICE, 300)?.unwrap_or_default();
     let named_service = named.rsplit_once('/').map(|(s, _)| s).unwrap_or("");
     if named_service.parse::<ServiceId>().ok().as_ref() != Some(&target.service) {
         return Err(Problem::new(

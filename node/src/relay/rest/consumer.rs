@@ -195,15 +195,7 @@ async fn verify_response(
         response_msg,
         &rbody,
         request_msg,
-        |keyid| {
-            if keyid != expected_peer {
-                return Err(Problem::new(
-                    ProblemKind::SignatureInvalid,
-                    format!("response signed by {keyid}, not by the provider node {expected_peer}"),
-                ));
-            }
-            node.peer_keys(snap, keyid)
-        },
+        |keyid| node.keys_of(snap, &expected_peer, "the provider node", keyid),
         node.unix_now(),
         limits.clock_skew_secs,
     )

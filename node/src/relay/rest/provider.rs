@@ -30,7 +30,7 @@ use crate::relay::exchange::peer::{
 use crate::relay::exchange::resolve::resolve_service;
 use crate::relay::exchange::subject::bind_subject;
 use crate::relay::exchange::target::{Target, read_target};
-use crate::relay::{Node, problem_parts, problem_response};
+use crate::relay::{Node, Snapshot, problem_parts, problem_response};
 use enlace_description::validate::{CompiledService, Matched};
 use enlace_httpsig as signature;
 use enlace_msglog::{RecordKind, Usage};
@@ -183,45 +183,22 @@ async fn run(
     peer: &NodeId,
     trace: &mut Trace,
 ) -> Result<Response<Body>, Problem> {
-    let limits = &node.settings.raw.limits;
-    context::check_header_section(&parts.headers, limits.max_header_bytes)?;
-    trace.message_id = Some(read_message_id(&parts.headers)?);
-    let ctx = Context::read(&parts.headers)?;
-    trace.context = Some(ctx.clone());
-    let snap = node.snapshot()?;
-    verify_peer(&snap, peer, &ctx)?;
+    let (message_id, ctx, snap) = admit_peer(node, parts, peer, trace)?;
     let verified = verify_signature(node, &snap, parts, &body, peer)?;
-    let message_id = trace.message_id.clone().unwrap_or_default();
     node.check_replay(&message_id)?;
     let target = read_target(&parts.uri)?;
-    let (entry, backend) = resolve_service(node, &snap, parts, &target)?;
-    trace.service = format!("{}/{}", entry.id, entry.version);
-    trace.log_bodies = backend.1;
-    trace.entry = Some(entry.clone());
+    let (entry, backend) = resolve(node, &snap, parts, &target, trace)?;
     let contract = check_contract(&snap, &ctx, &entry.id, entry.version)?;
     let compiled = node.compiled(entry).await?;
-    let matched = compiled.match_request(parts.method.as_str(), &target.rest)?;
-    let operation = compiled
-        .operation_id(&matched)
-        .unwrap_or_default()
-        .to_string();
-    trace.operation = operation.clone();
-    crate::relay::exchange::contract::check_operation(contract, &operation)?;
-    let declared =
-        covered_header_params(&compiled.header_params(&matched), &parts.headers, &verified)?;
-    validate_request(&compiled, &matched, &target, parts, &body)?;
-    let bound = compiled.bound_subject(&matched, target.query.as_deref())?;
-    if let Err(p) = bind_subject(
-        bound.as_deref(),
-        "the request",
-        ctx.subject.as_ref(),
-        &operation,
-    ) {
-        trace.asked_subject = bound.and_then(|b| b.parse().ok());
-        return Err(p);
-    }
+    let asked = Asked {
+        parts,
+        target: &target,
+        body: &body,
+        ctx: &ctx,
+    };
+    let (matched, declared) = check_request(&compiled, contract, &asked, &verified, trace)?;
     let usage = admit(node, contract)?;
-    let service = trace.service.clone();
+    let (service, operation) = (trace.service.clone(), trace.operation.clone());
     let admitted = Admitted {
         message_id: &message_id,
         ctx: &ctx,
@@ -232,21 +209,108 @@ async fn run(
         log_bodies: trace.log_bodies,
     };
     let backend_answer =
-        forward_logged(node, &admitted, usage, &target, &backend.0, &declared, body);
-    let (status, bcontent_type, bbody) = backend_answer.await?;
-    let (status, out_body, content_type, disclosed) = disclose(
+        forward_logged(node, &admitted, usage, &target, backend, &declared, body).await?;
+    let minimised = disclose(
         node,
-        &compiled,
-        &matched,
+        (&compiled, &matched),
         &admitted,
         (entry, contract),
-        (status, bcontent_type, bbody),
+        backend_answer,
     )
     .await?;
-    let resp = answer(node, &admitted, status, content_type, out_body.clone())?;
+    respond(node, &admitted, (entry, contract), minimised).await
+}
+
+/// Admits the peer node's call: a bounded header section, its message id and context, the
+/// configuration it is judged by, and a TLS peer that is an approved node of the member the
+/// context names as the client.
+fn admit_peer(
+    node: &Node,
+    parts: &http::request::Parts,
+    peer: &NodeId,
+    trace: &mut Trace,
+) -> Result<(String, Context, Arc<Snapshot>), Problem> {
+    context::check_header_section(&parts.headers, node.settings.raw.limits.max_header_bytes)?;
+    let message_id = read_message_id(&parts.headers)?;
+    trace.message_id = Some(message_id.clone());
+    let ctx = Context::read(&parts.headers)?;
+    trace.context = Some(ctx.clone());
+    let snap = node.snapshot()?;
+    verify_peer(&snap, peer, &ctx)?;
+    Ok((message_id, ctx, snap))
+}
+
+/// The service version called and its REST backend on this node (whether the subsystem logs
+/// bodies goes to the trace).
+fn resolve<'a>(
+    node: &'a Node,
+    snap: &'a Snapshot,
+    parts: &http::request::Parts,
+    target: &Target,
+    trace: &mut Trace,
+) -> Result<(&'a ServiceEntry, &'a str), Problem> {
+    let (entry, backend) = resolve_service(node, snap, &parts.headers, target)?;
+    trace.service = format!("{}/{}", entry.id, entry.version);
+    trace.log_bodies = backend.1;
+    trace.entry = Some(entry.clone());
+    Ok((entry, &backend.0))
+}
+
+/// The request as the peer sent it: its head, target, body and context.
+struct Asked<'a> {
+    parts: &'a http::request::Parts,
+    target: &'a Target,
+    body: &'a Bytes,
+    ctx: &'a Context,
+}
+
+/// The checks of the request against the contract and the description: an operation the
+/// contract covers, the headers the operation declares covered by the signature, the request
+/// valid against its schema, and about the person the context names. Answers the operation
+/// matched and the declared headers to forward.
+fn check_request<'c>(
+    compiled: &'c CompiledService,
+    contract: &Contract,
+    asked: &Asked<'_>,
+    verified: &signature::VerifiedSignature,
+    trace: &mut Trace,
+) -> Result<(Matched, Vec<&'c str>), Problem> {
+    let parts = asked.parts;
+    let matched = compiled.match_request(parts.method.as_str(), &asked.target.rest)?;
+    let operation = compiled
+        .operation_id(&matched)
+        .unwrap_or_default()
+        .to_string();
+    trace.operation = operation.clone();
+    crate::relay::exchange::contract::check_operation(contract, &operation)?;
+    let declared =
+        covered_header_params(&compiled.header_params(&matched), &parts.headers, verified)?;
+    validate_request(compiled, &matched, asked.target, parts, asked.body)?;
+    let bound = compiled.bound_subject(&matched, asked.target.query.as_deref())?;
+    if let Err(p) = bind_subject(
+        bound.as_deref(),
+        "the request",
+        asked.ctx.subject.as_ref(),
+        &operation,
+    ) {
+        trace.asked_subject = bound.and_then(|b| b.parse().ok());
+        return Err(p);
+    }
+    Ok((matched, declared))
+}
+
+/// The response, signed and bound to the request, once its record (with the fields disclosed)
+/// and its access record are durable.
+async fn respond(
+    node: &Node,
+    admitted: &Admitted<'_>,
+    (entry, contract): (&ServiceEntry, &Contract),
+    (status, out_body, content_type, disclosed): (StatusCode, Bytes, &'static str, Vec<String>),
+) -> Result<Response<Body>, Problem> {
+    let resp = answer(node, admitted, status, content_type, out_body.clone())?;
     log_response(
         node,
-        &admitted,
+        admitted,
         (entry, contract),
         &resp,
         out_body,
@@ -348,8 +412,7 @@ async fn forward_logged(
 /// contract discloses (with the fields disclosed); any other status as the backend's error.
 async fn disclose(
     node: &Node,
-    compiled: &CompiledService,
-    matched: &Matched,
+    (compiled, matched): (&CompiledService, &Matched),
     x: &Admitted<'_>,
     (entry, contract): (&ServiceEntry, &Contract),
     (status, bcontent_type, bbody): (StatusCode, Option<String>, Bytes),

@@ -66,13 +66,8 @@ impl Call {
     ) -> T {
         let peer = self.peer.to_string();
         let key_for = move |keyid: &str| {
-            if keyid != peer {
-                return Err(Problem::new(
-                    ProblemKind::SignatureInvalid,
-                    format!("signed by {keyid}, not by the provider node {peer}"),
-                ));
-            }
-            self.node.peer_keys(&self.snap, keyid)
+            self.node
+                .keys_of(&self.snap, &peer, "the provider node", keyid)
         };
         f(&Verifier {
             now: self.node.unix_now(),

@@ -469,7 +469,7 @@ async fn send_logged(
     node: &Node,
     trace: &Trace,
     sent: &Bound,
-    outgoing: Outgoing,
+    mut outgoing: Outgoing,
     method: &MethodInfo,
     provider: &NodeEntry,
     caller: &Caller,
@@ -481,10 +481,10 @@ async fn send_logged(
     let streamed_request = matches!(outgoing, Outgoing::Streamed { .. });
     if let Outgoing::Whole {
         chain, logged_body, ..
-    } = &outgoing
+    } = &mut outgoing
     {
         rec.headers.push((STREAM_DIGEST.into(), chain.value()));
-        rec.body = logged_body.clone();
+        rec.body = logged_body.take();
     }
     let logged = node.log.append(rec);
     let logged = if !streamed_request && method.no_side_effects {

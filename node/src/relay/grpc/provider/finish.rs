@@ -44,6 +44,38 @@ pub(super) struct Call {
 }
 
 impl Call {
+    /// The call as its closing phase needs it, with what the response may disclose: the
+    /// contract's fields, less sensitive ones without the person's authorisation and secret
+    /// ones always.
+    pub(super) async fn of(
+        at: At<'_, '_>,
+        contract: &Contract,
+        trace: &Trace,
+    ) -> Result<Call, Problem> {
+        let allowed = crate::relay::exchange::disclosure::allowed(
+            at.node,
+            &at.ctx,
+            at.entry,
+            contract,
+            &trace.operation,
+        )
+        .await?;
+        Ok(Call {
+            node: at.node.clone(),
+            request: at.req.clone(),
+            method: at.method,
+            allowed,
+            entry: at.entry.clone(),
+            contract: contract.clone(),
+            message_id: at.message_id,
+            context: at.ctx,
+            service: trace.service.clone(),
+            operation: trace.operation.clone(),
+            peer: at.peer.clone(),
+            asked: trace.asked.clone(),
+        })
+    }
+
     /// Signs the final status bound to the request (with the chains of both directions), logs
     /// the closing record and the access record, then releases the held message and the status.
     pub(super) async fn finish(self, o: Outcome, mut pump: Pump, deliver: Deliver<'_>) {

@@ -195,8 +195,7 @@ async fn exchange(
     let (message_id, ctx, snap) = admit_peer(node, req, peer, trace)?;
     let target = read_grpc_target(&req.uri)?;
     let (entry, backend_addr, log_bodies) = resolve(node, &snap, req, &target, trace)?;
-    let idle = Duration::from_millis(node.settings.raw.limits.grpc_idle_timeout_ms);
-    let clock = Clock::new(started, read_timeout(&req.headers)?, idle);
+    let clock = Clock::new(started, read_timeout(&req.headers)?, idle_timeout(node));
     let method = super::method_of(node, entry, &target.rest, &clock, reply).await?;
     trace.operation = method.full_name.clone();
     let (whole, body) = verify_request(
@@ -216,57 +215,20 @@ async fn exchange(
         snap: &snap,
         req,
         peer,
-        message_id: &message_id,
-        ctx: &ctx,
+        message_id,
+        ctx,
         entry,
-        method: &method,
+        method,
         asked: &asked,
-    };
-    let (contract, received, usage) = authorise(&at, whole, body)?;
-    let rec = request_record(trace, &at, &received, log_bodies);
-    let logged = node.log.append_counted(rec, usage);
-    // As on the consumer: a one-message request to a method without side effects goes to the
-    // backend while its record commits; anything else only once the record is durable.
-    let logged = if matches!(received, Received::Whole { .. }) && method.no_side_effects {
-        Some(logged)
-    } else {
-        logged.await?;
-        None
-    };
-    let (resp, pump) = forward(
-        &at,
-        received,
         backend_addr,
-        &target.rest,
-        &clock,
-        reply,
-        trace,
-    )
-    .await?;
-    if let Some(logged) = logged {
-        logged.await?;
-    }
+        method_path: &target.rest,
+    };
+    let authorised = authorise(&at, whole, body)?;
+    let contract = authorised.contract;
+    let (resp, pump) = log_and_forward(&at, authorised, log_bodies, &clock, reply, trace).await?;
     let (bparts, bbody) = resp.into_parts();
     check_backend_head(&bparts)?;
-    // What the response may disclose: the contract's fields, less sensitive ones without the
-    // person's authorisation and secret ones always.
-    let allowed =
-        crate::relay::exchange::disclosure::allowed(node, &ctx, entry, contract, &trace.operation)
-            .await?;
-    let call = Call {
-        node: node.clone(),
-        request: req.clone(),
-        method,
-        allowed,
-        entry: entry.clone(),
-        contract: contract.clone(),
-        message_id,
-        context: ctx,
-        service: trace.service.clone(),
-        operation: trace.operation.clone(),
-        peer: peer.clone(),
-        asked: trace.asked.clone(),
-    };
+    let call = Call::of(at, contract, trace).await?;
     relay_response(call, bparts.headers, bbody, &clock, pump, reply, log_bodies).await
 }
 
@@ -299,14 +261,7 @@ fn resolve<'a>(
     target: &Target,
     trace: &mut Trace,
 ) -> Result<(&'a ServiceEntry, &'a str, bool), Problem> {
-    let parts = {
-        let mut r = Request::new(());
-        *r.method_mut() = req.method.clone();
-        *r.uri_mut() = req.uri.clone();
-        *r.headers_mut() = req.headers.clone();
-        r.into_parts().0
-    };
-    let (entry, backend) = resolve_service(node, snap, &parts, target)?;
+    let (entry, backend) = resolve_service(node, snap, &req.headers, target)?;
     trace.service = format!("{}/{}", entry.id, entry.version);
     trace.entry = Some(entry.clone());
     let backend_addr = backend.0.strip_prefix("h2c://").ok_or_else(|| {
@@ -318,7 +273,13 @@ fn resolve<'a>(
     Ok((entry, backend_addr, backend.1))
 }
 
-/// What the phases after the signature's verification know of the call.
+/// A call without a deadline ends after this long without a frame in either direction.
+fn idle_timeout(node: &Node) -> Duration {
+    Duration::from_millis(node.settings.raw.limits.grpc_idle_timeout_ms)
+}
+
+/// What the phases after the signature's verification know of the call (what it owns passes
+/// on to the closing phase, see [`Call::of`]).
 struct At<'a, 's> {
     node: &'a Arc<Node>,
     /// The configuration the call is judged by (a contract found in it outlives the call's
@@ -326,11 +287,14 @@ struct At<'a, 's> {
     snap: &'s Arc<Snapshot>,
     req: &'a Bound,
     peer: &'a NodeId,
-    message_id: &'a str,
-    ctx: &'a Context,
+    message_id: String,
+    ctx: Context,
     entry: &'a ServiceEntry,
-    method: &'a MethodInfo,
+    method: MethodInfo,
     asked: &'a Asked,
+    /// The gRPC backend's h2c address and the method's path there.
+    backend_addr: &'a str,
+    method_path: &'a str,
 }
 
 /// The verified request, as it goes on to the backend: one message, checked and chained; or a
@@ -340,6 +304,15 @@ enum Received {
     Streamed(Incoming),
 }
 
+/// What the checks let through: the contract in force, the request, the volume it counts
+/// against, and the caller's custom metadata for the backend.
+struct Authorised<'s> {
+    contract: &'s Contract,
+    received: Received,
+    usage: Vec<enlace_msglog::Usage>,
+    custom: HeaderMap,
+}
+
 /// The checks that count, once the signature verified: not a replay, a contract in force that
 /// covers the operation, an encoding this node reads, the request message valid and about the
 /// person the context names, the contract's volume not exhausted.
@@ -347,30 +320,62 @@ fn authorise<'s>(
     at: &At<'_, 's>,
     whole: Option<Bytes>,
     body: Option<Incoming>,
-) -> Result<(&'s Contract, Received, Vec<enlace_msglog::Usage>), Problem> {
-    at.node.check_replay(at.message_id)?;
-    let contract = check_contract(at.snap, at.ctx, &at.entry.id, at.entry.version)?;
+) -> Result<Authorised<'s>, Problem> {
+    at.node.check_replay(&at.message_id)?;
+    let contract = check_contract(at.snap, &at.ctx, &at.entry.id, at.entry.version)?;
     check_encoding(&at.req.headers)?;
     check_operation(contract, &at.method.full_name)?;
-    custom_metadata(at.req)?;
+    let custom = metadata::custom(&at.req.headers)
+        .map_err(|d| Problem::new(ProblemKind::InvalidRequest, d).caused_by(Culprit::PeerNode))?;
     let received = match (whole, body) {
         (Some(w), _) => {
             let max = at.node.settings.raw.limits.max_grpc_message_bytes;
-            let (chain, msg) = check_single_request(at.method, &w, max)?;
-            bind_subject(at.method, &msg, at.ctx.subject.as_ref(), at.asked)?;
+            let (chain, msg) = check_single_request(&at.method, &w, max)?;
+            bind_subject(&at.method, &msg, at.ctx.subject.as_ref(), at.asked)?;
             Received::Whole { body: w, chain }
         }
         (None, Some(body)) => Received::Streamed(body),
         (None, None) => return Err(Problem::new(ProblemKind::Internal, "no request body")),
     };
     let usage = admit(at.node, contract)?;
-    Ok((contract, received, usage))
+    Ok(Authorised {
+        contract,
+        received,
+        usage,
+        custom,
+    })
 }
 
-/// The caller's custom metadata, passed on to the backend.
-fn custom_metadata(req: &Bound) -> Result<HeaderMap, Problem> {
-    metadata::custom(&req.headers)
-        .map_err(|d| Problem::new(ProblemKind::InvalidRequest, d).caused_by(Culprit::PeerNode))
+/// Logs the request and forwards it. As on the consumer: a one-message request to a method
+/// without side effects goes to the backend while its record commits; anything else only once
+/// the record is durable.
+async fn log_and_forward(
+    at: &At<'_, '_>,
+    authorised: Authorised<'_>,
+    log_bodies: bool,
+    clock: &Arc<Clock>,
+    reply: &mut Reply,
+    trace: &mut Trace,
+) -> Result<(http::Response<Incoming>, Pump), Problem> {
+    let Authorised {
+        received,
+        usage,
+        custom,
+        ..
+    } = authorised;
+    let rec = request_record(trace, at, &received, log_bodies);
+    let logged = at.node.log.append_counted(rec, usage);
+    let logged = if matches!(received, Received::Whole { .. }) && at.method.no_side_effects {
+        Some(logged)
+    } else {
+        logged.await?;
+        None
+    };
+    let forwarded = forward(at, received, &custom, clock, reply, trace).await?;
+    if let Some(logged) = logged {
+        logged.await?;
+    }
+    Ok(forwarded)
 }
 
 /// Forwards the request to the backend (the whole request, or its stream from its own task)
@@ -378,8 +383,7 @@ fn custom_metadata(req: &Bound) -> Result<HeaderMap, Problem> {
 async fn forward(
     at: &At<'_, '_>,
     received: Received,
-    backend_addr: &str,
-    method_path: &str,
+    custom: &HeaderMap,
     clock: &Arc<Clock>,
     reply: &mut Reply,
     trace: &mut Trace,
@@ -392,11 +396,11 @@ async fn forward(
         Received::Streamed(body) => stream_request(at, body, clock, trace),
     };
     let forwarded = backend_request(
-        backend_addr,
-        method_path,
-        at.ctx,
-        at.message_id,
-        &custom_metadata(at.req)?,
+        at.backend_addr,
+        at.method_path,
+        &at.ctx,
+        &at.message_id,
+        custom,
         backend_body,
         clock,
     )?;
@@ -533,15 +537,7 @@ async fn verify_request(
 ) -> Result<(Option<Bytes>, Option<Incoming>), Problem> {
     let limits = &node.settings.raw.limits;
     let peer_name = peer.to_string();
-    let key_for = |keyid: &str| {
-        if keyid != peer_name {
-            return Err(Problem::new(
-                ProblemKind::SignatureInvalid,
-                format!("signed by {keyid}, but the TLS peer is {peer_name}"),
-            ));
-        }
-        node.peer_keys(snap, keyid)
-    };
+    let key_for = |keyid: &str| node.keys_of(snap, &peer_name, "the TLS peer", keyid);
     let verifier = Verifier {
         now: node.unix_now(),
         max_skew_secs: limits.clock_skew_secs,
@@ -573,7 +569,7 @@ fn request_record(
     let mut rec = context_record(
         RecordKind::RequestIn,
         0,
-        trace.about(at.message_id, at.peer),
+        trace.about(&at.message_id, at.peer),
     );
     super::request_record(&mut rec, &at.req.headers);
     set_target(&mut rec, &at.req.method, &at.req.uri);
@@ -595,32 +591,21 @@ fn stream_request(
     let (tx, rx) = body_channel(CHANNEL_FRAMES);
     let progress = Progress::default();
     trace.request = Some(progress.clone());
-    let (method, clock, node, snap) = (
-        at.method.clone(),
-        clock.clone(),
-        at.node.clone(),
-        at.snap.clone(),
-    );
-    let max = node.settings.raw.limits.max_grpc_message_bytes;
-    let (peer, received) = (at.peer.clone(), at.req.clone());
-    let (named, asked) = (at.ctx.subject.clone(), at.asked.clone());
-    let pump = Pump::spawn(progress.clone(), move |stop| {
-        pump_requests(RequestPump {
-            body,
-            method,
-            named,
-            asked,
-            max,
-            clock,
-            node,
-            snap,
-            peer,
-            received,
-            out: tx,
-            progress,
-            stop,
-        })
-    });
+    let requests = RequestPump {
+        body,
+        method: at.method.clone(),
+        named: at.ctx.subject.clone(),
+        asked: at.asked.clone(),
+        max: at.node.settings.raw.limits.max_grpc_message_bytes,
+        clock: clock.clone(),
+        node: at.node.clone(),
+        snap: at.snap.clone(),
+        peer: at.peer.clone(),
+        received: at.req.clone(),
+        out: tx,
+        progress: progress.clone(),
+    };
+    let pump = Pump::spawn(progress, |stop| pump_requests(requests, stop));
     (RelayBody::from(rx), pump)
 }
 

@@ -19,7 +19,6 @@ pub(super) struct RequestPump {
     pub(super) received: Bound,
     pub(super) out: BodySender,
     pub(super) progress: Progress,
-    pub(super) stop: StopSignal,
 }
 
 /// Relays the consumer node's request messages to the backend as they come, each strictly
@@ -27,7 +26,10 @@ pub(super) struct RequestPump {
 /// request trailers verify against the chain received. A broken or missing chain, a message
 /// that does not decode, or one about another person than `enlace-subject` names (which never
 /// reaches the backend) fails the backend's stream (it sees a reset, not an end) and the call.
-pub(super) async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
+pub(super) async fn pump_requests(
+    p: RequestPump,
+    mut stop: StopSignal,
+) -> Result<PumpDone, Problem> {
     let RequestPump {
         body,
         method,
@@ -41,7 +43,6 @@ pub(super) async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
         received,
         out,
         progress,
-        mut stop,
     } = p;
     let mut inbound = Inbound::new(body, Side::Request, max, clock, Culprit::PeerNode);
     let forwarded = forward_messages(
@@ -79,15 +80,7 @@ pub(super) async fn pump_requests(p: RequestPump) -> Result<PumpDone, Problem> {
         Err(e) => return fail_stream(out, e).await,
     };
     let peer = peer.to_string();
-    let key_for = |keyid: &str| {
-        if keyid != peer {
-            return Err(Problem::new(
-                ProblemKind::SignatureInvalid,
-                format!("request trailers signed by {keyid}, not by {peer}"),
-            ));
-        }
-        node.peer_keys(&snap, keyid)
-    };
+    let key_for = |keyid: &str| node.keys_of(&snap, &peer, "the TLS peer", keyid);
     let verifier = Verifier {
         now: node.unix_now(),
         max_skew_secs: node.settings.raw.limits.clock_skew_secs,
