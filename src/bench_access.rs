@@ -7,7 +7,7 @@
 //! The registry runs in this process with its development issuer (so the queries carry a real
 //! ID token). Records are signed by the demo's Registro Civil node key, for many people (most
 //! with a handful of records, a few with thousands), generated in chunks on every core and then
-//! ingested with `Registry::ingest_access_records` (the handler's own path: validation,
+//! ingested with `AccessLog::ingest` (the handler's own path: validation,
 //! signatures checked on every core, one transaction per batch). The baselines: the same rows
 //! inserted into a plain SQLite table indexed by person (no signatures, no tree), and the same
 //! page query against it.
@@ -183,7 +183,7 @@ fn generate(
 /// How records reach the registry.
 enum Path<'a> {
     Http(&'a reqwest::Client, &'a str),
-    InProcess(&'a std::sync::Arc<enlace_registry::Registry>),
+    InProcess(&'a std::sync::Arc<enlace_registry::AccessLog>),
 }
 
 /// Ingests `batches` with [`IN_FLIGHT`] requests at a time.
@@ -212,12 +212,12 @@ async fn ingest(batches: &[Vec<SignedAccessRecord>], path: Path<'_>) -> anyhow::
                     Ok(())
                 });
             }
-            Path::InProcess(registry) => {
-                let registry = (*registry).clone();
+            Path::InProcess(log) => {
+                let log = (*log).clone();
                 tasks.spawn(async move {
                     let n = batch.len() as u64;
-                    let r = registry
-                        .ingest_access_records(batch)
+                    let r = log
+                        .ingest(batch)
                         .await
                         .map_err(|p| anyhow::anyhow!("ingestion refused: {p}"))?;
                     anyhow::ensure!(r.accepted == n, "duplicates in a fresh log");
@@ -351,7 +351,8 @@ async fn run_in(dir: &std::path::Path, args: &AccessLogArgs) -> anyhow::Result<E
         grpc: None,
     };
     let fed = federation::prepare(&dir.join("federation"), Ports::ANY, no_backends).await?;
-    let registry = fed.registry.registry.clone();
+    let access_log = fed.registry.access_log.clone();
+    let citizens = fed.registry.citizens.clone();
     let url = format!("http://{}", fed.registry.addr);
     let key = enlace_certs::SigningKey::from_pem(&std::fs::read_to_string(
         dir.join("federation/nodes/61002000-3/signing-key.pem"),
@@ -399,7 +400,7 @@ async fn run_in(dir: &std::path::Path, args: &AccessLogArgs) -> anyhow::Result<E
         }
         if !in_process.is_empty() {
             let t = Instant::now();
-            ingest(in_process, Path::InProcess(&registry)).await?;
+            ingest(in_process, Path::InProcess(&access_log)).await?;
             ingesting += t.elapsed();
         }
         let t = Instant::now();
@@ -417,7 +418,7 @@ async fn run_in(dir: &std::path::Path, args: &AccessLogArgs) -> anyhow::Result<E
         }
     }
     let fill = fill_started.elapsed();
-    let head = registry
+    let head = access_log
         .sign_tree_head()
         .await
         .map_err(|p| anyhow::anyhow!("{p}"))?;
@@ -440,7 +441,7 @@ async fn run_in(dir: &std::path::Path, args: &AccessLogArgs) -> anyhow::Result<E
     }
     if bulk_n > 0 {
         println!(
-            "  in-process           {:>9.0} records/s   ({bulk_n} records, Registry::ingest_access_records)",
+            "  in-process           {:>9.0} records/s   ({bulk_n} records, AccessLog::ingest)",
             rate(bulk_n, ingesting)
         );
     }
@@ -528,8 +529,8 @@ async fn run_in(dir: &std::path::Path, args: &AccessLogArgs) -> anyhow::Result<E
             over_http.push(t.elapsed());
             seen += page["total"].as_u64().unwrap_or(0);
             let t = Instant::now();
-            let body = registry
-                .citizen_records(&subject, &query)
+            let body = citizens
+                .records(&subject, &query)
                 .await
                 .map_err(|p| anyhow::anyhow!("{p}"))?;
             in_process.push(t.elapsed());
@@ -568,7 +569,7 @@ async fn run_in(dir: &std::path::Path, args: &AccessLogArgs) -> anyhow::Result<E
             )
         };
         line("page over HTTP (ID token verified, JSON)", &over_http);
-        line("page in-process (Registry::citizen_records)", &in_process);
+        line("page in-process (Citizens::records)", &in_process);
         line("baseline: same count and page, plain table", &base);
         line("one record's inclusion proof over HTTP", &proof);
         println!(

@@ -1,18 +1,18 @@
-//! The Enlace schema registry: members, subsystems, nodes, services and their descriptions,
-//! data concepts, data contracts, the audit trail, the signed global configuration, and the
-//! citizen side: the access log, the citizen API and page, hidings and authorisations.
+//! The Enlace schema registry, one type per role: the federation ([`Registry`]: members,
+//! subsystems, nodes, services and their descriptions, data concepts, data contracts, the audit
+//! trail, the signed global configuration), the access log ([`AccessLog`]: records, anchored log
+//! heads, signed tree heads, proofs, evidence), and the citizen side ([`Citizens`]: a person's
+//! records, the citizen page, authorisations, hidings). The API ([`App`]) holds all three.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 mod api;
-mod caches;
 pub mod citizen;
 pub mod demo;
 mod federation;
 pub mod limits;
 mod model;
 mod once_only;
-mod publish;
 mod store;
 
 use std::net::SocketAddr;
@@ -26,13 +26,15 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use api::{OPENAPI, media, router};
+pub use access_log::AccessLog;
+pub use api::{App, OPENAPI, media, router};
+pub use citizen::Citizens;
+pub use federation::publish::{ALGORITHM, Published, Signer};
 pub use federation::{Actor, Registry, Settings};
 pub use model::{
     Approval, ConceptRecord, MemberRecord, NodeRecord, ServiceRecord, SubsystemRecord,
 };
 pub use once_only::{Held, Report};
-pub use publish::{ALGORITHM, Published, Signer};
 pub use store::{AuditEntry, Change, SqliteStore, Store, StoreError};
 
 /// The registry's configuration file (TOML, `${ENV:-default}` expanded before parsing).
@@ -147,7 +149,12 @@ pub struct RunningRegistry {
     /// The registry's own base URL: `https://<first TLS name>:<port>` when it serves HTTPS,
     /// `http://<addr>` otherwise (what it names as the OIDC redirect and issuer base).
     pub url: String,
+    /// The federation: members, nodes, services, contracts, the signed configuration.
     pub registry: Arc<Registry>,
+    /// The access log: records, anchored log heads, tree heads, proofs and evidence.
+    pub access_log: Arc<AccessLog>,
+    /// The citizen side: people's records, authorisations, hidings.
+    pub citizens: Arc<Citizens>,
     /// The federation admin's token.
     pub admin_token: String,
     shutdown: watch::Sender<bool>,
@@ -243,10 +250,10 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
     };
     let registry = Registry::new(store, ca, signer, settings, &admin_token)
         .map_err(|p| anyhow::anyhow!("{p}"))?;
-    let access_log = access_log::AccessLog::open(&cfg.data_dir.join("access.sqlite"))
+    let store = access_log::AccessLogStore::open(&cfg.data_dir.join("access.sqlite"))
         .context("opening access.sqlite")?;
-    registry.attach_access_log(Arc::new(access_log));
-    registry
+    let access_log = AccessLog::new(registry.clone(), store);
+    access_log
         .import_legacy_log_heads()
         .map_err(|p| anyhow::anyhow!("importing anchored log heads: {p}"))?;
     registry
@@ -277,9 +284,16 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
     };
     let oidc =
         citizen::oidc::Oidc::new(&cfg.oidc, &own_url).map_err(|p| anyhow::anyhow!("oidc: {p}"))?;
-    if let Some(oidc) = oidc {
-        registry.attach_oidc(Arc::new(oidc));
-    }
+    let citizens = Arc::new(Citizens::new(
+        registry.clone(),
+        access_log.clone(),
+        oidc.map(Arc::new),
+    ));
+    let app = App {
+        registry: registry.clone(),
+        access_log: access_log.clone(),
+        citizens: citizens.clone(),
+    };
     let (shutdown, rx) = watch::channel(false);
     let descriptors = enlace_limits::raise_descriptor_limit();
     let caps = enlace_limits::ConnectionCaps::for_listener(
@@ -296,13 +310,7 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         "descriptor limit"
     );
     let guards = Arc::new(limits::Guards::new(&cfg.limits));
-    let task = tokio::spawn(serve(
-        listener,
-        caps,
-        tls,
-        router(registry.clone(), guards.clone()),
-        rx,
-    ));
+    let task = tokio::spawn(serve(listener, caps, tls, router(app, guards.clone()), rx));
     // The last window of a flood of unknown callers' refusals is summarised even if nothing
     // follows it.
     let audit_flush = {
@@ -335,7 +343,7 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         })
     };
     let tree_heads = tokio::spawn(access_log::sign_tree_heads(
-        registry.clone(),
+        access_log.clone(),
         access_log::TREE_HEAD_INTERVAL,
     ));
     tracing::info!(%addr, https = !cfg.tls_names.is_empty(), "registry listening");
@@ -343,6 +351,8 @@ pub async fn start(cfg: &RegistryConfig) -> anyhow::Result<RunningRegistry> {
         addr,
         url: own_url,
         registry,
+        access_log,
+        citizens,
         admin_token,
         shutdown,
         task,

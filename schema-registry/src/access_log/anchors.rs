@@ -7,11 +7,10 @@ use enlace_core::evidence::{LOG_HEAD_EVIDENCE_FORMAT, LogHeadEvidence};
 use enlace_core::id::NodeId;
 use enlace_core::problem::{Problem, ProblemKind};
 
-use crate::access_log::blocking;
-use crate::federation::Registry;
+use crate::access_log::{AccessLog, blocking};
 use crate::model::{LogHeadRecord, kind};
 
-impl Registry {
+impl AccessLog {
     /// Anchors a node's signed log head: the signature must verify with the node's signing
     /// certificate valid at the head's time, and a head must never contradict one already
     /// anchored (same sequence number, other hash) or go backwards. The head is a leaf of the
@@ -46,14 +45,14 @@ impl Registry {
                 format!("the head's signature does not verify with {node}'s signing key"),
             ));
         }
-        let log = self.access_log()?.clone();
+        let log = self.store.clone();
         blocking(move || log.anchor_log_head(&head)).await?;
         Ok(())
     }
 
     /// A node's anchored heads, oldest first.
     pub fn log_heads(&self, node: &NodeId) -> Result<Vec<LogHeadRecord>, Problem> {
-        self.access_log()?.log_heads(&node.to_string())
+        self.store.log_heads(&node.to_string())
     }
 
     /// An anchored head with its inclusion proof against the latest signed tree head.
@@ -63,7 +62,7 @@ impl Registry {
         seq: u64,
     ) -> Result<LogHeadEvidence, Problem> {
         let tree_head = self.current_tree_head().await?;
-        let log = self.access_log()?.clone();
+        let log = self.store.clone();
         let (name, size) = (node.to_string(), tree_head.tree_head.tree_size);
         let (head, proof) = blocking(move || log.log_head_proof(&name, seq, size)).await?;
         Ok(LogHeadEvidence {
@@ -71,20 +70,20 @@ impl Registry {
             head,
             proof,
             tree_head,
-            federation_ca: self.ca_pem().to_string(),
-            crl: self.current_config().crl.clone(),
+            federation_ca: self.registry.ca_pem().to_string(),
+            crl: self.registry.current_config().crl.clone(),
         })
     }
 
     /// Heads anchored before they were kept in the access log (as registry documents) are
     /// appended to it once, at start, so every anchored head is a leaf.
     pub(crate) fn import_legacy_log_heads(&self) -> Result<(), Problem> {
-        let mut old: Vec<LogHeadRecord> = self.list(kind::LOG_HEAD)?;
+        let mut old: Vec<LogHeadRecord> = self.registry.list(kind::LOG_HEAD)?;
         if old.is_empty() {
             return Ok(());
         }
         old.sort_by(|a, b| a.node.cmp(&b.node).then(a.seq.cmp(&b.seq)));
-        let log = self.access_log()?;
+        let log = &self.store;
         let mut imported = 0;
         for head in &old {
             match log.anchor_log_head(head) {

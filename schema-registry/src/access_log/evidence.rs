@@ -10,19 +10,18 @@ use enlace_core::evidence::{
 use enlace_core::id::NodeId;
 use enlace_core::problem::Problem;
 
-use crate::access_log::{Found, blocking, db};
-use crate::federation::Registry;
+use crate::access_log::{AccessLog, Found, blocking, db};
 
-impl Registry {
-    /// The evidence of a record the caller may read (found by [`Registry::readable_record`] or
-    /// [`Registry::citizen_record`]), against the latest signed tree head.
+impl AccessLog {
+    /// The evidence of a record the caller may read (found by [`AccessLog::readable_record`] or
+    /// [`crate::citizen::Citizens::record`]), against the latest signed tree head.
     pub(crate) async fn access_evidence(&self, found: Found) -> Result<AccessEvidence, Problem> {
         let tree_head = self.current_tree_head().await?;
         let node: NodeId = found.record.record.node.parse()?;
         let node_signing_certificate = self
             .signing_certificate_at(&node, &found.record.record.at)
             .await?;
-        let log = self.access_log()?.clone();
+        let log = self.store.clone();
         let (idx, size) = (found.idx, tree_head.tree_head.tree_size);
         let proof = blocking(move || log.inclusion_proof(idx, size)).await?;
         let record = found.record;
@@ -32,8 +31,8 @@ impl Registry {
             proof,
             tree_head,
             node_signing_certificate,
-            federation_ca: self.ca_pem().to_string(),
-            crl: self.current_config().crl.clone(),
+            federation_ca: self.registry.ca_pem().to_string(),
+            crl: self.registry.current_config().crl.clone(),
         })
     }
 
@@ -45,7 +44,7 @@ impl Registry {
     ) -> Result<ConsistencyEvidence, Problem> {
         let first = self.tree_head_at(from).await?;
         let second = self.tree_head_at(to).await?;
-        let proof = self.access_log_consistency(from, to).await?;
+        let proof = self.consistency(from, to).await?;
         if proof.tree_size_1 != from || proof.tree_size_2 != to {
             return Err(db("a consistency proof of other sizes"));
         }
@@ -54,8 +53,8 @@ impl Registry {
             first,
             second,
             proof,
-            federation_ca: self.ca_pem().to_string(),
-            crl: self.current_config().crl.clone(),
+            federation_ca: self.registry.ca_pem().to_string(),
+            crl: self.registry.current_config().crl.clone(),
         })
     }
 }

@@ -35,6 +35,7 @@ pub mod merkle_store;
 mod operations;
 pub(crate) mod signing_history;
 
+pub use operations::AccessLog;
 pub(crate) use operations::sign_tree_heads;
 
 use merkle_store::{MerkleStore, MerkleStoreError};
@@ -140,7 +141,7 @@ pub(crate) struct Found {
 }
 
 /// The access log's database and tree: one writer, a pool of readers.
-pub struct AccessLog {
+pub struct AccessLogStore {
     writer: Mutex<MerkleStore>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
@@ -148,7 +149,7 @@ pub struct AccessLog {
     latest: RwLock<Option<PublishedTreeHead>>,
     /// Serialises signing tree heads.
     signing: tokio::sync::Mutex<()>,
-    /// Whether writes fail, said once per interval (see [`AccessLog::wrote`]).
+    /// Whether writes fail, said once per interval (see [`AccessLogStore::wrote`]).
     outage: Mutex<Outage>,
 }
 
@@ -160,8 +161,8 @@ pub(crate) fn db(e: impl std::fmt::Display) -> Problem {
     )
 }
 
-/// A failure of the storage while writing, not logged here: [`AccessLog::wrote`] says it once
-/// per interval and answers `log-unavailable`; [`AccessLog::read`] logs a failed read.
+/// A failure of the storage while writing, not logged here: [`AccessLogStore::wrote`] says it once
+/// per interval and answers `log-unavailable`; [`AccessLogStore::read`] logs a failed read.
 fn storage(e: impl std::fmt::Display) -> Problem {
     Problem::new(ProblemKind::Internal, e.to_string())
 }
@@ -194,10 +195,10 @@ fn not_found(message_id: &str) -> Problem {
     .with("message_id", message_id)
 }
 
-impl AccessLog {
+impl AccessLogStore {
     /// Opens (creating or migrating if needed) the log in the SQLite file at `path`: WAL,
     /// `synchronous=FULL`.
-    pub fn open(path: &Path) -> anyhow::Result<AccessLog> {
+    pub fn open(path: &Path) -> anyhow::Result<AccessLogStore> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -217,7 +218,7 @@ impl AccessLog {
             )
             .optional()?;
         let latest = latest.map(|t| serde_json::from_str(&t)).transpose()?;
-        Ok(AccessLog {
+        Ok(AccessLogStore {
             writer: Mutex::new(store),
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),

@@ -12,7 +12,10 @@ use enlace_core::problem::{Problem, ProblemKind};
 
 pub use enlace_core::evidence::PublishedTreeHead;
 
-use super::{Found, Ingested, MAX_RECORDS_PER_REQUEST, RecordProof, blocking, db, not_found};
+use super::signing_history::{KeyCache, remember_signing_certificates};
+use super::{
+    AccessLogStore, Found, Ingested, MAX_RECORDS_PER_REQUEST, RecordProof, blocking, db, not_found,
+};
 use crate::federation::{Actor, Registry, now, rfc3339};
 
 /// Verifies each record's signature with the key of its node that was valid at the record's
@@ -68,15 +71,42 @@ fn verify_signatures(
     })
 }
 
-impl Registry {
+/// The access log as the registry serves it: its store, and the registry, whose records say which
+/// signing key each node held when and whose configuration key signs the tree heads.
+pub struct AccessLog {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) store: Arc<AccessLogStore>,
+    /// Verified node signing keys (see [`crate::access_log::signing_history`]).
+    pub(crate) signing_keys: KeyCache,
+}
+
+impl AccessLog {
+    /// The access log kept in `store` for `registry`, which from now on hands it the signing
+    /// certificates of every configuration it issues (so that the history is complete, this is
+    /// made before the registry's first configuration).
+    pub fn new(registry: Arc<Registry>, store: AccessLogStore) -> Arc<AccessLog> {
+        let store = Arc::new(store);
+        let history = store.clone();
+        registry.on_publish(Box::new(move |config| {
+            remember_signing_certificates(&history, config)
+        }));
+        Arc::new(AccessLog {
+            registry,
+            store,
+            signing_keys: Default::default(),
+        })
+    }
+
+    /// The log's storage.
+    pub fn store(&self) -> &AccessLogStore {
+        &self.store
+    }
+
     /// Verifies and ingests signed access records: each must validate, be signed by the node it
     /// names with the signing key that node held at the record's time, and be about a service of
     /// that node's member. One bad record refuses the request and nothing is ingested.
-    pub async fn ingest_access_records(
-        &self,
-        records: Vec<SignedAccessRecord>,
-    ) -> Result<Ingested, Problem> {
-        let log = self.access_log()?.clone();
+    pub async fn ingest(&self, records: Vec<SignedAccessRecord>) -> Result<Ingested, Problem> {
+        let log = self.store.clone();
         if records.len() > MAX_RECORDS_PER_REQUEST {
             return Err(Problem::new(
                 ProblemKind::BodyTooLarge,
@@ -125,7 +155,7 @@ impl Registry {
     /// Signs a tree head of the current tree when it grew since the latest one (or none was
     /// signed yet), and returns the latest head. Called on a schedule; queries read the latest.
     pub async fn sign_tree_head(&self) -> Result<PublishedTreeHead, Problem> {
-        let log = self.access_log()?.clone();
+        let log = self.store.clone();
         let _one = log.signing.lock().await;
         let (latest, (size, root)) = {
             let log = log.clone();
@@ -140,7 +170,7 @@ impl Registry {
         let root_hash_hex = hex::encode(root);
         let text = merkle::tree_head_text(size, &root_hash_hex, &timestamp);
         let (signature, signer_certificate) = {
-            let signer = self.signer.lock().await;
+            let signer = self.registry.signer.lock().await;
             let (sig, cert) = signer.sign_bytes(text.as_bytes());
             (sig, cert.to_string())
         };
@@ -150,7 +180,7 @@ impl Registry {
                 root_hash_hex,
                 timestamp,
                 signature_b64: base64::engine::general_purpose::STANDARD.encode(signature),
-                signer: enlace_certs::registry_uri(self.instance()),
+                signer: enlace_certs::registry_uri(self.registry.instance()),
             },
             signer_certificate,
         };
@@ -163,7 +193,7 @@ impl Registry {
 
     /// The latest scheduled signed tree head (signed now only if none was ever signed).
     pub async fn current_tree_head(&self) -> Result<PublishedTreeHead, Problem> {
-        match self.access_log()?.latest_head() {
+        match self.store.latest_head() {
             Some(h) => Ok(h),
             None => self.sign_tree_head().await,
         }
@@ -171,7 +201,7 @@ impl Registry {
 
     /// A stored signed tree head of `size` leaves.
     pub async fn tree_head_at(&self, size: u64) -> Result<PublishedTreeHead, Problem> {
-        let log = self.access_log()?.clone();
+        let log = self.store.clone();
         blocking(move || log.head_at(size)).await?.ok_or_else(|| {
             Problem::new(
                 ProblemKind::NotFound,
@@ -191,7 +221,7 @@ impl Registry {
         message_id: &str,
         node: Option<&str>,
     ) -> Result<Found, Problem> {
-        let log = self.access_log()?.clone();
+        let log = self.store.clone();
         let (id, n) = (message_id.to_string(), node.map(String::from));
         let found = blocking(move || log.find(&id, n.as_deref())).await?;
         let mut mine: Vec<Found> = found
@@ -220,7 +250,7 @@ impl Registry {
     }
 
     /// A record and its inclusion proof in the tree of `size` leaves (the latest signed head's
-    /// size when `None`), for an admin who may read it (see [`Registry::readable_record`]).
+    /// size when `None`), for an admin who may read it (see [`AccessLog::readable_record`]).
     pub async fn access_record_proof(
         &self,
         actor: &Actor,
@@ -241,7 +271,7 @@ impl Registry {
         found: Found,
         size: Option<u64>,
     ) -> Result<RecordProof, Problem> {
-        let log = self.access_log()?.clone();
+        let log = self.store.clone();
         let size = match size {
             Some(s) => s,
             None => self.current_tree_head().await?.tree_head.tree_size,
@@ -255,26 +285,22 @@ impl Registry {
     }
 
     /// The consistency proof between two tree sizes.
-    pub async fn access_log_consistency(
-        &self,
-        from: u64,
-        to: u64,
-    ) -> Result<ConsistencyProof, Problem> {
-        let log = self.access_log()?.clone();
+    pub async fn consistency(&self, from: u64, to: u64) -> Result<ConsistencyProof, Problem> {
+        let log = self.store.clone();
         blocking(move || log.consistency(from, to)).await
     }
 }
 
 /// Signs a tree head every `every` when the log grew, until aborted.
-pub async fn sign_tree_heads(registry: Arc<Registry>, every: std::time::Duration) {
+pub async fn sign_tree_heads(log: Arc<AccessLog>, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(p) = registry.sign_tree_head().await
+        if let Err(p) = log.sign_tree_head().await
             && p.kind != ProblemKind::LogUnavailable
         {
-            // (a storage failure is said by `AccessLog::wrote`, once per interval)
+            // (a storage failure is said by `AccessLogStore::wrote`, once per interval)
             tracing::error!(problem = %p, "could not sign an access log tree head");
         }
     }

@@ -16,8 +16,8 @@ use rusqlite::params;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::access_log::{AccessLog, blocking, db};
-use crate::federation::{Registry, now, rfc3339};
+use crate::access_log::{AccessLog, AccessLogStore, blocking, db};
+use crate::federation::{now, rfc3339};
 use crate::model::Approval;
 
 /// One verified signing key and the period its certificate was valid.
@@ -63,7 +63,7 @@ impl BatchKeys {
 /// A verified key, cached by certificate and CRL.
 pub(crate) type KeyCache = std::sync::Mutex<HashMap<(String, String), Option<(i64, i64, Vec<u8>)>>>;
 
-impl AccessLog {
+impl AccessLogStore {
     /// Remembers a node's signing certificate (once per serial).
     fn remember_certificate(
         &self,
@@ -109,32 +109,32 @@ impl AccessLog {
     }
 }
 
-impl Registry {
-    /// Remembers the signing certificates of the nodes a configuration publishes (called each
-    /// time one is issued, so every certificate a node was given is kept).
-    pub(crate) fn remember_signing_certificates(&self, config: &GlobalConfig) {
-        let Ok(log) = self.access_log() else { return };
-        for n in &config.nodes {
-            let result = enlace_certs::cert_info(&n.signing_certificate).and_then(|info| {
-                log.remember_certificate(&n.id.to_string(), &info, &n.signing_certificate)
-            });
-            if let Err(p) = result {
-                tracing::error!(node = %n.id, problem = %p, "could not remember a signing certificate");
-            }
+/// Remembers the signing certificates of the nodes a configuration publishes (called by the
+/// registry each time it issues one, see [`AccessLog::new`], so every certificate a node was
+/// given is kept).
+pub(crate) fn remember_signing_certificates(log: &AccessLogStore, config: &GlobalConfig) {
+    for n in &config.nodes {
+        let result = enlace_certs::cert_info(&n.signing_certificate).and_then(|info| {
+            log.remember_certificate(&n.id.to_string(), &info, &n.signing_certificate)
+        });
+        if let Err(p) = result {
+            tracing::error!(node = %n.id, problem = %p, "could not remember a signing certificate");
         }
     }
+}
 
+impl AccessLog {
     /// The verified signing keys, with their validity periods, of `nodes`: every certificate
     /// each has held (and its current one) that chains to the CA, is not on the current CRL and
     /// names it. A node that is unknown is not found; one that is not approved, or revoked, has
     /// none.
     pub(crate) async fn batch_signing_keys(&self, nodes: &[NodeId]) -> Result<BatchKeys, Problem> {
-        let log = self.access_log()?.clone();
-        let crl = self.current_config().crl.clone();
+        let log = self.store.clone();
+        let crl = self.registry.current_config().crl.clone();
         let crl_digest = enlace_description::sha256_hex(crl.as_bytes());
         let mut keys = BatchKeys::default();
         for node in nodes {
-            let rec = self.node(node)?;
+            let rec = self.registry.node(node)?;
             let (Some(current), Approval::Approved, false) =
                 (rec.signing_certificate.clone(), &rec.state, rec.revoked)
             else {
@@ -182,7 +182,7 @@ impl Registry {
             enlace_description::sha256_hex(pem.as_bytes()),
             crl_digest.to_string(),
         );
-        let cache = &self.caches.signing_keys;
+        let cache = &self.signing_keys;
         if let Some(hit) = cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -190,7 +190,8 @@ impl Registry {
         {
             return Ok(hit.clone());
         }
-        let trust = enlace_certs::TrustStore::new(&[self.ca.cert_pem().to_string()], Some(crl))?;
+        let trust =
+            enlace_certs::TrustStore::new(&[self.registry.ca_pem().to_string()], Some(crl))?;
         let verified = enlace_certs::cert_info(pem).ok().and_then(|info| {
             // Checked at a moment of its validity as close to now as it gets (the CRL is
             // today's, and is refused at a time after its next update).
@@ -219,15 +220,15 @@ impl Registry {
         node: &NodeId,
         at: &str,
     ) -> Result<String, Problem> {
-        let log = self.access_log()?.clone();
-        let crl = self.current_config().crl.clone();
+        let log = self.store.clone();
+        let crl = self.registry.current_config().crl.clone();
         let crl_digest = enlace_description::sha256_hex(crl.as_bytes());
         let t = OffsetDateTime::parse(at, &Rfc3339)
             .map_err(|_| Problem::new(ProblemKind::InvalidRequest, "at: not RFC 3339"))?
             .unix_timestamp();
         let name = node.to_string();
         let mut pems = blocking(move || log.certificates_of(&name)).await?;
-        if let Some(current) = self.node(node)?.signing_certificate {
+        if let Some(current) = self.registry.node(node)?.signing_certificate {
             pems.push(current);
         }
         for pem in pems.into_iter().rev() {

@@ -39,7 +39,7 @@ fn record(n: usize) -> SignedAccessRecord {
 #[test]
 fn ingestion_is_idempotent_and_refuses_a_second_record_under_one_id() {
     let dir = tempfile::tempdir().unwrap();
-    let log = AccessLog::open(&dir.path().join("access.sqlite")).unwrap();
+    let log = AccessLogStore::open(&dir.path().join("access.sqlite")).unwrap();
     let batch: Vec<_> = (0..5).map(record).collect();
     let first = log.ingest(&batch).unwrap();
     assert_eq!(
@@ -75,7 +75,7 @@ fn ingestion_is_idempotent_and_refuses_a_second_record_under_one_id() {
 #[test]
 fn one_message_id_from_two_nodes_is_two_records() {
     let dir = tempfile::tempdir().unwrap();
-    let log = AccessLog::open(&dir.path().join("access.sqlite")).unwrap();
+    let log = AccessLogStore::open(&dir.path().join("access.sqlite")).unwrap();
     let first = record(1);
     let mut second = record(1);
     second.record.node = "CL-DEV/GOV/61002000-3/node/b".into();
@@ -138,7 +138,7 @@ fn a_first_version_log_is_migrated_and_keeps_its_tree() {
             })
             .unwrap();
     }
-    let log = AccessLog::open(&path).unwrap();
+    let log = AccessLogStore::open(&path).unwrap();
     let leaves: Vec<Hash> = batch.iter().map(SignedAccessRecord::leaf_hash).collect();
     assert_eq!(log.current().unwrap(), (7, merkle::root(&leaves)));
     let found = log
@@ -153,14 +153,14 @@ fn a_first_version_log_is_migrated_and_keeps_its_tree() {
     assert!(conn.execute("DELETE FROM access_records", []).is_err());
     drop(log);
     // Opening again changes nothing.
-    let log = AccessLog::open(&path).unwrap();
+    let log = AccessLogStore::open(&path).unwrap();
     assert_eq!(log.size().unwrap(), 8);
 }
 
 #[test]
 fn log_heads_are_checked_and_appended_in_one_transaction() {
     let dir = tempfile::tempdir().unwrap();
-    let log = AccessLog::open(&dir.path().join("access.sqlite")).unwrap();
+    let log = AccessLogStore::open(&dir.path().join("access.sqlite")).unwrap();
     let head = |seq: u64, hash: &str| enlace_core::loghead::SignedHead {
         node: "CL-DEV/GOV/61002000-3/node/a".into(),
         seq,
@@ -191,7 +191,7 @@ fn log_heads_are_checked_and_appended_in_one_transaction() {
 
 /// A tree head of the current tree, stored as the scheduler would (unsigned: the check reads
 /// roots, not signatures).
-fn store_current_head(log: &AccessLog) {
+fn store_current_head(log: &AccessLogStore) {
     let (size, root) = log.current().unwrap();
     let head = PublishedTreeHead {
         tree_head: SignedTreeHead {
@@ -210,7 +210,7 @@ fn store_current_head(log: &AccessLog) {
 fn the_consistency_check_passes_a_log_and_names_the_leaf_that_was_altered() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.sqlite");
-    let log = AccessLog::open(&path).unwrap();
+    let log = AccessLogStore::open(&path).unwrap();
     for n in 0..3 {
         log.ingest(&[record(2 * n), record(2 * n + 1)]).unwrap();
         store_current_head(&log);
@@ -259,7 +259,7 @@ fn the_consistency_check_passes_a_log_and_names_the_leaf_that_was_altered() {
 fn the_consistency_check_finds_a_stored_subtree_that_is_not_the_hash_of_its_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.sqlite");
-    let log = AccessLog::open(&path).unwrap();
+    let log = AccessLogStore::open(&path).unwrap();
     log.ingest(&(0..4).map(record).collect::<Vec<_>>()).unwrap();
     store_current_head(&log);
     drop(log);

@@ -1,17 +1,25 @@
-//! The access log: nodes ship signed access records; anyone reads tree heads and consistency
-//! proofs; an admin or the person reads a record's inclusion proof and evidence.
+//! The access log: nodes ship signed access records and anchor their message-log heads; anyone
+//! reads tree heads and consistency proofs; an admin or the person reads a record's inclusion
+//! proof and evidence.
+
+use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use enlace_core::id::NodeId;
 use enlace_core::problem::{Problem, ProblemKind};
 use serde::Deserialize;
 
 use super::{
-    ApiResult, App, access_token, actor, bearer, content_type, json_response, read_body, required,
+    ApiError, ApiResult, App, access_token, actor, bearer, content_type, json_body, json_response,
+    no_route, read_body, required, split_id,
 };
-use crate::federation::{Actor, Registry};
+use crate::access_log::AccessLog;
+use crate::citizen::Citizens;
+use crate::federation::Actor;
 
 // ---- the access log ----
 
@@ -20,7 +28,7 @@ const MAX_ACCESS_BODY: usize = 8 * 1024 * 1024;
 
 /// A provider node ships signed access records; each record's signature is the authentication.
 pub(super) async fn ingest_access_records(
-    State(app): State<App>,
+    State(log): State<Arc<AccessLog>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
@@ -34,11 +42,11 @@ pub(super) async fn ingest_access_records(
     let bytes = read_body(body, MAX_ACCESS_BODY).await?;
     let records: Vec<enlace_core::access::SignedAccessRecord> = serde_json::from_slice(&bytes)
         .map_err(|e| Problem::new(ProblemKind::InvalidRequest, format!("body: {e}")))?;
-    json_response(StatusCode::OK, app.ingest_access_records(records).await?)
+    json_response(StatusCode::OK, log.ingest(records).await?)
 }
 
-pub(super) async fn tree_head(State(app): State<App>) -> ApiResult {
-    json_response(StatusCode::OK, app.current_tree_head().await?)
+pub(super) async fn tree_head(State(log): State<Arc<AccessLog>>) -> ApiResult {
+    json_response(StatusCode::OK, log.current_tree_head().await?)
 }
 
 #[derive(Deserialize)]
@@ -46,9 +54,12 @@ pub(super) struct SizeQuery {
     size: Option<u64>,
 }
 
-pub(super) async fn tree_head_at(State(app): State<App>, Query(q): Query<SizeQuery>) -> ApiResult {
+pub(super) async fn tree_head_at(
+    State(log): State<Arc<AccessLog>>,
+    Query(q): Query<SizeQuery>,
+) -> ApiResult {
     let size = required("size", q.size)?;
-    json_response(StatusCode::OK, app.tree_head_at(size).await?)
+    json_response(StatusCode::OK, log.tree_head_at(size).await?)
 }
 
 #[derive(Deserialize)]
@@ -59,20 +70,33 @@ pub(super) struct InclusionQuery {
     size: Option<u64>,
 }
 
-/// Who reads a record: an admin (bearer token) or the person (OpenID Connect ID token).
-enum Reader {
+/// Who reads a record: an admin (bearer token) or the person (OpenID Connect ID token). A
+/// handler takes `Result<Reader, ApiError>` and answers the refusal after checking its query.
+pub(super) enum Reader {
     Admin(Actor),
     Person(enlace_core::id::SubjectId),
 }
 
-async fn reader(app: &Registry, headers: &HeaderMap) -> Result<Reader, Problem> {
-    match actor(app, headers) {
-        Ok(who) => Ok(Reader::Admin(who)),
-        // An ID token: the person reads the records about them, and only those.
-        Err(_) if bearer(headers).is_some_and(|t| t.contains('.')) && app.oidc().is_ok() => Ok(
-            Reader::Person(app.citizen(bearer(headers), access_token(headers)).await?),
-        ),
-        Err(p) => Err(p),
+impl FromRequestParts<App> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        let headers = &parts.headers;
+        match actor(&app.registry, headers) {
+            Ok(who) => Ok(Reader::Admin(who)),
+            // An ID token: the person reads the records about them, and only those.
+            Err(_)
+                if bearer(headers).is_some_and(|t| t.contains('.'))
+                    && app.citizens.oidc().is_ok() =>
+            {
+                let person = app
+                    .citizens
+                    .person(bearer(headers), access_token(headers))
+                    .await?;
+                Ok(Reader::Person(person))
+            }
+            Err(p) => Err(p.into()),
+        }
     }
 }
 
@@ -84,19 +108,21 @@ fn node_param(node: Option<String>) -> Result<Option<String>, Problem> {
 }
 
 pub(super) async fn inclusion_proof(
-    State(app): State<App>,
+    State(log): State<Arc<AccessLog>>,
+    State(citizens): State<Arc<Citizens>>,
     Query(q): Query<InclusionQuery>,
-    headers: HeaderMap,
+    reader: Result<Reader, ApiError>,
 ) -> ApiResult {
     let message_id = required("message_id", q.message_id)?;
     let node = node_param(q.node)?;
-    let proof = match reader(&app, &headers).await? {
+    let proof = match reader? {
         Reader::Person(person) => {
-            app.citizen_record_proof(&person, message_id, node, q.size)
+            citizens
+                .record_proof(&person, message_id, node, q.size)
                 .await?
         }
         Reader::Admin(who) => {
-            app.access_record_proof(&who, message_id, node, q.size)
+            log.access_record_proof(&who, message_id, node, q.size)
                 .await?
         }
     };
@@ -105,31 +131,33 @@ pub(super) async fn inclusion_proof(
 
 /// A record's evidence for offline checking (see [`crate::access_log::evidence`]), for whoever may read it.
 pub(super) async fn access_evidence(
-    State(app): State<App>,
+    State(log): State<Arc<AccessLog>>,
+    State(citizens): State<Arc<Citizens>>,
     Query(q): Query<InclusionQuery>,
-    headers: HeaderMap,
+    reader: Result<Reader, ApiError>,
 ) -> ApiResult {
     let message_id = required("message_id", q.message_id)?;
     let node = node_param(q.node)?;
-    let found = match reader(&app, &headers).await? {
+    let found = match reader? {
         Reader::Person(person) => {
-            app.citizen_record(&person, &message_id, node.as_deref())
+            citizens
+                .record(&person, &message_id, node.as_deref())
                 .await?
         }
         Reader::Admin(who) => {
-            app.readable_record(&who, &message_id, node.as_deref())
+            log.readable_record(&who, &message_id, node.as_deref())
                 .await?
         }
     };
-    json_response(StatusCode::OK, app.access_evidence(found).await?)
+    json_response(StatusCode::OK, log.access_evidence(found).await?)
 }
 
 pub(super) async fn consistency_evidence(
-    State(app): State<App>,
+    State(log): State<Arc<AccessLog>>,
     Query(q): Query<ConsistencyQuery>,
 ) -> ApiResult {
     let (from, to) = (required("from", q.from)?, required("to", q.to)?);
-    json_response(StatusCode::OK, app.consistency_evidence(from, to).await?)
+    json_response(StatusCode::OK, log.consistency_evidence(from, to).await?)
 }
 
 #[derive(Deserialize)]
@@ -139,9 +167,46 @@ pub(super) struct ConsistencyQuery {
 }
 
 pub(super) async fn consistency_proof(
-    State(app): State<App>,
+    State(log): State<Arc<AccessLog>>,
     Query(q): Query<ConsistencyQuery>,
 ) -> ApiResult {
     let (from, to) = (required("from", q.from)?, required("to", q.to)?);
-    json_response(StatusCode::OK, app.access_log_consistency(from, to).await?)
+    json_response(StatusCode::OK, log.consistency(from, to).await?)
+}
+
+// ---- anchored message-log heads ----
+
+/// A node anchors a signed head of its message log; the signature is the authentication.
+pub(super) async fn anchor_log_head(
+    State(log): State<Arc<AccessLog>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let head: crate::model::LogHeadRecord = json_body(&headers, body).await?;
+    log.anchor_log_head(head).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct SeqQuery {
+    seq: Option<u64>,
+}
+
+/// `NODE`: the node's anchored heads; `NODE/proof?seq=N`: one head's inclusion in the access
+/// log's tree, against the latest signed tree head.
+pub(super) async fn log_heads(
+    State(log): State<Arc<AccessLog>>,
+    Path(rest): Path<String>,
+    Query(q): Query<SeqQuery>,
+) -> ApiResult {
+    let (id, tail) = split_id(&rest, 5)?;
+    let node: NodeId = id.parse()?;
+    match tail.as_slice() {
+        [] => json_response(StatusCode::OK, log.log_heads(&node)?),
+        ["proof"] => {
+            let seq = required("seq", q.seq)?;
+            json_response(StatusCode::OK, log.log_head_evidence(&node, seq).await?)
+        }
+        _ => Err(no_route(&rest)),
+    }
 }

@@ -10,8 +10,11 @@ use enlace_core::problem::{Problem, ProblemKind};
 use serde::Deserialize;
 use serde_json::json;
 
+use std::sync::Arc;
+
 use super::{ApiError, ApiResult, App, access_token, bearer, json_body, json_response};
-use crate::federation::{Actor, Registry};
+use crate::citizen::Citizens;
+use crate::federation::Actor;
 
 /// The person a request comes from, signed in by OpenID Connect: the ID token as the bearer
 /// token (and, in ClaveÚnica mode, the access token beside it), checked by the registry.
@@ -23,7 +26,9 @@ impl FromRequestParts<App> for Person {
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
         let headers = &parts.headers;
         Ok(Person(
-            app.citizen(bearer(headers), access_token(headers)).await?,
+            app.citizens
+                .person(bearer(headers), access_token(headers))
+                .await?,
         ))
     }
 }
@@ -31,7 +36,7 @@ impl FromRequestParts<App> for Person {
 // ---- authorisations (consents) ----
 
 pub(super) async fn request_authorisation(
-    State(app): State<App>,
+    State(citizens): State<Arc<Citizens>>,
     who: Actor,
     headers: HeaderMap,
     body: Body,
@@ -39,69 +44,72 @@ pub(super) async fn request_authorisation(
     let req: crate::citizen::authorisation::NewAuthorisation = json_body(&headers, body).await?;
     json_response(
         StatusCode::CREATED,
-        app.request_authorisation(&who, req).await?,
+        citizens.request_authorisation(&who, req).await?,
     )
 }
 
-pub(super) async fn list_authorisations(State(app): State<App>, who: Actor) -> ApiResult {
-    json_response(StatusCode::OK, app.authorisations_of_member(&who)?)
+pub(super) async fn list_authorisations(
+    State(citizens): State<Arc<Citizens>>,
+    who: Actor,
+) -> ApiResult {
+    json_response(StatusCode::OK, citizens.authorisations_of_member(&who)?)
 }
 
 pub(super) async fn get_authorisation(
-    State(app): State<App>,
+    State(citizens): State<Arc<Citizens>>,
     Path(id): Path<String>,
     who: Actor,
 ) -> ApiResult {
-    json_response(StatusCode::OK, app.authorisation_for(&who, &id)?)
+    json_response(StatusCode::OK, citizens.authorisation_for(&who, &id)?)
 }
 
 pub(super) async fn citizen_authorisations(
-    State(app): State<App>,
+    State(citizens): State<Arc<Citizens>>,
     Person(person): Person,
 ) -> ApiResult {
-    json_response(StatusCode::OK, app.citizen_authorisations(&person)?)
+    json_response(StatusCode::OK, citizens.authorisations_of_person(&person)?)
 }
 
 pub(super) async fn citizen_act(
-    State(app): State<App>,
+    State(citizens): State<Arc<Citizens>>,
     Path((id, action)): Path<(String, String)>,
     Person(person): Person,
 ) -> ApiResult {
-    json_response(
-        StatusCode::OK,
-        app.citizen_act(&person, &id, &action).await?,
-    )
+    json_response(StatusCode::OK, citizens.act(&person, &id, &action).await?)
 }
 
 /// The federation admin hides a person's records of one contract from the citizen view until a
 /// date, for a stated legal reason (see [`crate::citizen::hiding`]).
 pub(super) async fn create_hiding(
-    State(app): State<App>,
+    State(citizens): State<Arc<Citizens>>,
     who: Actor,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
     let req: crate::citizen::hiding::NewHiding = json_body(&headers, body).await?;
-    json_response(StatusCode::CREATED, app.create_hiding(&who, req).await?)
+    json_response(
+        StatusCode::CREATED,
+        citizens.create_hiding(&who, req).await?,
+    )
 }
 
-pub(super) async fn list_hidings(State(app): State<App>, who: Actor) -> ApiResult {
-    json_response(StatusCode::OK, app.hidings(&who)?)
+pub(super) async fn list_hidings(State(citizens): State<Arc<Citizens>>, who: Actor) -> ApiResult {
+    json_response(StatusCode::OK, citizens.hidings(&who)?)
 }
 
 // ---- the citizen API and the development OpenID Connect issuer ----
 
 pub(super) async fn citizen_records(
-    State(app): State<App>,
+    State(citizens): State<Arc<Citizens>>,
     Query(q): Query<crate::citizen::CitizenQuery>,
     Person(person): Person,
 ) -> ApiResult {
-    json_response(StatusCode::OK, app.citizen_records(&person, &q).await?)
+    json_response(StatusCode::OK, citizens.records(&person, &q).await?)
 }
 
 /// The development issuer, or not-found when it is off.
-fn dev_issuer(app: &Registry) -> Result<&crate::citizen::oidc::Oidc, Problem> {
-    match app.oidc() {
+fn dev_issuer(citizens: &Citizens) -> Result<&crate::citizen::oidc::Oidc, Problem> {
+    match citizens.oidc() {
         Ok(o) if o.dev.is_some() => Ok(o),
         _ => Err(Problem::new(
             ProblemKind::NotFound,
@@ -110,12 +118,12 @@ fn dev_issuer(app: &Registry) -> Result<&crate::citizen::oidc::Oidc, Problem> {
     }
 }
 
-pub(super) async fn oidc_discovery(State(app): State<App>) -> ApiResult {
-    json_response(StatusCode::OK, dev_issuer(&app)?.discovery())
+pub(super) async fn oidc_discovery(State(citizens): State<Arc<Citizens>>) -> ApiResult {
+    json_response(StatusCode::OK, dev_issuer(&citizens)?.discovery())
 }
 
-pub(super) async fn oidc_jwks(State(app): State<App>) -> ApiResult {
-    json_response(StatusCode::OK, dev_issuer(&app)?.jwks())
+pub(super) async fn oidc_jwks(State(citizens): State<Arc<Citizens>>) -> ApiResult {
+    json_response(StatusCode::OK, dev_issuer(&citizens)?.jwks())
 }
 
 #[derive(Deserialize)]
@@ -126,11 +134,11 @@ pub(super) struct DevLogin {
 
 /// DEVELOPMENT ONLY: an ID token for any subject asked for.
 pub(super) async fn oidc_dev_token(
-    State(app): State<App>,
+    State(citizens): State<Arc<Citizens>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let oidc = dev_issuer(&app)?;
+    let oidc = dev_issuer(&citizens)?;
     let login: DevLogin = json_body(&headers, body).await?;
     let sub: enlace_core::id::SubjectId = login.sub.parse()?;
     let dev = oidc
@@ -152,8 +160,11 @@ pub(super) async fn oidc_dev_token(
 
 /// DEVELOPMENT ONLY: the userinfo endpoint of the development issuer in ClaveÚnica mode
 /// (`POST` with the bearer access token, as ClaveÚnica's), answering with `RolUnico`.
-pub(super) async fn oidc_userinfo(State(app): State<App>, headers: HeaderMap) -> ApiResult {
-    let oidc = dev_issuer(&app)?;
+pub(super) async fn oidc_userinfo(
+    State(citizens): State<Arc<Citizens>>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let oidc = dev_issuer(&citizens)?;
     let info = bearer(&headers)
         .and_then(|t| oidc.dev.as_ref()?.userinfo(t))
         .ok_or_else(|| Problem::new(ProblemKind::Unauthenticated, "unknown access token"))?;

@@ -1,5 +1,5 @@
 //! The federation: members, subsystems, nodes, services, concepts and the once-only check,
-//! contracts, the audit trail and anchored message-log heads.
+//! contracts and the audit trail.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -14,9 +14,11 @@ use enlace_description::{Description, MAX_DESCRIPTION_BYTES};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use super::{
-    ApiError, ApiResult, App, actor, bearer, content_type, json_body, json_response, no_route,
-    read_body, required, split_id,
+    ApiError, ApiResult, bearer, content_type, json_body, json_response, no_route, read_body,
+    split_id,
 };
 use crate::federation::{Actor, Registry};
 use crate::once_only;
@@ -31,7 +33,7 @@ pub(super) struct NewMember {
 }
 
 pub(super) async fn create_member(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     who: Actor,
     headers: HeaderMap,
     body: Body,
@@ -42,7 +44,7 @@ pub(super) async fn create_member(
     json_response(StatusCode::CREATED, rec)
 }
 
-pub(super) async fn list_members(State(app): State<App>) -> ApiResult {
+pub(super) async fn list_members(State(app): State<Arc<Registry>>) -> ApiResult {
     json_response(
         StatusCode::OK,
         app.list::<crate::model::MemberRecord>(crate::model::kind::MEMBER)?,
@@ -50,15 +52,15 @@ pub(super) async fn list_members(State(app): State<App>) -> ApiResult {
 }
 
 pub(super) async fn get_member(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Path(rest): Path<String>,
-    headers: HeaderMap,
+    who: Result<Actor, ApiError>,
 ) -> ApiResult {
     let (id, tail) = split_id(&rest, 3)?;
     match tail.as_slice() {
         [] => json_response(StatusCode::OK, app.member(&id.parse()?)?),
         ["tokens"] => {
-            let who = actor(&app, &headers)?;
+            let who = who?;
             json_response(StatusCode::OK, app.member_tokens(&who, &id.parse()?)?)
         }
         _ => Err(no_route(&rest)),
@@ -72,14 +74,15 @@ pub(super) struct NewToken {
 }
 
 pub(super) async fn member_action(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Path(rest): Path<String>,
+    who: Result<Actor, ApiError>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
     let (id, tail) = split_id(&rest, 3)?;
     let member: MemberId = id.parse()?;
-    let who = actor(&app, &headers)?;
+    let who = who?;
     match tail.as_slice() {
         ["tokens"] => {
             let req: NewToken = json_body(&headers, body).await?;
@@ -110,7 +113,7 @@ pub(super) struct NewSubsystem {
 }
 
 pub(super) async fn register_subsystem(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     who: Actor,
     headers: HeaderMap,
     body: Body,
@@ -120,7 +123,7 @@ pub(super) async fn register_subsystem(
     json_response(StatusCode::CREATED, rec)
 }
 
-pub(super) async fn list_subsystems(State(app): State<App>) -> ApiResult {
+pub(super) async fn list_subsystems(State(app): State<Arc<Registry>>) -> ApiResult {
     json_response(
         StatusCode::OK,
         app.list::<crate::model::SubsystemRecord>(crate::model::kind::SUBSYSTEM)?,
@@ -128,14 +131,15 @@ pub(super) async fn list_subsystems(State(app): State<App>) -> ApiResult {
 }
 
 pub(super) async fn subsystem_action(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Path(rest): Path<String>,
+    who: Result<Actor, ApiError>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
     let (id, tail) = split_id(&rest, 4)?;
     let id: SubsystemId = id.parse()?;
-    let who = actor(&app, &headers)?;
+    let who = who?;
     let rec = match tail.as_slice() {
         ["approve"] => app.approve_subsystem(&who, &id).await?,
         ["revoke"] => {
@@ -188,7 +192,7 @@ pub(super) struct Reason {
 }
 
 pub(super) async fn register_node(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     who: Actor,
     headers: HeaderMap,
     body: Body,
@@ -206,12 +210,15 @@ pub(super) async fn register_node(
     json_response(StatusCode::CREATED, rec)
 }
 
-pub(super) async fn list_nodes(State(app): State<App>) -> ApiResult {
+pub(super) async fn list_nodes(State(app): State<Arc<Registry>>) -> ApiResult {
     let nodes: Vec<crate::model::NodeRecord> = app.list(crate::model::kind::NODE)?;
     json_response(StatusCode::OK, nodes)
 }
 
-pub(super) async fn get_node(State(app): State<App>, Path(rest): Path<String>) -> ApiResult {
+pub(super) async fn get_node(
+    State(app): State<Arc<Registry>>,
+    Path(rest): Path<String>,
+) -> ApiResult {
     let (id, tail) = split_id(&rest, 5)?;
     if !tail.is_empty() {
         return Err(no_route(&rest));
@@ -220,8 +227,9 @@ pub(super) async fn get_node(State(app): State<App>, Path(rest): Path<String>) -
 }
 
 pub(super) async fn node_action(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Path(rest): Path<String>,
+    who: Result<Actor, ApiError>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
@@ -242,7 +250,7 @@ pub(super) async fn node_action(
             .await?;
         return json_response(StatusCode::OK, rec);
     }
-    let who = actor(&app, &headers)?;
+    let who = who?;
     let rec = match tail.as_slice() {
         ["approve"] => app.approve_node(&who, &id).await?,
         ["renew"] => {
@@ -268,12 +276,15 @@ pub(super) async fn node_action(
 
 // ---- services ----
 
-pub(super) async fn list_services(State(app): State<App>) -> ApiResult {
+pub(super) async fn list_services(State(app): State<Arc<Registry>>) -> ApiResult {
     json_response(StatusCode::OK, app.services()?)
 }
 
 /// `SERVICE`, `SERVICE/versions/V`, `SERVICE/versions/V/description`.
-pub(super) async fn get_service(State(app): State<App>, Path(rest): Path<String>) -> ApiResult {
+pub(super) async fn get_service(
+    State(app): State<Arc<Registry>>,
+    Path(rest): Path<String>,
+) -> ApiResult {
     let (id, tail) = split_id(&rest, 5)?;
     let id: ServiceId = id.parse()?;
     match tail.as_slice() {
@@ -303,7 +314,7 @@ fn description_response(app: &Registry, digest: &str) -> ApiResult {
 }
 
 pub(super) async fn get_description(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Path(digest): Path<String>,
 ) -> ApiResult {
     if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -324,8 +335,9 @@ pub mod media {
 }
 
 pub(super) async fn publish_service(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Path(rest): Path<String>,
+    who: Result<Actor, ApiError>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
@@ -335,7 +347,7 @@ pub(super) async fn publish_service(
     };
     let id: ServiceId = id.parse()?;
     let version: ServiceVersion = v.parse()?;
-    let who = actor(&app, &headers)?;
+    let who = who?;
     // Check who acts before reading megabytes from them.
     if who != Actor::MemberAdmin(id.member().clone()) {
         return Err(ApiError(Problem::new(
@@ -400,7 +412,7 @@ pub(super) struct NewConcept {
 }
 
 pub(super) async fn claim_concept(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     who: Actor,
     headers: HeaderMap,
     body: Body,
@@ -420,7 +432,7 @@ pub(super) async fn claim_concept(
     json_response(StatusCode::CREATED, rec)
 }
 
-pub(super) async fn list_concepts(State(app): State<App>) -> ApiResult {
+pub(super) async fn list_concepts(State(app): State<Arc<Registry>>) -> ApiResult {
     json_response(StatusCode::OK, app.concepts()?)
 }
 
@@ -430,7 +442,7 @@ pub(super) struct CheckQuery {
 }
 
 pub(super) async fn once_only_check(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Query(q): Query<CheckQuery>,
     headers: HeaderMap,
     body: Body,
@@ -444,7 +456,7 @@ pub(super) async fn once_only_check(
 // ---- contracts ----
 
 pub(super) async fn propose_contract(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     who: Actor,
     headers: HeaderMap,
     body: Body,
@@ -456,28 +468,29 @@ pub(super) async fn propose_contract(
     )
 }
 
-pub(super) async fn list_contracts(State(app): State<App>, who: Actor) -> ApiResult {
+pub(super) async fn list_contracts(State(app): State<Arc<Registry>>, who: Actor) -> ApiResult {
     json_response(StatusCode::OK, app.contracts(&who)?)
 }
 
 pub(super) async fn get_contract(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    who: Result<Actor, ApiError>,
 ) -> ApiResult {
     let id: ContractId = id.parse()?;
-    let who = actor(&app, &headers)?;
+    let who = who?;
     json_response(StatusCode::OK, app.contract(&who, &id)?)
 }
 
 pub(super) async fn contract_action(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Path(id): Path<String>,
+    who: Result<Actor, ApiError>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
     let id: ContractId = id.parse()?;
-    let who = actor(&app, &headers)?;
+    let who = who?;
     let action: ContractAction = json_body(&headers, body).await?;
     json_response(
         StatusCode::OK,
@@ -494,47 +507,10 @@ pub(super) struct AuditQuery {
 }
 
 pub(super) async fn audit(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Query(q): Query<AuditQuery>,
     who: Actor,
 ) -> ApiResult {
     let entries = app.audit_entries(&who, q.after.unwrap_or(0), q.limit.unwrap_or(100))?;
     json_response(StatusCode::OK, entries)
-}
-
-// ---- anchored message-log heads ----
-
-/// A node anchors a signed head of its message log; the signature is the authentication.
-pub(super) async fn anchor_log_head(
-    State(app): State<App>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let head: crate::model::LogHeadRecord = json_body(&headers, body).await?;
-    app.anchor_log_head(head).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[derive(Deserialize)]
-pub(super) struct SeqQuery {
-    seq: Option<u64>,
-}
-
-/// `NODE`: the node's anchored heads; `NODE/proof?seq=N`: one head's inclusion in the access
-/// log's tree, against the latest signed tree head.
-pub(super) async fn log_heads(
-    State(app): State<App>,
-    Path(rest): Path<String>,
-    Query(q): Query<SeqQuery>,
-) -> ApiResult {
-    let (id, tail) = split_id(&rest, 5)?;
-    let node: NodeId = id.parse()?;
-    match tail.as_slice() {
-        [] => json_response(StatusCode::OK, app.log_heads(&node)?),
-        ["proof"] => {
-            let seq = required("seq", q.seq)?;
-            json_response(StatusCode::OK, app.log_head_evidence(&node, seq).await?)
-        }
-        _ => Err(no_route(&rest)),
-    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -23,6 +23,8 @@ mod federation;
 
 pub use federation::media;
 
+use crate::access_log::AccessLog;
+use crate::citizen::Citizens;
 use crate::federation::{Actor, Registry};
 use crate::limits::Guards;
 
@@ -34,7 +36,33 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// The registry's OpenAPI document.
 pub const OPENAPI: &str = include_str!("../../../openapi/registry.json");
 
-type App = Arc<Registry>;
+/// What the API serves, each part its own type: the federation (members, nodes, services,
+/// contracts, the signed configuration), the access log, and the citizen side. A handler takes
+/// the part it needs (`State<Arc<Registry>>`, `State<Arc<AccessLog>>`, `State<Arc<Citizens>>`).
+#[derive(Clone)]
+pub struct App {
+    pub registry: Arc<Registry>,
+    pub access_log: Arc<AccessLog>,
+    pub citizens: Arc<Citizens>,
+}
+
+impl FromRef<App> for Arc<Registry> {
+    fn from_ref(app: &App) -> Self {
+        app.registry.clone()
+    }
+}
+
+impl FromRef<App> for Arc<AccessLog> {
+    fn from_ref(app: &App) -> Self {
+        app.access_log.clone()
+    }
+}
+
+impl FromRef<App> for Arc<Citizens> {
+    fn from_ref(app: &App) -> Self {
+        app.citizens.clone()
+    }
+}
 
 /// A refusal: rendered as `application/problem+json` and remembered for the audit trail.
 #[derive(Debug)]
@@ -129,14 +157,14 @@ fn actor(app: &Registry, headers: &HeaderMap) -> Result<Actor, Problem> {
 }
 
 /// A handler that takes an [`Actor`] acts for the one `Authorization: Bearer` token's holder
-/// (see [`actor`]), and refuses a request without one before it reads the body. Handlers that
-/// read their path first (a node may renew with a proof instead of a token; a malformed id is
-/// refused as such) call [`actor`] themselves.
+/// (see [`actor`]), and refuses a request without one before it reads the body. A handler that
+/// reads its path first (a malformed id is refused as such; a node may renew with a proof
+/// instead of a token) takes `Result<Actor, ApiError>` and answers its refusal at that point.
 impl FromRequestParts<App> for Actor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
-        Ok(actor(app, &parts.headers)?)
+        Ok(actor(&app.registry, &parts.headers)?)
     }
 }
 
@@ -265,8 +293,8 @@ pub fn router(app: App, guards: Arc<Guards>) -> Router {
             post(federation::contract_action),
         )
         .route("/v1/audit", get(federation::audit))
-        .route("/v1/log-heads", post(federation::anchor_log_head))
-        .route("/v1/log-heads/{*node}", get(federation::log_heads))
+        .route("/v1/log-heads", post(access_log::anchor_log_head))
+        .route("/v1/log-heads/{*node}", get(access_log::log_heads))
         .route("/v1/access-log/evidence", get(access_log::access_evidence))
         .route(
             "/v1/access-log/evidence/consistency",
@@ -413,7 +441,7 @@ async fn audit_refusals(
 ) -> Response {
     let method = req.method().clone();
     let path: String = req.uri().path().chars().take(512).collect();
-    let who = match actor(&app, req.headers()) {
+    let who = match actor(&app.registry, req.headers()) {
         Ok(a) => a.label(),
         // An OpenID Connect ID token: a person (who exactly is not known until it verifies).
         Err(_) if bearer(req.headers()).is_some_and(|t| t.contains('.')) => "citizen".to_string(),
@@ -439,10 +467,10 @@ async fn audit_refusals(
             // The store is synchronous; keep it off the async workers.
             let _ = tokio::task::spawn_blocking(move || {
                 if admission.summarise > 0 {
-                    app.audit_summary(admission.summarise, 60);
+                    app.registry.audit_summary(admission.summarise, 60);
                 }
                 if admission.write {
-                    app.audit_refusal(&who, &action, &path, &p);
+                    app.registry.audit_refusal(&who, &action, &path, &p);
                 }
             })
             .await;
@@ -457,7 +485,7 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-async fn ca(State(app): State<App>) -> Response {
+async fn ca(State(app): State<Arc<Registry>>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],
         app.ca_pem().to_string(),
@@ -465,7 +493,7 @@ async fn ca(State(app): State<App>) -> Response {
         .into_response()
 }
 
-async fn crl(State(app): State<App>) -> Response {
+async fn crl(State(app): State<Arc<Registry>>) -> Response {
     let crl = app.current_config().crl.clone();
     ([(header::CONTENT_TYPE, "application/x-pem-file")], crl).into_response()
 }
@@ -479,7 +507,7 @@ struct ConfigQuery {
 
 /// The signed configuration, with `ETag` = serial, `If-None-Match`, and long-polling.
 async fn config(
-    State(app): State<App>,
+    State(app): State<Arc<Registry>>,
     Query(q): Query<ConfigQuery>,
     headers: HeaderMap,
 ) -> ApiResult {

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::citizen::Citizens;
 use crate::federation::{Actor, Registry, internal, now, rfc3339};
 use crate::store::{AuditEntry, Change};
 
@@ -137,24 +138,23 @@ fn without_token(mut a: Authorisation) -> Authorisation {
     a
 }
 
-impl Registry {
+impl Citizens {
     fn authorisation(&self, id: &str) -> Result<Option<Authorisation>, Problem> {
         if !token::is_id(id) {
             return Ok(None);
         }
-        self.get(AUTHORISATION, id)
+        self.registry.get(AUTHORISATION, id)
     }
 
     /// The authorisation ids of `subject` (loaded once from the store, then kept up to date).
     fn authorisation_ids_of(&self, subject: &str) -> Result<Vec<String>, Problem> {
         let mut index = self
-            .caches
             .authorisations
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if index.is_none() {
             let mut by: std::collections::HashMap<String, Vec<String>> = Default::default();
-            for a in self.list::<Authorisation>(AUTHORISATION)? {
+            for a in self.registry.list::<Authorisation>(AUTHORISATION)? {
                 by.entry(a.subject).or_default().push(a.id);
             }
             *index = Some(by);
@@ -197,7 +197,7 @@ impl Registry {
                 serde_json::to_value(r).map_err(internal)?,
             ));
         }
-        self.store.commit(Change {
+        self.registry.store.commit(Change {
             puts,
             audit: vec![AuditEntry {
                 seq: 0,
@@ -213,7 +213,6 @@ impl Registry {
         })?;
         if before.is_none()
             && let Some(index) = self
-                .caches
                 .authorisations
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -226,7 +225,7 @@ impl Registry {
         }
         tracing::info!(actor = by, action, id = %after.id, "authorisation changed");
         if revoked {
-            self.publish().await?;
+            self.registry.publish().await?;
         }
         Ok(())
     }
@@ -256,8 +255,9 @@ impl Registry {
                 "reason: 1 to {MAX_REASON_CHARS} characters, no control characters"
             )));
         }
-        let _w = self.write.lock().await;
+        let _w = self.registry.write.lock().await;
         let contract: Contract = self
+            .registry
             .get(crate::model::kind::CONTRACT, contract_id.as_str())?
             .filter(|c: &Contract| &c.terms.consumer.member == member)
             .ok_or_else(|| {
@@ -350,7 +350,7 @@ impl Registry {
     /// The authorisations a member asked for (every member's for the federation admin, without
     /// their tokens), newest first.
     pub fn authorisations_of_member(&self, actor: &Actor) -> Result<Vec<Authorisation>, Problem> {
-        let all: Vec<Authorisation> = self.list(AUTHORISATION)?;
+        let all: Vec<Authorisation> = self.registry.list(AUTHORISATION)?;
         let mut mine: Vec<Authorisation> = match actor {
             Actor::FederationAdmin => all.into_iter().map(without_token).collect(),
             Actor::MemberAdmin(m) => {
@@ -364,7 +364,7 @@ impl Registry {
 
     /// A person's authorisations: the pending requests and the whole history, newest first,
     /// each in plain words, without tokens.
-    pub fn citizen_authorisations(&self, person: &SubjectId) -> Result<Value, Problem> {
+    pub fn authorisations_of_person(&self, person: &SubjectId) -> Result<Value, Problem> {
         let at = now();
         let mut all: Vec<Authorisation> = self
             .authorisation_ids_of(&person.to_string())?
@@ -398,7 +398,7 @@ impl Registry {
             .consumer_member
             .parse::<MemberId>()
             .ok()
-            .and_then(|m| self.member(&m).ok())
+            .and_then(|m| self.registry.member(&m).ok())
             .map(|m| m.name)
             .unwrap_or_else(|| a.consumer_member.clone());
         json!({
@@ -424,9 +424,11 @@ impl Registry {
     /// The sensitive fields a contract discloses (from the latest service version it covers).
     fn sensitive_fields_of(&self, contract: &str) -> Result<Vec<String>, Problem> {
         let c: Contract = self
+            .registry
             .get(crate::model::kind::CONTRACT, contract)?
             .ok_or_else(|| not_found(contract))?;
         let Some(latest) = self
+            .registry
             .service_versions(&c.terms.provider)?
             .into_iter()
             .rfind(|s| c.terms.versions.contains(s.version))
@@ -434,6 +436,7 @@ impl Registry {
             return Ok(Vec::new());
         };
         Ok(self
+            .registry
             .description(&latest)?
             .classes_disclosed(&c.terms.operations, &c.terms.allowed_fields)
             .into_iter()
@@ -444,13 +447,8 @@ impl Registry {
 
     /// The person named acts on their authorisation: `grant`, `refuse` or `revoke`. Another
     /// person, or an id that does not exist, gets not-found and nothing changes.
-    pub async fn citizen_act(
-        &self,
-        person: &SubjectId,
-        id: &str,
-        action: &str,
-    ) -> Result<Value, Problem> {
-        let _w = self.write.lock().await;
+    pub async fn act(&self, person: &SubjectId, id: &str, action: &str) -> Result<Value, Problem> {
+        let _w = self.registry.write.lock().await;
         let before = self
             .authorisation(id)?
             .filter(|a| a.subject == person.to_string())
@@ -537,6 +535,7 @@ impl Registry {
         at: OffsetDateTime,
     ) -> Result<(String, String), Problem> {
         let contract: Contract = self
+            .registry
             .get(crate::model::kind::CONTRACT, &a.contract)?
             .ok_or_else(|| not_found(&a.contract))?;
         if !contract.is_active(at) {
@@ -546,12 +545,12 @@ impl Registry {
             ));
         }
         let iat = at.unix_timestamp();
-        let exp = (at + self.settings.consent_validity)
+        let exp = (at + self.registry.settings.consent_validity)
             .min(contract.terms.valid_until)
             .unix_timestamp()
             .min(iat + token::MAX_LIFETIME_SECS);
         let claims = Claims {
-            iss: enlace_certs::registry_uri(self.instance()),
+            iss: enlace_certs::registry_uri(self.registry.instance()),
             jti: a.id.clone(),
             sub: a.subject.clone(),
             contract: a.contract.clone(),
@@ -559,7 +558,7 @@ impl Registry {
             iat,
             exp,
         };
-        let signer = self.signer.lock().await;
+        let signer = self.registry.signer.lock().await;
         let der = enlace_certs::certificate_der(signer.certificate())?;
         let t = token::encode(&claims, &der, |m| signer.sign_bytes(m).0);
         if t.len() > token::MAX_TOKEN_BYTES {
@@ -572,25 +571,25 @@ impl Registry {
         let expires = OffsetDateTime::from_unix_timestamp(exp).map_err(internal)?;
         Ok((t, rfc3339(expires)))
     }
+}
 
-    /// The revoked authorisations whose tokens have not expired at `at`, for the signed
-    /// configuration.
-    pub(crate) fn revoked_authorisations(
-        &self,
-        at: OffsetDateTime,
-    ) -> Result<Vec<RevokedAuthorisation>, Problem> {
-        let all: Vec<Revoked> = self.list(REVOKED_AUTHORISATION)?;
-        Ok(all
-            .into_iter()
-            .filter_map(|r| {
-                let expires_at = OffsetDateTime::parse(&r.expires_at, &Rfc3339).ok()?;
-                (expires_at > at).then_some(RevokedAuthorisation {
-                    id: r.id,
-                    expires_at,
-                })
+/// The revoked authorisations whose tokens have not expired at `at`, for the signed
+/// configuration.
+pub(crate) fn revoked_authorisations(
+    registry: &Registry,
+    at: OffsetDateTime,
+) -> Result<Vec<RevokedAuthorisation>, Problem> {
+    let all: Vec<Revoked> = registry.list(REVOKED_AUTHORISATION)?;
+    Ok(all
+        .into_iter()
+        .filter_map(|r| {
+            let expires_at = OffsetDateTime::parse(&r.expires_at, &Rfc3339).ok()?;
+            (expires_at > at).then_some(RevokedAuthorisation {
+                id: r.id,
+                expires_at,
             })
-            .collect())
-    }
+        })
+        .collect())
 }
 
 #[cfg(test)]

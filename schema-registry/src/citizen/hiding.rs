@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::citizen::Citizens;
 use crate::federation::{Actor, Registry, now, rfc3339};
 
 /// The kind of the registry documents holding hidings.
@@ -116,16 +117,17 @@ impl Hiding {
     }
 }
 
-impl Registry {
+impl Citizens {
     /// Hides `subject`'s access records of one contract from the citizen view until a date.
     pub async fn create_hiding(&self, actor: &Actor, req: NewHiding) -> Result<Hiding, Problem> {
-        Self::require_federation_admin(actor)?;
+        Registry::require_federation_admin(actor)?;
         let at = now();
         let (subject, contract, until) = req.check(at)?;
         let legal_reason = text("legal_reason", &req.legal_reason, MAX_REASON_CHARS)?;
         let authority = text("authority", &req.authority, MAX_AUTHORITY_CHARS)?;
-        let _w = self.write.lock().await;
+        let _w = self.registry.write.lock().await;
         if self
+            .registry
             .get::<serde_json::Value>(crate::model::kind::CONTRACT, contract.as_str())?
             .is_none()
         {
@@ -153,6 +155,7 @@ impl Registry {
         let doc = serde_json::to_value(&hiding)
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?;
         let committed = self
+            .registry
             .commit(
                 actor,
                 "access-log.hide",
@@ -162,34 +165,26 @@ impl Registry {
             .await;
         // Reloaded from the store at the next read, whether or not publishing failed after
         // the commit.
-        *self
-            .caches
-            .hidings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
+        *self.hidings.lock().unwrap_or_else(|p| p.into_inner()) = None;
         committed?;
         Ok(hiding)
     }
 
     /// Every hiding, for the federation admin.
     pub fn hidings(&self, actor: &Actor) -> Result<Vec<Hiding>, Problem> {
-        Self::require_federation_admin(actor)?;
-        let mut all: Vec<Hiding> = self.list(HIDING)?;
+        Registry::require_federation_admin(actor)?;
+        let mut all: Vec<Hiding> = self.registry.list(HIDING)?;
         all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(all)
     }
 
     /// The hidings about `subject` (the index is loaded from the store on first use and again
-    /// after each [`Registry::create_hiding`]).
+    /// after each [`Citizens::create_hiding`]).
     pub(crate) fn hidings_of(&self, subject: &str) -> Result<Vec<Hiding>, Problem> {
-        let mut index = self
-            .caches
-            .hidings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut index = self.hidings.lock().unwrap_or_else(|p| p.into_inner());
         if index.is_none() {
             let mut by: std::collections::HashMap<String, Vec<Hiding>> = Default::default();
-            for h in self.list::<Hiding>(HIDING)? {
+            for h in self.registry.list::<Hiding>(HIDING)? {
                 by.entry(h.subject.clone()).or_default().push(h);
             }
             *index = Some(by);

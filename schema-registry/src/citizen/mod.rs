@@ -7,7 +7,8 @@ pub mod hiding;
 pub mod oidc;
 pub mod page;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use enlace_core::access::{REFUSED_PREFIX, SignedAccessRecord};
 use enlace_core::id::{MemberId, SubjectId};
@@ -16,7 +17,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
-use crate::access_log::RecordProof;
+use crate::access_log::{AccessLog, RecordProof};
+use crate::citizen::hiding::Hiding;
 use crate::citizen::oidc::Oidc;
 use crate::federation::Registry;
 
@@ -176,15 +178,37 @@ pub fn sentence(record: &SignedAccessRecord, institution: &str) -> String {
     }
 }
 
-impl Registry {
-    /// Attaches the OpenID Connect state; a second call is ignored.
-    pub fn attach_oidc(&self, oidc: Arc<Oidc>) {
-        let _ = self.oidc.set(oidc);
+/// The citizen side of the registry: people signed in by OpenID Connect reading the records
+/// about them and acting on their authorisations; the authorisations member admins ask them for;
+/// the hidings the federation admin puts on their records. Its documents live in the registry's
+/// store, changed under the registry's write lock with an audit entry; its records in the
+/// access log.
+pub struct Citizens {
+    registry: Arc<Registry>,
+    log: Arc<AccessLog>,
+    /// OpenID Connect, when a citizen API is configured.
+    oidc: Option<Arc<Oidc>>,
+    /// Hidings by person, loaded from the store on first use and again after each new hiding.
+    hidings: Mutex<Option<HashMap<String, Vec<Hiding>>>>,
+    /// Authorisation ids by person, loaded on first use, then kept up to date (every change to
+    /// an authorisation goes through [`Citizens`], under the registry's write lock).
+    authorisations: Mutex<Option<HashMap<String, Vec<String>>>>,
+}
+
+impl Citizens {
+    pub fn new(registry: Arc<Registry>, log: Arc<AccessLog>, oidc: Option<Arc<Oidc>>) -> Citizens {
+        Citizens {
+            registry,
+            log,
+            oidc,
+            hidings: Mutex::new(None),
+            authorisations: Mutex::new(None),
+        }
     }
 
     /// The OpenID Connect state, or not-found when the citizen API is off.
     pub fn oidc(&self) -> Result<&Arc<Oidc>, Problem> {
-        self.oidc.get().ok_or_else(|| {
+        self.oidc.as_ref().ok_or_else(|| {
             Problem::new(
                 ProblemKind::NotFound,
                 "this registry has no citizen API (no OpenID Connect issuer configured)",
@@ -195,7 +219,7 @@ impl Registry {
     /// The person an ID token (`Authorization: Bearer`) speaks for; in ClaveÚnica mode the
     /// access token (`Enlace-Access-Token`) lets the registry read the RUN from the userinfo
     /// endpoint when the ID token does not carry it.
-    pub async fn citizen(
+    pub async fn person(
         &self,
         token: Option<&str>,
         access_token: Option<&str>,
@@ -214,18 +238,14 @@ impl Registry {
         member
             .parse::<MemberId>()
             .ok()
-            .and_then(|m| self.member(&m).ok())
+            .and_then(|m| self.registry.member(&m).ok())
             .map(|m| m.name)
             .unwrap_or_else(|| member.to_string())
     }
 
     /// A page of the records about `subject`, each with its inclusion proof against the latest
     /// signed tree head and its sentence.
-    pub async fn citizen_records(
-        &self,
-        subject: &SubjectId,
-        q: &CitizenQuery,
-    ) -> Result<Value, Problem> {
+    pub async fn records(&self, subject: &SubjectId, q: &CitizenQuery) -> Result<Value, Problem> {
         let (mut filter, page, page_size) = q.filter()?;
         let hidings = self.hidings_of(&subject.to_string())?;
         let now = crate::citizen::hiding::now_utc_seconds();
@@ -234,8 +254,8 @@ impl Registry {
             .filter(|h| h.active_at(&now))
             .map(|h| (h.contract.clone(), h.until.clone()))
             .collect();
-        let head = self.current_tree_head().await?;
-        let log = self.access_log()?.clone();
+        let head = self.log.current_tree_head().await?;
+        let log = self.log.store.clone();
         let size = head.tree_head.tree_size;
         let who = subject.to_string();
         let (rows, total) =
@@ -281,13 +301,13 @@ impl Registry {
     /// The record about `subject` with `message_id` (and `node`, when several nodes logged the
     /// id). Whose record it is, and whether it is hidden, is checked before anything else: another
     /// person's record, or a hidden one, is not found, whatever else is asked.
-    pub(crate) async fn citizen_record(
+    pub(crate) async fn record(
         &self,
         subject: &SubjectId,
         message_id: &str,
         node: Option<&str>,
     ) -> Result<crate::access_log::Found, Problem> {
-        let log = self.access_log()?.clone();
+        let log = self.log.store.clone();
         let (id, n) = (message_id.to_string(), node.map(String::from));
         let found = tokio::task::spawn_blocking(move || log.find(&id, n.as_deref()))
             .await
@@ -319,17 +339,15 @@ impl Registry {
     }
 
     /// A record about `subject` and its inclusion proof; another person's record is not found.
-    pub async fn citizen_record_proof(
+    pub async fn record_proof(
         &self,
         subject: &SubjectId,
         message_id: String,
         node: Option<String>,
         size: Option<u64>,
     ) -> Result<RecordProof, Problem> {
-        let found = self
-            .citizen_record(subject, &message_id, node.as_deref())
-            .await?;
-        self.record_proof(found, size).await
+        let found = self.record(subject, &message_id, node.as_deref()).await?;
+        self.log.record_proof(found, size).await
     }
 }
 

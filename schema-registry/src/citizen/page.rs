@@ -6,14 +6,10 @@
 //! only its own script (`/citizen/app.js`) and style sheet (`/citizen/app.css`); no inline script
 //! or style, nothing from elsewhere. The page keeps the ID token in memory only.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-
-use crate::federation::Registry;
 
 /// The page's Content-Security-Policy.
 pub const CSP: &str = "default-src 'self'; script-src 'self'";
@@ -23,7 +19,7 @@ const APP_JS: &str = include_str!("../../static/citizen/app.js");
 const APP_CSS: &str = include_str!("../../static/citizen/app.css");
 
 /// The page's routes, merged into the registry's router.
-pub(crate) fn routes() -> Router<Arc<Registry>> {
+pub(crate) fn routes() -> Router<crate::api::App> {
     Router::new()
         .route(
             "/citizen",

@@ -93,7 +93,9 @@ impl Registry {
                 .into_iter()
                 .filter(|c| matches!(c.state, ContractState::Approved | ContractState::Revoked))
                 .collect(),
-            revoked_authorisations: self.revoked_authorisations(issued_at)?,
+            revoked_authorisations: crate::citizen::authorisation::revoked_authorisations(
+                self, issued_at,
+            )?,
         })
     }
 }

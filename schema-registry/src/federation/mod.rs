@@ -2,8 +2,10 @@
 //! validating, and committing one change with its audit entry, after which the signed
 //! configuration is reissued. Here: who acts ([`Actor`]), the [`Registry`] itself, its
 //! authentication, storage helpers and audit trail; `members.rs` (members, tokens,
-//! subsystems), `nodes.rs`, `services.rs` (and concepts), `contracts.rs`, and `config.rs` (the
-//! configuration document built from the store).
+//! subsystems), `nodes.rs`, `services.rs` (and concepts), `contracts.rs`, `config.rs` (the
+//! configuration document built from the store), and `publish.rs` (signing and publishing it).
+//! The access log ([`crate::access_log::AccessLog`]) and the citizen side
+//! ([`crate::citizen::Citizens`]) are types of their own over this one.
 
 use std::sync::Arc;
 
@@ -17,14 +19,15 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
+use self::publish::Published;
 use crate::model::{TokenRecord, kind};
-use crate::publish::{self, Published};
 use crate::store::{AuditEntry, Change, Store, StoreError};
 
 mod config;
 mod contracts;
 mod members;
 mod nodes;
+pub(crate) mod publish;
 mod services;
 
 /// Who is calling.
@@ -108,14 +111,13 @@ pub struct Registry {
     pub(crate) settings: Settings,
     pub(crate) published: watch::Sender<Arc<Published>>,
     admin_token_hash: String,
-    /// The access log, attached by [`crate::start`] (absent in a registry built for a test of
-    /// other operations).
-    access_log: std::sync::OnceLock<Arc<crate::access_log::AccessLog>>,
-    /// OpenID Connect for the citizen API, attached by [`crate::start`] when configured.
-    pub(crate) oidc: std::sync::OnceLock<Arc<crate::citizen::oidc::Oidc>>,
-    /// In-memory indexes of the citizen side (hidings, authorisations, signing keys).
-    pub(crate) caches: crate::caches::Caches,
+    /// Told of each configuration before it is signed (the access log keeps the nodes' signing
+    /// certificates from it, see [`crate::access_log::AccessLog::new`]); set once.
+    on_publish: std::sync::OnceLock<PublishHook>,
 }
+
+/// What is told of each configuration the registry issues.
+pub(crate) type PublishHook = Box<dyn Fn(&enlace_core::config::GlobalConfig) + Send + Sync>;
 
 pub fn token_hash(token: &str) -> String {
     enlace_description::sha256_hex(token.as_bytes())
@@ -138,23 +140,21 @@ impl Registry {
             settings,
             published,
             admin_token_hash: token_hash(admin_token),
-            access_log: std::sync::OnceLock::new(),
-            oidc: std::sync::OnceLock::new(),
-            caches: Default::default(),
+            on_publish: std::sync::OnceLock::new(),
         });
         Ok(reg)
     }
 
-    /// Attaches the access log; a second call is ignored.
-    pub fn attach_access_log(&self, log: Arc<crate::access_log::AccessLog>) {
-        let _ = self.access_log.set(log);
+    /// Sets what is told of each configuration before it is signed; a second call is ignored.
+    pub(crate) fn on_publish(&self, hook: PublishHook) {
+        let _ = self.on_publish.set(hook);
     }
 
-    /// The access log, or a problem when none is attached.
-    pub fn access_log(&self) -> Result<&Arc<crate::access_log::AccessLog>, Problem> {
-        self.access_log
-            .get()
-            .ok_or_else(|| Problem::new(ProblemKind::NotFound, "this registry keeps no access log"))
+    /// Tells the hook of a configuration about to be signed.
+    pub(crate) fn publishing(&self, config: &enlace_core::config::GlobalConfig) {
+        if let Some(hook) = self.on_publish.get() {
+            hook(config);
+        }
     }
 
     pub fn instance(&self) -> &Instance {

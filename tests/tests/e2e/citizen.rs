@@ -378,7 +378,7 @@ async fn bad_id_tokens_are_refused() {
     use enlace_registry::citizen::oidc::{DEFAULT_AUDIENCE, sign_jwt};
     use serde_json::json;
     let f = TestFederation::start().await;
-    let oidc = f.registry.running.registry.oidc().unwrap().clone();
+    let oidc = f.registry.running.citizens.oidc().unwrap().clone();
     let dev = oidc.dev.as_ref().unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = |iss: &str, aud: &str, iat: i64, exp: i64| json!({"iss": iss, "aud": aud, "sub": demo::PERSON, "iat": iat, "exp": exp});

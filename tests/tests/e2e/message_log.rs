@@ -159,7 +159,7 @@ async fn logs_hold_every_exchange_verify_and_catch_one_altered_byte() {
     );
 
     // Stopping anchors each node's final head in the registry.
-    let registry = f.registry.running.registry.clone();
+    let access_log = f.registry.running.access_log.clone();
     let TestFederation {
         registry: reg,
         provider,
@@ -168,7 +168,7 @@ async fn logs_hold_every_exchange_verify_and_catch_one_altered_byte() {
     } = f;
     consumer.stop().await;
     provider.stop().await;
-    let heads = registry
+    let heads = access_log
         .log_heads(&demo::CONSUMER_NODE.parse().unwrap())
         .unwrap();
     assert!(!heads.is_empty(), "the consumer node anchored its head");

@@ -107,7 +107,7 @@ impl Registry {
             .unwrap_or(0)
             + 1;
         let config = self.config_body(serial, issued_at)?;
-        self.remember_signing_certificates(&config);
+        self.publishing(&config);
         let signed = signer.sign(&config)?;
         let crl = config.crl.clone();
         let body = serde_json::to_vec(&signed)
