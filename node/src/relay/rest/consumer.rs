@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use enlace_core::config::NodeEntry;
-use enlace_core::id::{ServiceId, ServiceVersion, SubsystemId};
+use enlace_core::config::{NodeEntry, ServiceEntry};
+use enlace_core::id::SubsystemId;
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
@@ -85,22 +85,11 @@ async fn run(
     req: Request<Incoming>,
     trace: &mut Trace,
 ) -> Result<Response<Body>, Problem> {
-    let limits = &node.settings.raw.limits;
     let (parts, body) = req.into_parts();
-    context::check_header_section(&parts.headers, limits.max_header_bytes)?;
-    let (client, log_bodies) = authenticate_backend(node, &parts.headers, &parts.extensions)?;
-    trace.client = Some(client.clone());
-    within_rate(node, &client)?;
-    let target = read_target(&parts.uri)?;
-    trace.service = target.service.to_string();
-    let ctx = read_context(&parts.headers, &client)?;
-    trace.context = Some(ctx.clone());
-    let body = read_body(body, limits.max_body_bytes).await?;
+    let (target, ctx, log_bodies) = admit_caller(node, &parts, trace)?;
+    let body = read_body(body, node.settings.raw.limits.max_body_bytes).await?;
     let snap = node.snapshot()?;
-    let (entry, provider) = resolve_provider(&snap, &target)?;
-    trace.service = format!("{}/{}", entry.id, entry.version);
-    trace.peer = Some(provider.id.to_string());
-    check_contract(&snap, &ctx, &entry.id, entry.version)?;
+    let (entry, provider) = resolve(&snap, &target, &ctx, trace)?;
     // The operation is matched here for its header parameters; whether the contract allows it
     // the provider node decides, so that an attempt outside the contract reaches the access
     // log of the person it names.
@@ -110,28 +99,58 @@ async fn run(
         .operation_id(&matched)
         .unwrap_or_default()
         .to_string();
-    let (outbound, sent_headers) = sign_request(
-        node,
-        &parts,
-        &target,
-        &entry.id,
-        entry.version,
-        &ctx,
-        &trace.message_id,
-        &provider.address,
-        &compiled.header_params(&matched),
-        body.clone(),
-    )?;
-    let sent = Sent {
-        method: outbound.method().clone(),
-        uri: outbound.uri().clone(),
-        headers: sent_headers,
+    let to = Destination {
+        entry,
+        address: &provider.address,
+        message_id: &trace.message_id,
     };
+    let declared = compiled.header_params(&matched);
+    let (outbound, sent) = sign_request(node, &parts, &target, &ctx, to, &declared, body.clone())?;
     let logged_body = log_bodies.then(|| body.to_vec());
     let resp = send_logged(node, trace, outbound, &sent, provider, logged_body).await?;
     let (rparts, rbody) = verify_response(node, &snap, &sent, provider, resp).await?;
     log_response(node, trace, &sent, &rparts, &rbody, log_bodies).await?;
     Ok(answer_backend(&rparts, rbody, &trace.message_id))
+}
+
+/// Admits the backend's request: a bounded header section, an authenticated client within its
+/// rate (and whether its subsystem logs bodies), the target it names, its context.
+fn admit_caller(
+    node: &Node,
+    parts: &http::request::Parts,
+    trace: &mut Trace,
+) -> Result<(Target, Context, bool), Problem> {
+    context::check_header_section(&parts.headers, node.settings.raw.limits.max_header_bytes)?;
+    let (client, log_bodies) = authenticate_backend(node, &parts.headers, &parts.extensions)?;
+    trace.client = Some(client.clone());
+    within_rate(node, &client)?;
+    let target = read_target(&parts.uri)?;
+    trace.service = target.service.to_string();
+    let ctx = read_context(&parts.headers, &client)?;
+    trace.context = Some(ctx.clone());
+    Ok((target, ctx, log_bodies))
+}
+
+/// The service version and its provider node in the configuration, and a contract in force
+/// for the client (fail fast: the provider node checks it again).
+fn resolve<'a>(
+    snap: &'a Snapshot,
+    target: &Target,
+    ctx: &Context,
+    trace: &mut Trace,
+) -> Result<(&'a ServiceEntry, &'a NodeEntry), Problem> {
+    let (entry, provider) = resolve_provider(snap, target)?;
+    trace.service = format!("{}/{}", entry.id, entry.version);
+    trace.peer = Some(provider.id.to_string());
+    check_contract(snap, ctx, &entry.id, entry.version)?;
+    Ok((entry, provider))
+}
+
+/// Where a request goes: the service version, its provider node's address, the message id.
+struct Destination<'a> {
+    entry: &'a ServiceEntry,
+    address: &'a str,
+    message_id: &'a str,
 }
 
 /// The request as it went to the provider node, which its response is bound to.
@@ -294,19 +313,16 @@ fn problem_of(headers: &HeaderMap, body: &Bytes) -> Option<Problem> {
 /// Builds the request to the provider node: only the Enlace context, the content type and
 /// accept headers, and the header parameters the operation describes go on (no cookies, no
 /// credentials, no hop-by-hop headers), then signs it, covering all of them.
-#[allow(clippy::too_many_arguments)]
 fn sign_request(
     node: &Node,
     parts: &http::request::Parts,
     target: &Target,
-    service: &ServiceId,
-    version: ServiceVersion,
     ctx: &Context,
-    message_id: &str,
-    address: &str,
+    to: Destination<'_>,
     declared: &[&str],
     body: Bytes,
-) -> Result<(Request<Body>, HeaderMap), Problem> {
+) -> Result<(Request<Body>, Sent), Problem> {
+    let (service, version, address) = (&to.entry.id, to.entry.version, to.address);
     let path_and_query = match &target.query {
         Some(q) => format!(
             "{RELAY_PREFIX}{service}/v{}{}?{q}",
@@ -346,7 +362,7 @@ fn sign_request(
         headers.insert(name, v);
         Ok(())
     };
-    put(&mut headers, context::MESSAGE_ID, message_id)?;
+    put(&mut headers, context::MESSAGE_ID, to.message_id)?;
     put(
         &mut headers,
         context::SERVICE,
@@ -368,10 +384,17 @@ fn sign_request(
     put(&mut headers, signature::SIGNATURE_INPUT, &input)?;
     put(&mut headers, signature::SIGNATURE, &sig)?;
     let mut out = Request::new(Full::new(body));
-    *out.method_mut() = method;
-    *out.uri_mut() = uri;
+    *out.method_mut() = method.clone();
+    *out.uri_mut() = uri.clone();
     *out.headers_mut() = headers.clone();
-    Ok((out, headers))
+    Ok((
+        out,
+        Sent {
+            method,
+            uri,
+            headers,
+        },
+    ))
 }
 
 #[cfg(test)]
