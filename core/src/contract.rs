@@ -223,6 +223,71 @@ pub struct Contract {
 }
 
 impl Contract {
+    /// Whether the contract admits a call by `client` to `service` `version` at `now`: not
+    /// revoked (nor anything but approved), in force, binding this client to this service, and
+    /// covering the version. The decision both nodes make, the provider node's being the one
+    /// that counts; pure, so the caller brings the contract from its configuration and its own
+    /// time.
+    pub fn admits(
+        &self,
+        client: &SubsystemId,
+        service: &ServiceId,
+        version: ServiceVersion,
+        now: OffsetDateTime,
+    ) -> Result<(), Problem> {
+        let id = &self.id;
+        let missing = |detail: String| Err(Problem::new(ProblemKind::ContractMissing, detail));
+        match self.state {
+            ContractState::Approved => {}
+            ContractState::Revoked => {
+                return Err(Problem::new(
+                    ProblemKind::ContractRevoked,
+                    format!(
+                        "contract {id} was revoked: {}",
+                        self.reason.as_deref().unwrap_or("no reason given")
+                    ),
+                ));
+            }
+            _ => return missing(format!("contract {id} is not approved")),
+        }
+        if now >= self.terms.valid_until {
+            return Err(Problem::new(
+                ProblemKind::ContractExpired,
+                format!(
+                    "contract {id} expired at {}",
+                    crate::rfc3339(self.terms.valid_until)
+                ),
+            ));
+        }
+        if now < self.terms.valid_from {
+            return missing(format!(
+                "contract {id} is valid only from {}",
+                self.terms.valid_from
+            ));
+        }
+        if &self.terms.consumer != client || &self.terms.provider != service {
+            return missing(format!(
+                "contract {id} does not let {client} call {service}"
+            ));
+        }
+        if !self.terms.versions.contains(version) {
+            return missing(format!("contract {id} does not cover {service} {version}"));
+        }
+        Ok(())
+    }
+
+    /// Whether the contract names `operation` (an OpenAPI operation id or a gRPC method's full
+    /// name).
+    pub fn allows_operation(&self, operation: &str) -> Result<(), Problem> {
+        if self.terms.operations.iter().any(|o| o == operation) {
+            return Ok(());
+        }
+        Err(Problem::new(
+            ProblemKind::ContractMissing,
+            format!("contract {} does not allow operation {operation}", self.id),
+        ))
+    }
+
     /// Whether the contract can be used at `now`.
     pub fn is_active(&self, now: OffsetDateTime) -> bool {
         self.state == ContractState::Approved

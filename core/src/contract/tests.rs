@@ -1,4 +1,5 @@
-//! The contract state machine: every (state, action, party) combination.
+//! The contract state machine: every (state, action, party) combination; and the decision
+//! whether a contract admits a call.
 
 use super::*;
 use time::macros::datetime;
@@ -159,4 +160,67 @@ fn contract_actions_refuse_unknown_members() {
             "{body} accepted"
         );
     }
+}
+
+#[test]
+fn a_contract_admits_only_its_client_service_versions_and_period() {
+    let c = contract(ContractState::Approved);
+    let client: SubsystemId = "CL-DEV/GOV/60803000-K/renta".parse().unwrap();
+    let service: ServiceId = "CL-DEV/GOV/61002000-3/registro-civil/personas"
+        .parse()
+        .unwrap();
+    let v1: ServiceVersion = "v1.2".parse().unwrap();
+    let in_force = datetime!(2026-06-01 0:00 UTC);
+    let kind = |r: Result<(), Problem>| r.err().map(|p| p.kind);
+    assert_eq!(kind(c.admits(&client, &service, v1, in_force)), None);
+
+    let other_client: SubsystemId = "CL-DEV/GOV/60803000-K/otro".parse().unwrap();
+    let other_service: ServiceId = "CL-DEV/GOV/61002000-3/registro-civil/otro".parse().unwrap();
+    let v2: ServiceVersion = "v2.0".parse().unwrap();
+    let missing = Some(ProblemKind::ContractMissing);
+    assert_eq!(
+        kind(c.admits(&other_client, &service, v1, in_force)),
+        missing
+    );
+    assert_eq!(
+        kind(c.admits(&client, &other_service, v1, in_force)),
+        missing
+    );
+    assert_eq!(kind(c.admits(&client, &service, v2, in_force)), missing);
+    // Valid from its first instant, not at its last.
+    assert_eq!(
+        kind(c.admits(&client, &service, v1, datetime!(2025-12-31 23:59:59 UTC))),
+        missing
+    );
+    assert_eq!(
+        kind(c.admits(&client, &service, v1, datetime!(2026-01-01 0:00 UTC))),
+        None
+    );
+    assert_eq!(
+        kind(c.admits(&client, &service, v1, datetime!(2027-01-01 0:00 UTC))),
+        Some(ProblemKind::ContractExpired)
+    );
+
+    let mut revoked = contract(ContractState::Revoked);
+    revoked.reason = Some("fraude".into());
+    let p = revoked.admits(&client, &service, v1, in_force).unwrap_err();
+    assert_eq!(p.kind, ProblemKind::ContractRevoked);
+    assert!(p.detail.ends_with("was revoked: fraude"), "{}", p.detail);
+    for state in [
+        ContractState::Proposed,
+        ContractState::Refused,
+        ContractState::Withdrawn,
+    ] {
+        assert_eq!(
+            kind(contract(state).admits(&client, &service, v1, in_force)),
+            missing,
+            "{state:?}"
+        );
+    }
+
+    assert!(c.allows_operation("getPerson").is_ok());
+    assert_eq!(
+        c.allows_operation("deletePerson").unwrap_err().kind,
+        ProblemKind::ContractMissing
+    );
 }

@@ -1,5 +1,7 @@
-//! Whether the contract lets this call through: it exists, binds this client to this
-//! service and version, is active, names the operation, and has volume left.
+//! Whether the contract lets this call through: it is in the configuration, the client is an
+//! approved subsystem, the contract admits the call (the pure decision,
+//! `enlace_core::contract::Contract::admits`, with `allows_operation` for the operation), the
+//! person is named where it is required, and volume is left.
 
 use enlace_core::contract::Contract;
 use enlace_core::id::{ServiceId, ServiceVersion};
@@ -27,7 +29,6 @@ pub(crate) fn check_contract<'a>(
             ),
         ));
     };
-    let now = time::OffsetDateTime::now_utc();
     let contract = snap.contract(id).ok_or_else(|| {
         Problem::new(
             ProblemKind::ContractMissing,
@@ -43,45 +44,12 @@ pub(crate) fn check_contract<'a>(
             ),
         ));
     }
-    if contract.state == enlace_core::contract::ContractState::Revoked {
-        return Err(Problem::new(
-            ProblemKind::ContractRevoked,
-            format!(
-                "contract {id} was revoked: {}",
-                contract.reason.as_deref().unwrap_or("no reason given")
-            ),
-        ));
-    }
-    if now >= contract.terms.valid_until {
-        return Err(Problem::new(
-            ProblemKind::ContractExpired,
-            format!(
-                "contract {id} expired at {}",
-                enlace_core::rfc3339(contract.terms.valid_until)
-            ),
-        ));
-    }
-    if now < contract.terms.valid_from {
-        return Err(Problem::new(
-            ProblemKind::ContractMissing,
-            format!(
-                "contract {id} is valid only from {}",
-                contract.terms.valid_from
-            ),
-        ));
-    }
-    if contract.terms.consumer != ctx.client || &contract.terms.provider != service {
-        return Err(Problem::new(
-            ProblemKind::ContractMissing,
-            format!("contract {id} does not let {} call {service}", ctx.client),
-        ));
-    }
-    if !contract.terms.versions.contains(version) {
-        return Err(Problem::new(
-            ProblemKind::ContractMissing,
-            format!("contract {id} does not cover {service} {version}"),
-        ));
-    }
+    contract.admits(
+        &ctx.client,
+        service,
+        version,
+        time::OffsetDateTime::now_utc(),
+    )?;
     if contract.terms.subject_required && ctx.subject.is_none() {
         return Err(Problem::new(
             ProblemKind::InvalidRequest,
@@ -92,20 +60,6 @@ pub(crate) fn check_contract<'a>(
         ));
     }
     Ok(contract)
-}
-
-/// The operation must be one the contract names (the provider checks it again).
-pub(crate) fn check_operation(contract: &Contract, operation: &str) -> Result<(), Problem> {
-    if contract.terms.operations.iter().any(|o| o == operation) {
-        return Ok(());
-    }
-    Err(Problem::new(
-        ProblemKind::ContractMissing,
-        format!(
-            "contract {} does not allow operation {operation}",
-            contract.id
-        ),
-    ))
 }
 
 /// Volume and single use, counted only once every other check has passed. Returns what to

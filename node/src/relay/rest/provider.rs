@@ -282,7 +282,7 @@ fn check_request<'c>(
         .unwrap_or_default()
         .to_string();
     trace.operation = operation.clone();
-    crate::relay::exchange::contract::check_operation(contract, &operation)?;
+    contract.allows_operation(&operation)?;
     let declared =
         covered_header_params(&compiled.header_params(&matched), &parts.headers, verified)?;
     validate_request(compiled, &matched, asked.target, parts, asked.body)?;

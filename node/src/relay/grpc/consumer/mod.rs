@@ -36,7 +36,7 @@ use super::{
 use crate::net::{RelayBody, body_channel, read_body};
 use crate::relay::exchange::backend::{authenticate_backend, within_rate};
 use crate::relay::exchange::context::{self, Context, read_context};
-use crate::relay::exchange::contract::{check_contract, check_operation};
+use crate::relay::exchange::contract::check_contract;
 use crate::relay::exchange::log_record::{About, context_record, set_target};
 use crate::relay::{Node, Snapshot};
 use enlace_httpsig as signature;
@@ -395,7 +395,7 @@ fn resolve<'a>(
     let provider = provider_node(snap, entry)?;
     trace.peer = Some(provider.id.to_string());
     let contract = check_contract(snap, ctx, &entry.id, entry.version)?;
-    check_operation(contract, &trace.operation)?;
+    contract.allows_operation(&trace.operation)?;
     Ok((entry, provider))
 }
 

@@ -43,7 +43,7 @@ use super::{
 use crate::net::{BodySender, RelayBody, body_channel, read_body};
 use crate::relay::exchange::access_record;
 use crate::relay::exchange::context::{self, Context};
-use crate::relay::exchange::contract::{admit, check_contract, check_operation};
+use crate::relay::exchange::contract::{admit, check_contract};
 use crate::relay::exchange::log_record::{
     About, context_record, keep_request_signature, set_target,
 };
@@ -324,7 +324,7 @@ fn authorise<'s>(
     at.node.check_replay(&at.message_id)?;
     let contract = check_contract(at.snap, &at.ctx, &at.entry.id, at.entry.version)?;
     check_encoding(&at.req.headers)?;
-    check_operation(contract, &at.method.full_name)?;
+    contract.allows_operation(&at.method.full_name)?;
     let custom = metadata::custom(&at.req.headers)
         .map_err(|d| Problem::new(ProblemKind::InvalidRequest, d).caused_by(Culprit::PeerNode))?;
     let received = match (whole, body) {
