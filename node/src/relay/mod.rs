@@ -222,10 +222,6 @@ impl Node {
         Ok(())
     }
 
-    /// The Ed25519 keys a peer may sign with: its current signing certificate's and, while it
-    /// rolls its key over, those of its previous ones the configuration still lists; each
-    /// verified against the federation CA and CRL of this configuration, and used only while
-    /// its certificate is valid. The current key comes first; never empty.
     /// The signing keys of the one node a signature must come from, `expected` (`who` says
     /// which node that is, for the refusal): a signature by any other node is refused,
     /// whatever its keys.
@@ -245,6 +241,10 @@ impl Node {
         self.peer_keys(snap, keyid)
     }
 
+    /// The Ed25519 keys a peer may sign with: its current signing certificate's and, while it
+    /// rolls its key over, those of its previous ones the configuration still lists; each
+    /// verified against the federation CA and CRL of this configuration, and used only while
+    /// its certificate is valid. The current key comes first; never empty.
     pub(crate) fn peer_keys(&self, snap: &Snapshot, keyid: &str) -> Result<Vec<Vec<u8>>, Problem> {
         let node: NodeId = keyid
             .parse()

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use enlace_core::id::NodeId;
@@ -14,11 +13,10 @@ use enlace_core::problem::{Problem, ProblemKind};
 use serde::Deserialize;
 
 use super::{
-    ApiError, ApiResult, App, access_token, actor, bearer, content_type, json_body, json_response,
-    no_route, read_body, required, split_id,
+    ApiResult, App, access_token, actor, bearer, content_type, json_body, json_response, no_route,
+    read_body, required, split_id,
 };
 use crate::access_log::AccessLog;
-use crate::citizen::Citizens;
 use crate::federation::Actor;
 
 // ---- the access log ----
@@ -70,33 +68,29 @@ pub(super) struct InclusionQuery {
     size: Option<u64>,
 }
 
-/// Who reads a record: an admin (bearer token) or the person (OpenID Connect ID token). A
-/// handler takes `Result<Reader, ApiError>` and answers the refusal after checking its query.
-pub(super) enum Reader {
+/// Who reads a record: an admin (bearer token) or the person (OpenID Connect ID token).
+enum Reader {
     Admin(Actor),
     Person(enlace_core::id::SubjectId),
 }
 
-impl FromRequestParts<App> for Reader {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
-        let headers = &parts.headers;
-        match actor(&app.registry, headers) {
-            Ok(who) => Ok(Reader::Admin(who)),
-            // An ID token: the person reads the records about them, and only those.
-            Err(_)
-                if bearer(headers).is_some_and(|t| t.contains('.'))
-                    && app.citizens.oidc().is_ok() =>
-            {
-                let person = app
-                    .citizens
-                    .person(bearer(headers), access_token(headers))
-                    .await?;
-                Ok(Reader::Person(person))
-            }
-            Err(p) => Err(p.into()),
+/// The reader, once the query is known to be well-formed. Not an extractor on purpose: checking
+/// a person's ID token may cost the issuer's keys or, with ClaveÚnica, a call to its userinfo
+/// endpoint, which a malformed request must not be able to cause.
+async fn reader(app: &App, headers: &HeaderMap) -> Result<Reader, Problem> {
+    match actor(&app.registry, headers) {
+        Ok(who) => Ok(Reader::Admin(who)),
+        // An ID token: the person reads the records about them, and only those.
+        Err(_)
+            if bearer(headers).is_some_and(|t| t.contains('.')) && app.citizens.oidc().is_ok() =>
+        {
+            let person = app
+                .citizens
+                .person(bearer(headers), access_token(headers))
+                .await?;
+            Ok(Reader::Person(person))
         }
+        Err(p) => Err(p),
     }
 }
 
@@ -108,14 +102,14 @@ fn node_param(node: Option<String>) -> Result<Option<String>, Problem> {
 }
 
 pub(super) async fn inclusion_proof(
-    State(log): State<Arc<AccessLog>>,
-    State(citizens): State<Arc<Citizens>>,
+    State(app): State<App>,
     Query(q): Query<InclusionQuery>,
-    reader: Result<Reader, ApiError>,
+    headers: HeaderMap,
 ) -> ApiResult {
     let message_id = required("message_id", q.message_id)?;
     let node = node_param(q.node)?;
-    let proof = match reader? {
+    let (log, citizens) = (&app.access_log, &app.citizens);
+    let proof = match reader(&app, &headers).await? {
         Reader::Person(person) => {
             citizens
                 .record_proof(&person, message_id, node, q.size)
@@ -131,14 +125,14 @@ pub(super) async fn inclusion_proof(
 
 /// A record's evidence for offline checking (see [`crate::access_log::evidence`]), for whoever may read it.
 pub(super) async fn access_evidence(
-    State(log): State<Arc<AccessLog>>,
-    State(citizens): State<Arc<Citizens>>,
+    State(app): State<App>,
     Query(q): Query<InclusionQuery>,
-    reader: Result<Reader, ApiError>,
+    headers: HeaderMap,
 ) -> ApiResult {
     let message_id = required("message_id", q.message_id)?;
     let node = node_param(q.node)?;
-    let found = match reader? {
+    let (log, citizens) = (&app.access_log, &app.citizens);
+    let found = match reader(&app, &headers).await? {
         Reader::Person(person) => {
             citizens
                 .record(&person, &message_id, node.as_deref())

@@ -737,3 +737,59 @@ async fn a_records_saved_evidence_verifies_offline_and_fails_when_altered() {
             .is_err()
     );
 }
+
+/// Checking a person's ID token may cost a call to the issuer (its keys; with ClaveÚnica, its
+/// userinfo endpoint). A request to the access log's proof or evidence routes whose query is
+/// malformed is refused before the token is looked at, so that it cannot make the registry
+/// call out; a well-formed one is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_record_query_never_makes_the_registry_call_the_issuer() {
+    use enlace_registry::citizen::oidc::{DEFAULT_AUDIENCE, sign_jwt};
+    use serde_json::json;
+    // An issuer where nothing listens: every look at its keys fails, and is counted.
+    let issuer = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = enlace_tests::registry_config(dir.path());
+    cfg.oidc.dev_issuer = false;
+    cfg.oidc.issuer = Some(issuer.clone());
+    let running = enlace_registry::start(&cfg).await.unwrap();
+    let r = enlace_tests::TestRegistry {
+        url: format!("http://{}", running.addr),
+        running,
+        dir,
+        http: reqwest::Client::new(),
+    };
+    let key = enlace_certs::SigningKey::generate().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let token = sign_jwt(
+        &json!({"alg": "EdDSA", "typ": "JWT", "kid": "a"}),
+        &json!({"iss": issuer, "aud": DEFAULT_AUDIENCE, "sub": demo::PERSON, "iat": now, "exp": now + 300}),
+        |m| key.sign(m),
+    );
+    let oidc = r.running.citizens.oidc().unwrap().clone();
+    for path in ["/v1/access-log/proof/inclusion", "/v1/access-log/evidence"] {
+        r.get(path, Some(&token))
+            .await
+            .problem("invalid-request", 400);
+        r.get(
+            &format!("{path}?message_id=x&node=not-a-node"),
+            Some(&token),
+        )
+        .await
+        .problem("invalid-identifier", 400);
+    }
+    assert_eq!(oidc.fetches(), 0, "a malformed query called the issuer");
+    // A well-formed one does look at the token (and so the issuer): the count is not stuck.
+    let id = "0190f3a2-0000-7000-8000-000000000000";
+    r.get(
+        &format!("/v1/access-log/proof/inclusion?message_id={id}"),
+        Some(&token),
+    )
+    .await
+    .problem("peer-unreachable", 502);
+    assert_eq!(oidc.fetches(), 1);
+    r.running.stop().await;
+}

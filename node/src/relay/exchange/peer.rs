@@ -1,6 +1,8 @@
 //! Who the calling peer node is: its message id, that it is the node of the client's member,
 //! and that its signature verifies.
 
+use std::sync::Arc;
+
 use enlace_core::id::NodeId;
 use enlace_core::problem::{Culprit, Problem, ProblemKind};
 use http::HeaderMap;
@@ -32,6 +34,26 @@ pub(crate) fn read_message_id(headers: &HeaderMap) -> Result<String, Problem> {
         ));
     }
     Ok(id)
+}
+
+/// Admits a peer node's call: a bounded header section, its message id and context (each noted
+/// in `seen` as soon as it is read, for the log record of a refusal), the configuration it is
+/// judged by, and a TLS peer that is an approved node of the member the context names as the
+/// client. Answers the message id, the context and the configuration.
+pub(crate) fn admit_peer(
+    node: &Node,
+    headers: &HeaderMap,
+    peer: &NodeId,
+    seen: (&mut Option<String>, &mut Option<Context>),
+) -> Result<(String, Context, Arc<Snapshot>), Problem> {
+    context::check_header_section(headers, node.settings.raw.limits.max_header_bytes)?;
+    let message_id = read_message_id(headers)?;
+    *seen.0 = Some(message_id.clone());
+    let ctx = Context::read(headers)?;
+    *seen.1 = Some(ctx.clone());
+    let snap = node.snapshot()?;
+    verify_peer(&snap, peer, &ctx)?;
+    Ok((message_id, ctx, snap))
 }
 
 /// The TLS peer must be an approved, unrevoked node of the member the client belongs to: a

@@ -24,9 +24,7 @@ use crate::relay::exchange::contract::{admit, check_contract};
 use crate::relay::exchange::log_record::{
     About, context_record, fill_signature, keep_request_signature, set_target,
 };
-use crate::relay::exchange::peer::{
-    covered_header_params, read_message_id, verify_peer, verify_signature,
-};
+use crate::relay::exchange::peer::{admit_peer, covered_header_params, verify_signature};
 use crate::relay::exchange::resolve::resolve_service;
 use crate::relay::exchange::subject::bind_subject;
 use crate::relay::exchange::target::{Target, read_target};
@@ -183,7 +181,8 @@ async fn run(
     peer: &NodeId,
     trace: &mut Trace,
 ) -> Result<Response<Body>, Problem> {
-    let (message_id, ctx, snap) = admit_peer(node, parts, peer, trace)?;
+    let seen = (&mut trace.message_id, &mut trace.context);
+    let (message_id, ctx, snap) = admit_peer(node, &parts.headers, peer, seen)?;
     let verified = verify_signature(node, &snap, parts, &body, peer)?;
     node.check_replay(&message_id)?;
     let target = read_target(&parts.uri)?;
@@ -219,25 +218,6 @@ async fn run(
     )
     .await?;
     respond(node, &admitted, (entry, contract), minimised).await
-}
-
-/// Admits the peer node's call: a bounded header section, its message id and context, the
-/// configuration it is judged by, and a TLS peer that is an approved node of the member the
-/// context names as the client.
-fn admit_peer(
-    node: &Node,
-    parts: &http::request::Parts,
-    peer: &NodeId,
-    trace: &mut Trace,
-) -> Result<(String, Context, Arc<Snapshot>), Problem> {
-    context::check_header_section(&parts.headers, node.settings.raw.limits.max_header_bytes)?;
-    let message_id = read_message_id(&parts.headers)?;
-    trace.message_id = Some(message_id.clone());
-    let ctx = Context::read(&parts.headers)?;
-    trace.context = Some(ctx.clone());
-    let snap = node.snapshot()?;
-    verify_peer(&snap, peer, &ctx)?;
-    Ok((message_id, ctx, snap))
 }
 
 /// The service version called and its REST backend on this node (whether the subsystem logs

@@ -47,7 +47,7 @@ use crate::relay::exchange::contract::{admit, check_contract};
 use crate::relay::exchange::log_record::{
     About, context_record, keep_request_signature, set_target,
 };
-use crate::relay::exchange::peer::{read_message_id, verify_peer};
+use crate::relay::exchange::peer::admit_peer;
 use crate::relay::exchange::resolve::resolve_service;
 use crate::relay::exchange::subject;
 use crate::relay::exchange::target::{Target, read_grpc_target};
@@ -192,7 +192,9 @@ async fn exchange(
     trace: &mut Trace,
 ) -> Result<(), Problem> {
     let started = Instant::now();
-    let (message_id, ctx, snap) = admit_peer(node, req, peer, trace)?;
+    let seen = (&mut trace.message_id, &mut trace.context);
+    let (message_id, ctx, snap) = admit_peer(node, &req.headers, peer, seen)?;
+    wire::check_content_type(content_type(&req.headers))?;
     let target = read_grpc_target(&req.uri)?;
     let (entry, backend_addr, log_bodies) = resolve(node, &snap, req, &target, trace)?;
     let clock = Clock::new(started, read_timeout(&req.headers)?, idle_timeout(node));
@@ -230,26 +232,6 @@ async fn exchange(
     check_backend_head(&bparts)?;
     let call = Call::of(at, contract, trace).await?;
     relay_response(call, bparts.headers, bbody, &clock, pump, reply, log_bodies).await
-}
-
-/// Admits the peer node's call: a bounded header section, its message id and context, the
-/// configuration it is judged by, a TLS peer that is an approved node of the member the context
-/// names as the client, a gRPC content type.
-fn admit_peer(
-    node: &Node,
-    req: &Bound,
-    peer: &NodeId,
-    trace: &mut Trace,
-) -> Result<(String, Context, Arc<Snapshot>), Problem> {
-    context::check_header_section(&req.headers, node.settings.raw.limits.max_header_bytes)?;
-    let message_id = read_message_id(&req.headers)?;
-    trace.message_id = Some(message_id.clone());
-    let ctx = Context::read(&req.headers)?;
-    trace.context = Some(ctx.clone());
-    let snap = node.snapshot()?;
-    verify_peer(&snap, peer, &ctx)?;
-    wire::check_content_type(content_type(&req.headers))?;
-    Ok((message_id, ctx, snap))
 }
 
 /// The service version called and its gRPC backend on this node: its h2c address and whether
