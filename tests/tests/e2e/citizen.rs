@@ -615,13 +615,7 @@ async fn in_clave_unica_mode_the_run_comes_from_rol_unico() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = enlace_tests::registry_config(dir.path());
     cfg.oidc.subject_from = enlace_registry::citizen::oidc::SubjectFrom::ClaveUnica;
-    let running = enlace_registry::start(&cfg).await.unwrap();
-    let r = enlace_tests::TestRegistry {
-        url: format!("http://{}", running.addr),
-        running,
-        dir,
-        http: reqwest::Client::new(),
-    };
+    let r = enlace_tests::start_registry_configured(dir, cfg).await;
     let tokens = r
         .post(
             "/oidc/dev/token",
@@ -755,13 +749,7 @@ async fn a_malformed_record_query_never_makes_the_registry_call_the_issuer() {
     let mut cfg = enlace_tests::registry_config(dir.path());
     cfg.oidc.dev_issuer = false;
     cfg.oidc.issuer = Some(issuer.clone());
-    let running = enlace_registry::start(&cfg).await.unwrap();
-    let r = enlace_tests::TestRegistry {
-        url: format!("http://{}", running.addr),
-        running,
-        dir,
-        http: reqwest::Client::new(),
-    };
+    let r = enlace_tests::start_registry_configured(dir, cfg).await;
     let key = enlace_certs::SigningKey::generate().unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let token = sign_jwt(
