@@ -221,23 +221,33 @@ impl AccessLog {
         message_id: &str,
         node: Option<&str>,
     ) -> Result<Found, Problem> {
+        self.find_one(message_id, node, |f| match actor {
+            Actor::FederationAdmin => true,
+            Actor::MemberAdmin(m) => {
+                m.to_string() == f.record.record.consumer_member
+                    || f.record
+                        .record
+                        .provider_service
+                        .parse::<ServiceId>()
+                        .is_ok_and(|s| s.member() == m)
+            }
+        })
+        .await
+    }
+
+    /// The one record with `message_id` (narrowed to `node`'s if given) that `may_read` lets the
+    /// caller see: none is not found, whatever else exists; several (the id logged by several
+    /// nodes) must be told apart with `node`.
+    pub(crate) async fn find_one(
+        &self,
+        message_id: &str,
+        node: Option<&str>,
+        may_read: impl Fn(&Found) -> bool,
+    ) -> Result<Found, Problem> {
         let log = self.store.clone();
         let (id, n) = (message_id.to_string(), node.map(String::from));
         let found = blocking(move || log.find(&id, n.as_deref())).await?;
-        let mut mine: Vec<Found> = found
-            .into_iter()
-            .filter(|f| match actor {
-                Actor::FederationAdmin => true,
-                Actor::MemberAdmin(m) => {
-                    m.to_string() == f.record.record.consumer_member
-                        || f.record
-                            .record
-                            .provider_service
-                            .parse::<ServiceId>()
-                            .is_ok_and(|s| s.member() == m)
-                }
-            })
-            .collect();
+        let mut mine: Vec<Found> = found.into_iter().filter(|f| may_read(f)).collect();
         match mine.len() {
             0 => Err(not_found(message_id)),
             1 => Ok(mine.remove(0)),

@@ -307,35 +307,18 @@ impl Citizens {
         message_id: &str,
         node: Option<&str>,
     ) -> Result<crate::access_log::Found, Problem> {
-        let log = self.log.store.clone();
-        let (id, n) = (message_id.to_string(), node.map(String::from));
-        let found = tokio::task::spawn_blocking(move || log.find(&id, n.as_deref()))
-            .await
-            .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))??;
         let now = crate::citizen::hiding::now_utc_seconds();
         let hidings = self.hidings_of(&subject.to_string())?;
-        let mut mine: Vec<_> = found
-            .into_iter()
-            .filter(|f| {
+        let who = subject.to_string();
+        self.log
+            .find_one(message_id, node, |f| {
                 let r = &f.record.record;
-                r.subject == subject.to_string()
+                r.subject == who
                     && !hidings
                         .iter()
                         .any(|h| h.active_at(&now) && h.covers(&r.contract, &r.at))
             })
-            .collect();
-        match mine.len() {
-            1 => Ok(mine.remove(0)),
-            0 => Err(Problem::new(
-                ProblemKind::NotFound,
-                format!("no access record with message id {message_id}"),
-            )
-            .with("message_id", message_id)),
-            _ => Err(Problem::new(
-                ProblemKind::InvalidRequest,
-                format!("several nodes logged message id {message_id}: name one with `node`"),
-            )),
-        }
+            .await
     }
 
     /// A record about `subject` and its inclusion proof; another person's record is not found.
