@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 
 need_pkgs=()
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing from Debian: ${need_pkgs[*]}"
@@ -34,5 +35,6 @@ passed=$(grep -E '^test result: ok\.' "$log" | awk '{s+=$4} END {print s+0}')
 echo "== ${passed} tests passed"
 [ "${passed}" -gt 0 ]
 
+./.ci/prometheus-rules.sh
 ./.ci/schemathesis.sh
 ./.ci/fuzz.sh
